@@ -1,0 +1,180 @@
+"""`make run`: set up and start the whole service on this machine, with demo data loaded.
+
+It probes Postgres and Redis at the configured URLs. When both answer it runs the standard
+mode (gunicorn + Celery worker); otherwise it says plainly what is missing and falls back to
+the embedded single-process mode (SQLite under var/, in-process cache and tasks). Production
+deployments do not use this script and never fall back.
+"""
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = BASE_DIR / "var"
+PY = sys.executable
+
+
+def say(message: str) -> None:
+    print(f"[dspex] {message}", flush=True)
+
+
+def secret_key_file() -> Path:
+    """A per-checkout secret key kept under var/ (0600), so sessions survive restarts."""
+    VAR_DIR.mkdir(exist_ok=True)
+    path = VAR_DIR / "secret_key"
+    if not path.exists():
+        path.write_text(secrets.token_urlsafe(50))
+        path.chmod(0o600)
+    return path
+
+
+def postgres_problem(url: str) -> str | None:
+    """None when the server answers and the database exists (created if missing)."""
+    import psycopg
+
+    parsed = urlparse(url)
+    dbname = (parsed.path or "/dspex").lstrip("/") or "dspex"
+    server = url.replace(parsed.path, "/postgres") if parsed.path else url + "/postgres"
+    try:
+        with psycopg.connect(server, connect_timeout=2, autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [dbname]).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{dbname}"')
+                say(f"created database {dbname}")
+    except Exception as exc:
+        where = f"{parsed.hostname}:{parsed.port or 5432}"
+        return f"PostgreSQL at {where} is not usable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def redis_problem(url: str) -> str | None:
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
+    except Exception as exc:
+        return f"Redis at {url} is not usable ({type(exc).__name__})"
+    return None
+
+
+def manage(*args: str, env: dict) -> None:
+    subprocess.run([PY, "manage.py", *args], cwd=BASE_DIR, env=env, check=True)
+
+
+def pipe_output(name: str, proc: subprocess.Popen) -> None:
+    for line in proc.stdout:
+        sys.stdout.write(f"{name:>7} | {line}")
+        sys.stdout.flush()
+
+
+def start(name: str, cmd: list[str], env: dict) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        cmd, cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    threading.Thread(target=pipe_output, args=(name, proc), daemon=True).start()
+    return proc
+
+
+def main() -> int:
+    env = dict(os.environ)
+    env.setdefault("DJANGO_DEBUG", "0")
+    env.setdefault("DJANGO_SECRET_KEY_FILE", str(secret_key_file()))
+    env.setdefault("DJANGO_SECURE_COOKIES", "0")  # plain http on 127.0.0.1
+    env.setdefault("LOG_JSON", "0")
+    host, port = env.get("DSPEX_HOST", "127.0.0.1"), env.get("DSPEX_PORT", "8000")
+
+    problems = [
+        p
+        for p in (
+            postgres_problem(env.get("DATABASE_URL", "postgres://localhost:5432/dspex")),
+            redis_problem(env.get("REDIS_URL", "redis://localhost:6379/0")),
+        )
+        if p
+    ]
+    if problems:
+        for problem in problems:
+            say(problem)
+        say("EMBEDDED MODE: SQLite under var/, in-process cache, tasks run in-process. Not for production.")
+        env["DSPEX_EMBEDDED"] = "1"
+    else:
+        say("standard mode: PostgreSQL + Redis + Celery worker")
+
+    manage("migrate", "--noinput", env=env)
+    manage("collectstatic", "--noinput", "--verbosity", "0", env=env)
+    manage("dspex_demo", env=env)
+
+    procs = [
+        start(
+            "web",
+            [
+                PY,
+                "-m",
+                "gunicorn",
+                "dspex_site.wsgi",
+                "-b",
+                f"{host}:{port}",
+                "-k",
+                "gthread",
+                "-w",
+                env.get("WEB_CONCURRENCY", "2"),
+                "--threads",
+                "8",
+                "--access-logfile",
+                "-",
+            ],
+            env,
+        )
+    ]
+    if "DSPEX_EMBEDDED" not in env:
+        procs.append(
+            start(
+                "worker",
+                [
+                    PY,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "dspex_site",
+                    "worker",
+                    "-Q",
+                    "llm_calls,priority,default",
+                    "-P",
+                    "threads",
+                    "-c",
+                    "20",
+                    "-l",
+                    "INFO",
+                    "-n",
+                    "llm@%h",
+                ],
+                env,
+            )
+        )
+    say(f"DSPex is serving on http://{host}:{port}/ (admin: /admin/, API docs: /api/docs/). Ctrl-C stops it.")
+
+    def stop(*_: object) -> None:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        while all(proc.poll() is None for proc in procs):
+            time.sleep(1)
+    finally:
+        stop()
+        for proc in procs:
+            proc.wait(timeout=30)
+    return max(proc.returncode or 0 for proc in procs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

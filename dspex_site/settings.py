@@ -1,0 +1,286 @@
+"""DSPex settings, read once from the environment (see README "Configuration").
+
+Production (DJANGO_DEBUG off) never falls back silently: a missing secret key stops start-up.
+The embedded single-process mode (SQLite, in-process cache, tasks in-process) is only entered
+when DSPEX_EMBEDDED=1, which `make run` sets after it has probed Postgres and Redis and said so.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from dspex_site.env import env_bool, env_float, env_int, env_list, env_str
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+VAR_DIR = Path(env_str("DSPEX_VAR_DIR", str(BASE_DIR / "var")))
+
+# DSPy/LiteLLM must never try to download a price map at import (5 s timeout behind a firewall).
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+
+DEBUG = env_bool("DJANGO_DEBUG", False)
+SECRET_KEY = env_str("DJANGO_SECRET_KEY")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "DJANGO_SECRET_KEY is required when DJANGO_DEBUG is off "
+            "(set it, or DJANGO_SECRET_KEY_FILE, to a long random string)."
+        )
+    SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105 - DEBUG only
+ALLOWED_HOSTS = env_list("DJANGO_ALLOWED_HOSTS", ["127.0.0.1", "localhost", "[::1]", "testserver"])
+CSRF_TRUSTED_ORIGINS = env_list("DJANGO_CSRF_TRUSTED_ORIGINS", [])
+
+EMBEDDED = env_bool("DSPEX_EMBEDDED", False)
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_prometheus",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_celery_beat",
+    "monitoring",
+    "llm",
+    "caching",
+    "programs",
+    "optimization",
+    "executions",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "monitoring.middleware.RequestContextMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "dspex_site.urls"
+WSGI_APPLICATION = "dspex_site.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database -------------------------------------------------------------------------------
+if EMBEDDED:
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": VAR_DIR / "dspex.sqlite3"}}
+else:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            env_str("DATABASE_URL", "postgres://localhost:5432/dspex"),
+            conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+            conn_health_checks=True,
+        )
+    }
+    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int("DATABASE_CONNECT_TIMEOUT", 5)
+    DATABASES["default"]["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME", "test_dspex")}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Redis: cache and broker ----------------------------------------------------------------
+REDIS_URL = env_str("REDIS_URL", "redis://localhost:6379/0")
+# A slow or dead Redis must never hang a request: every cache call is bounded.
+REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5)
+
+
+def _redis_cache(prefix: str) -> dict:
+    return {
+        "BACKEND": "django_redis.cache.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": prefix,
+        "OPTIONS": {
+            "SOCKET_CONNECT_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+            "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
+            "CONNECTION_POOL_KWARGS": {"max_connections": env_int("REDIS_MAX_CONNECTIONS", 100)},
+        },
+    }
+
+
+if EMBEDDED:
+    CACHES = {
+        name: {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": name}
+        for name in ("default", "llm", "embeddings", "optimizations")
+    }
+else:
+    CACHES = {
+        "default": _redis_cache("dspex"),
+        "llm": _redis_cache("dspex"),
+        "embeddings": _redis_cache("dspex"),
+        "optimizations": _redis_cache("dspex"),
+    }
+
+# --- Celery ---------------------------------------------------------------------------------
+CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+CELERY_RESULT_BACKEND = None
+CELERY_TASK_ALWAYS_EAGER = EMBEDDED
+CELERY_TASK_EAGER_PROPAGATES = False
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_SOFT_TIME_LIMIT = env_int("CELERY_TASK_SOFT_TIME_LIMIT", 300)
+CELERY_TASK_TIME_LIMIT = env_int("CELERY_TASK_TIME_LIMIT", 360)
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+
+# --- Auth, sessions, security ---------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SESSION_COOKIE_HTTPONLY = True
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("DJANGO_BEHIND_TLS_PROXY") else None
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG and not EMBEDDED)
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = Path(env_str("DSPEX_STATIC_ROOT", str(BASE_DIR / "staticfiles")))
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+if DEBUG:
+    STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}
+
+# --- REST API -------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "dspex_site.api_errors.exception_handler",
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+}
+if DEBUG:
+    REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "DSPex API",
+    "DESCRIPTION": "Store, run, trace and optimize DSPy programs.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "COMPONENT_SPLIT_REQUEST": True,
+}
+
+# Request bodies larger than this are refused with 413 before they are parsed.
+DSPEX_MAX_INPUT_BYTES = env_int("DSPEX_MAX_INPUT_BYTES", 256 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = max(DSPEX_MAX_INPUT_BYTES * 4, 2_621_440)
+
+# --- LLM gateway ----------------------------------------------------------------------------
+DSPEX_LM = env_str("DSPEX_LM", "sim/default")
+DSPEX_LM_API_BASE = env_str("DSPEX_LM_API_BASE")
+# The key is read here and handed only to the engine that talks to the provider: it is never
+# stored in the database, put in a cache key, traced or logged.
+DSPEX_LM_API_KEY = env_str("DSPEX_LM_API_KEY") or env_str("OPENAI_API_KEY")
+DSPEX_LM_TIMEOUT_S = env_float("DSPEX_LM_TIMEOUT_S", 30.0)
+DSPEX_LM_MAX_TOKENS = env_int("DSPEX_LM_MAX_TOKENS", 1024)
+# Prices per million tokens for models DSPy's table does not know, by model or provider prefix:
+# {"openai/my-model": {"prompt": 0.15, "completion": 0.6}, "sim": {"prompt": 0, "completion": 0}}.
+try:
+    DSPEX_PRICES = json.loads(env_str("DSPEX_PRICES", "{}") or "{}")
+except json.JSONDecodeError as exc:
+    raise ImproperlyConfigured(f"DSPEX_PRICES must be a JSON object: {exc}") from exc
+DSPEX_PRICES.setdefault(
+    "sim",
+    {
+        "prompt": env_float("DSPEX_SIM_PRICE_PROMPT_PER_1M", 0.0),
+        "completion": env_float("DSPEX_SIM_PRICE_COMPLETION_PER_1M", 0.0),
+    },
+)
+
+# Tools a ReAct step may name, and Custom modules a spec may use: settings are trusted code,
+# a program spec only ever names entries of these lists.
+DSPEX_TOOLS = {"calculator": "programs.tools.calculator", "clock": "programs.tools.clock"}
+DSPEX_CUSTOM_MODULES = env_list("DSPEX_CUSTOM_MODULES", ["programs.custom_modules.KeywordExtract"])
+
+DSPEX_EXECUTION_RETENTION_DAYS = env_int("DSPEX_EXECUTION_RETENTION_DAYS", 7)
+DSPEX_EXECUTION_TIME_LIMIT_S = env_int("DSPEX_EXECUTION_TIME_LIMIT_S", 300)
+
+# --- Observability --------------------------------------------------------------------------
+SENTRY_DSN = env_str("SENTRY_DSN")
+DSPEX_ENVIRONMENT = env_str("DSPEX_ENVIRONMENT", "development" if DEBUG else "production")
+DSPEX_RELEASE = env_str("DSPEX_RELEASE", "dspex@0.1.0")
+LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
+LOG_JSON = env_bool("LOG_JSON", not DEBUG)
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"context": {"()": "monitoring.logs.ContextFilter"}},
+    "formatters": {
+        "json": {"()": "monitoring.logs.JsonFormatter"},
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s%(context)s"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if LOG_JSON else "plain",
+            "filters": ["context"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        # dspy sets propagate=False at import, so it needs its own handler to be seen at all.
+        "dspy": {"handlers": ["console"], "level": "WARNING", "propagate": False},
+        "LiteLLM": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "django.db.backends": {"level": "INFO"},
+    },
+}
+
+if SENTRY_DSN:
+    from monitoring.sentry import init_sentry
+
+    init_sentry(SENTRY_DSN, environment=DSPEX_ENVIRONMENT, release=DSPEX_RELEASE)
+
+# --- Caches (limits; see caching/) -----------------------------------------------------------
+DSPEX_LLM_CACHE_TTL_S = env_int("DSPEX_LLM_CACHE_TTL_S", 24 * 3600)
+if not EMBEDDED:
+    # LLM records are plain JSON: store them as JSON, never pickle (a poisoned cache must not run code).
+    CACHES["llm"]["OPTIONS"]["SERIALIZER"] = "django_redis.serializers.json.JSONSerializer"

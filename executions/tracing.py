@@ -1,0 +1,129 @@
+"""TraceRecorder: turns one execution's steps and LM calls into trace entries (DESIGN.md).
+
+It is both a DSPy callback (LM call start/end) and the pipeline's step observer. Usage, cost
+and provider latency come from the gateway's per-call log rather than DSPy's history lists,
+which are disabled during executions. An LM call that reached no provider was a cache hit.
+"""
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dspy.utils.callback import BaseCallback
+
+from llm import gateway
+from monitoring import telemetry
+
+
+class ExecutionCancelled(BaseException):
+    """Raised from a callback to stop a run. BaseException, because DSPy swallows Exceptions
+    raised in callbacks (DSPY_NOTES.md) and would carry on calling the LM."""
+
+
+def jsonable(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe copy of inputs, outputs and messages (pydantic, Predictions, sets...)."""
+    if depth > 20:
+        return repr(value)[:200]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    if isinstance(value, dict):
+        return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [jsonable(v, depth + 1) for v in value]
+    if hasattr(value, "model_dump"):
+        return jsonable(value.model_dump(mode="json"), depth + 1)
+    if hasattr(value, "toDict"):
+        return jsonable(value.toDict(), depth + 1)
+    return str(value)
+
+
+class TraceRecorder(BaseCallback):
+    """Collects the trace of one execution. Thread-safe: modules may fan out into threads."""
+
+    def __init__(self, cancel_check: Callable[[], bool] | None = None, telemetry_meta: dict | None = None):
+        self.entries: list[dict] = []
+        self.cancel_check = cancel_check
+        self.meta = telemetry_meta or {}
+        self._lock = threading.Lock()
+        self._pending: dict[str, tuple[dict, float]] = {}
+        self._step = threading.local()
+        self._open_steps: dict[str, tuple[dict, float]] = {}
+
+    # --- pipeline observer -------------------------------------------------------------------
+    def step_started(self, name: str, module: str, inputs: dict) -> None:
+        entry = {"kind": "module", "step": name, "module": module, "inputs": jsonable(inputs)}
+        with self._lock:
+            self.entries.append(entry)
+            self._open_steps[name] = (entry, time.perf_counter())
+        self._step.name = name
+        telemetry.emit("module.execute.start", {}, {**self.meta, "module": module})
+
+    def step_finished(self, name: str, outputs: dict | None, error: BaseException | None) -> None:
+        with self._lock:
+            entry, started = self._open_steps.pop(name, ({}, time.perf_counter()))
+        entry["outputs"] = jsonable(outputs)
+        entry["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
+        entry["error"] = (
+            None if error is None else {"type": type(error).__name__, "message": str(error)[:1000]}
+        )
+        self._step.name = None
+        telemetry.emit(
+            "module.execute.stop",
+            {"duration_ms": entry["duration_ms"]},
+            {**self.meta, "module": entry.get("module"), "status": "error" if error else "ok"},
+        )
+
+    # --- DSPy callbacks ----------------------------------------------------------------------
+    def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
+        if self.cancel_check is not None and self.cancel_check():
+            raise ExecutionCancelled()
+        gateway.begin_call()
+        entry = {
+            "kind": "lm",
+            "step": getattr(self._step, "name", None),
+            "model": getattr(instance, "model", None),
+            "messages": jsonable(inputs.get("messages") or inputs.get("prompt")),
+        }
+        with self._lock:
+            self.entries.append(entry)
+            self._pending[call_id] = (entry, time.perf_counter())
+
+    def on_lm_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
+        log = gateway.end_call() or gateway.CallLog()
+        with self._lock:
+            entry, started = self._pending.pop(call_id, ({"kind": "lm"}, time.perf_counter()))
+        calls = log.calls
+        cache_hit = exception is None and not calls
+        costs = [c.cost_usd for c in calls]
+        entry.update(
+            outputs=jsonable(outputs),
+            prompt_tokens=sum(c.prompt_tokens for c in calls),
+            completion_tokens=sum(c.completion_tokens for c in calls),
+            # Unknown price (None) stays unknown rather than pretending the call was free.
+            cost_usd=None if any(c is None for c in costs) else round(sum(costs), 10),
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            provider_latency_ms=round(sum(c.latency_ms for c in calls), 2),
+            cache_hit=cache_hit,
+            error=None
+            if exception is None
+            else {"type": type(exception).__name__, "message": str(exception)[:1000]},
+        )
+        if cache_hit and log.cached_usage:
+            entry["saved_usage"] = {
+                "prompt_tokens": log.cached_usage.get("prompt_tokens", 0),
+                "completion_tokens": log.cached_usage.get("completion_tokens", 0),
+            }
+
+    # --- summary -----------------------------------------------------------------------------
+    def metrics(self) -> dict:
+        lm = [e for e in self.entries if e["kind"] == "lm"]
+        costs = [e.get("cost_usd") for e in lm]
+        return {
+            "lm_calls": len(lm),
+            "cache_hits": sum(1 for e in lm if e.get("cache_hit")),
+            "prompt_tokens": sum(e.get("prompt_tokens", 0) for e in lm),
+            "completion_tokens": sum(e.get("completion_tokens", 0) for e in lm),
+            "cost_usd": round(sum(c for c in costs if c is not None), 10),
+            "cost_complete": all(c is not None for c in costs),
+        }

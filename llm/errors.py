@@ -1,0 +1,69 @@
+"""Classify LM failures into what the execution layer should do with them.
+
+- `rate_limit`: the provider said 429 — re-queue after its Retry-After, without spending an attempt;
+- `transient`: timeouts, 5xx, connection errors — retry with backoff;
+- `permanent`: bad request, authentication, unparseable replies, invalid programs — fail now.
+"""
+
+from dataclasses import dataclass
+
+import dspy
+from dspy import lm15
+
+RATE_LIMIT, TRANSIENT, PERMANENT = "rate_limit", "transient", "permanent"
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str  # rate_limit | transient | permanent
+    type: str  # stable error type recorded on the execution, e.g. "provider_unavailable"
+    message: str
+    retry_after: float | None = None
+
+    def as_error(self) -> dict:
+        error = {"type": self.type, "message": self.message}
+        if self.retry_after is not None:
+            error["retry_after"] = self.retry_after
+        return error
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    value = getattr(exc, "retry_after", None)
+    try:
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def classify(exc: BaseException) -> Failure:
+    """Map an exception raised while running a program to a Failure."""
+    message = str(exc)[:1000] or type(exc).__name__
+    for err in _chain(exc):
+        if isinstance(err, dspy.LMRateLimitError | lm15.RateLimitError):
+            return Failure(RATE_LIMIT, "rate_limited", message, _retry_after(err))
+        if isinstance(err, dspy.LMServerError | lm15.ServerError):
+            return Failure(TRANSIENT, "provider_error", message)
+        if isinstance(err, dspy.LMTransportError | lm15.TransportError | lm15.TimeoutError | TimeoutError):
+            return Failure(TRANSIENT, "provider_unavailable", message)
+        if isinstance(err, lm15.AuthError | lm15.BillingError | lm15.MissingCredentialError):
+            return Failure(PERMANENT, "provider_auth", message)
+        if isinstance(err, lm15.ContextLengthError):
+            return Failure(PERMANENT, "context_length", message)
+        if isinstance(err, lm15.InvalidRequestError | lm15.UnknownModelError | lm15.ConfigurationError):
+            return Failure(PERMANENT, "provider_bad_request", message)
+        if isinstance(err, dspy.utils.exceptions.AdapterParseError):
+            return Failure(PERMANENT, "unparseable_response", message)
+        if isinstance(err, ConnectionError):
+            return Failure(TRANSIENT, "provider_unavailable", message)
+    if isinstance(exc, dspy.LMError):
+        retryable = dspy.is_retryable_lm_error(exc)
+        return Failure(TRANSIENT if retryable else PERMANENT, "provider_error", message)
+    return Failure(PERMANENT, "execution_error", f"{type(exc).__name__}: {message}")

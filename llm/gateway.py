@@ -1,0 +1,211 @@
+"""The gateway every LM call goes through.
+
+`lm_for(config)` builds the `dspy.LM` a program step uses. Its engine is a `GatewayEngine`
+wrapping the provider's real engine (DSPy's native lm15 engine over HTTP, or the in-process
+simulated provider for `sim/<name>` models). DSPy consults its cache (our Redis cache, see
+`caching.llm_cache`) before the engine, so everything here sees only real provider calls:
+admission (rate limits, bulkheads, breakers), latency, usage, cost and telemetry.
+
+Each provider call is reported to the `CallLog` of the LM call in progress on this thread,
+which is how a trace gets usage, cost and latency without reading DSPy's history lists
+(history is disabled during executions: in a long-lived worker it only grows).
+"""
+
+import functools
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import dspy
+from django.conf import settings
+from dspy.lm15 import Request, Response
+
+from llm import pricing
+from monitoring import telemetry
+
+SIM_PROVIDER = "sim"
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where a model's calls go. `endpoint` identifies the server for cache keys (never a secret)."""
+
+    provider: str
+    model: str
+    endpoint: str
+    lm15_provider: str | None
+
+
+def route_for(model: str) -> Route:
+    provider = model.partition("/")[0] if "/" in model else "openai"
+    if provider == SIM_PROVIDER:
+        return Route(SIM_PROVIDER, model, "sim:in-process", None)
+    base = settings.DSPEX_LM_API_BASE or "https://api.openai.com/v1"
+    lm15_provider = "openai" if provider == "openai" else provider
+    return Route(provider, model, base.rstrip("/"), lm15_provider)
+
+
+@functools.cache
+def _provider_engine(provider: str) -> Any:
+    """The real engine for a provider, one per process: it owns the connection pool."""
+    if provider == SIM_PROVIDER:
+        from llm.simulated import SimEngine
+
+        return SimEngine()
+    from dspy.clients.engines.lm15_engine import LM15Engine
+    from dspy.lm15 import RouterConfig, Timeouts
+
+    timeout = settings.DSPEX_LM_TIMEOUT_S
+    # lm15's key for OpenAI-compatible chat is "openai-chat": a base URL registered under
+    # "openai" is ignored and the call silently goes to api.openai.com (DSPY_NOTES.md).
+    key_name = "openai-chat" if provider == "openai" else provider
+    config = RouterConfig(
+        env={},  # never pick credentials or endpoints up from the process environment implicitly
+        api_keys={key_name: settings.DSPEX_LM_API_KEY or "not-set"},
+        base_urls={key_name: settings.DSPEX_LM_API_BASE} if settings.DSPEX_LM_API_BASE else None,
+        timeouts=Timeouts(connect=min(5.0, timeout), read=timeout, write=timeout, pool=timeout),
+    )
+    return LM15Engine(config, model_type="chat")
+
+
+@dataclass
+class ProviderCall:
+    """One request that reached a provider."""
+
+    model: str
+    provider: str
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float | None = 0.0
+    latency_ms: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class CallLog:
+    """Provider calls made for one DSPy LM call (several with n>1 or adapter fallbacks)."""
+
+    calls: list[ProviderCall] = field(default_factory=list)
+    cached_usage: dict | None = None  # usage recorded with a cache entry that answered this call
+
+
+_local = threading.local()
+
+
+def begin_call() -> CallLog:
+    """Start collecting provider calls for the LM call starting on this thread."""
+    log = CallLog()
+    stack = getattr(_local, "stack", None)
+    if stack is None:
+        stack = _local.stack = []
+    stack.append(log)
+    return log
+
+
+def end_call() -> CallLog | None:
+    stack = getattr(_local, "stack", None)
+    return stack.pop() if stack else None
+
+
+def current_call() -> CallLog | None:
+    stack = getattr(_local, "stack", None)
+    return stack[-1] if stack else None
+
+
+class GatewayEngine:
+    """DSPy engine wrapper: admission, accounting and telemetry around the real engine."""
+
+    def __init__(self, route: Route):
+        self.route = route
+        self.inner = _provider_engine(route.provider)
+
+    def resolve(self, model: str) -> Any:
+        resolve = getattr(self.inner, "resolve", None)
+        return resolve(model) if resolve else None
+
+    def complete(self, request: Request) -> Response:
+        route = self.route
+        meta = {"provider": route.provider, "model": route.model}
+        telemetry.emit("llm.request.start", {}, meta)
+        started = time.perf_counter()
+        call = ProviderCall(model=route.model, provider=route.provider)
+        try:
+            response = self.inner.complete(request)
+        except Exception as exc:
+            call.latency_ms = (time.perf_counter() - started) * 1000
+            call.error = type(exc).__name__
+            self._report(call)
+            telemetry.emit("llm.request.stop", {"duration_ms": call.latency_ms}, {**meta, "status": "error"})
+            raise
+        call.latency_ms = (time.perf_counter() - started) * 1000
+        call.prompt_tokens = response.usage.input_tokens or 0
+        call.completion_tokens = response.usage.output_tokens or 0
+        call.cost_usd = pricing.cost_usd(route.model, route.lm15_provider, response)
+        self._report(call)
+        telemetry.emit("llm.request.stop", {"duration_ms": call.latency_ms}, {**meta, "status": "ok"})
+        telemetry.emit(
+            "llm.tokens",
+            {
+                "prompt": call.prompt_tokens,
+                "completion": call.completion_tokens,
+                "cost_usd": call.cost_usd or 0.0,
+            },
+            meta,
+        )
+        return response
+
+    def stream(self, request: Request) -> Any:
+        return self.inner.stream(request)
+
+    def close(self) -> None:
+        """The inner engine is shared by the process; closing one LM must not close it."""
+
+    @staticmethod
+    def _report(call: ProviderCall) -> None:
+        log = current_call()
+        if log is not None:
+            log.calls.append(call)
+
+
+def lm_config(config: dict | None = None) -> dict:
+    """Fill an LM config from settings: model, temperature, max_tokens."""
+    config = dict(config or {})
+    config.setdefault("model", settings.DSPEX_LM)
+    config.setdefault("max_tokens", settings.DSPEX_LM_MAX_TOKENS)
+    return config
+
+
+@functools.lru_cache(maxsize=256)
+def _lm(model: str, temperature: float | None, max_tokens: int | None, cache: bool) -> dspy.LM:
+    route = route_for(model)
+    kwargs: dict[str, Any] = {"max_tokens": max_tokens}
+    if temperature is not None:
+        kwargs["temperature"] = temperature
+    # num_retries=0: the task layer owns retries (executions.tasks), so attempts never multiply.
+    return dspy.LM(model, engine=GatewayEngine(route), num_retries=0, cache=cache, **kwargs)
+
+
+def lm_for(config: dict | None = None, *, cache: bool = True) -> dspy.LM:
+    """The gateway LM for a step's resolved LM config (memoised per process)."""
+    cfg = lm_config(config)
+    temperature = cfg.get("temperature")
+    return _lm(
+        str(cfg["model"]),
+        float(temperature) if temperature is not None else None,
+        int(cfg["max_tokens"]) if cfg.get("max_tokens") is not None else None,
+        bool(cache),
+    )
+
+
+def configure_dspy() -> None:
+    """Process-wide DSPy set-up, once, from the main thread at start-up (DSPY_NOTES: threads)."""
+    from caching.llm_cache import install_llm_cache
+
+    install_llm_cache()
+
+
+def reset() -> None:
+    """Forget memoised engines and LMs (after settings change: tests, reconfiguration)."""
+    _provider_engine.cache_clear()
+    _lm.cache_clear()

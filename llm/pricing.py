@@ -1,0 +1,30 @@
+"""What an LM call cost, in USD.
+
+Models DSPy knows are priced from DSPy's bundled table (offline snapshot); others from
+`settings.DSPEX_PRICES` (per million tokens, by full model name, then by provider prefix).
+A model priced nowhere costs None (unknown), never a silent 0.
+"""
+
+from django.conf import settings
+from dspy.lm15 import Response
+
+
+def configured_price(model: str) -> dict | None:
+    prices = settings.DSPEX_PRICES
+    return prices.get(model) or prices.get(model.partition("/")[0])
+
+
+def cost_usd(model: str, lm15_provider: str | None, response: Response) -> float | None:
+    """Cost of one provider response: our configured price first, then DSPy's table."""
+    usage = response.usage
+    prompt, completion = usage.input_tokens or 0, usage.output_tokens or 0
+    price = configured_price(model)
+    if price is not None:
+        return (prompt * float(price.get("prompt", 0)) + completion * float(price.get("completion", 0))) / 1e6
+    if lm15_provider is None:
+        return None
+    from dspy.clients.costs import estimate_cost
+
+    model_id = model.partition("/")[2] or model
+    cost, _provenance = estimate_cost(response, provider=lm15_provider, requested_model=model_id)
+    return cost

@@ -1,0 +1,97 @@
+"""REST API for programs, including `execute`."""
+
+from typing import Any
+
+from django.db import transaction
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from dspex_site.api_errors import APIError, LimitedJSONParser
+from executions import runner
+from executions.serializers import ExecutionSerializer, QueuedExecutionSerializer
+from executions.tasks import enqueue_execution
+from monitoring import audit
+from programs.filters import ProgramFilter
+from programs.models import CognitiveProgram
+from programs.serializers import ExecuteSerializer, ProgramSerializer
+
+AUDITED_FIELDS = ("name", "description", "pipeline", "variables", "status")
+
+
+def snapshot(program: CognitiveProgram) -> dict[str, Any]:
+    return {field: getattr(program, field) for field in AUDITED_FIELDS} | {"version": program.version}
+
+
+class ProgramViewSet(viewsets.ModelViewSet):
+    queryset = CognitiveProgram.objects.all()
+    serializer_class = ProgramSerializer
+    filterset_class = ProgramFilter
+    parser_classes = [LimitedJSONParser]
+
+    def perform_create(self, serializer: ProgramSerializer) -> None:
+        with transaction.atomic():
+            program = serializer.save()
+            audit.record("create", program, channel="api", request=self.request, changes=snapshot(program))
+
+    def perform_update(self, serializer: ProgramSerializer) -> None:
+        with transaction.atomic():
+            before = snapshot(serializer.instance)
+            program = serializer.save()
+            changes = audit.diff(before, snapshot(program))
+            audit.record("update", program, channel="api", request=self.request, changes=changes)
+
+    def perform_destroy(self, instance: CognitiveProgram) -> None:
+        with transaction.atomic():
+            audit.record("delete", instance, channel="api", request=self.request, changes=snapshot(instance))
+            instance.delete()
+
+    @extend_schema(
+        request=ExecuteSerializer,
+        responses={
+            200: ExecutionSerializer,
+            202: QueuedExecutionSerializer,
+            409: OpenApiResponse(description="Program archived"),
+            502: ExecutionSerializer,
+        },
+    )
+    @action(detail=True, methods=["post"])
+    def execute(self, request: Request, pk: str | None = None) -> Response:
+        """Run the program on one input: `wait=true` returns the finished execution."""
+        program = self.get_object()
+        body = ExecuteSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        try:
+            with transaction.atomic():
+                execution = runner.create_execution(
+                    program,
+                    data["input"],
+                    data["variables"],
+                    user=request.user,
+                    priority=data["priority"],
+                    use_cache=data["cache"],
+                )
+                if not data["wait"]:
+                    transaction.on_commit(lambda: enqueue_execution(execution))
+        except runner.ProgramNotRunnable as exc:
+            raise APIError(status.HTTP_409_CONFLICT, "program_archived", str(exc)) from exc
+        if not data["wait"]:
+            return Response(QueuedExecutionSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
+        outcome = runner.run_execution(execution.id)
+        return Response(ExecutionSerializer(outcome.execution).data, status=http_status_for(outcome))
+
+
+def http_status_for(outcome: runner.Outcome) -> int:
+    """200 when it succeeded; 502 when the provider failed; 422 when the program failed on this input."""
+    execution = outcome.execution
+    if execution.status == execution.Status.SUCCEEDED:
+        return status.HTTP_200_OK
+    if execution.status == execution.Status.CANCELLED:
+        return status.HTTP_409_CONFLICT
+    error_type = (execution.error or {}).get("type", "")
+    if error_type.startswith("provider") or error_type in {"rate_limited", "circuit_open"}:
+        return status.HTTP_502_BAD_GATEWAY
+    return status.HTTP_422_UNPROCESSABLE_ENTITY

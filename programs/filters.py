@@ -1,0 +1,11 @@
+import django_filters
+
+from programs.models import CognitiveProgram
+
+
+class ProgramFilter(django_filters.FilterSet):
+    name = django_filters.CharFilter(lookup_expr="icontains")
+
+    class Meta:
+        model = CognitiveProgram
+        fields = ["name", "status"]
