@@ -147,8 +147,10 @@ def _run(execution: CognitiveExecution, recorder: TraceRecorder) -> dict:
         execution.program_id, execution.program_version, execution.optimization_result_id
     )
     lm_for = functools.partial(gateway.lm_for, cache=execution.use_cache)
-    # History off: DSPy appends every call to several lists that only grow in a long-lived worker.
-    with dspy.context(callbacks=[recorder], disable_history=True):
+    # History off and a trace list of this run's own: DSPy appends every LM call to several
+    # history lists and every prediction to `settings.trace`, all of which only grow in a
+    # long-lived worker.
+    with dspy.context(callbacks=[recorder], disable_history=True, trace=[]):
         return program.run(execution.input, execution.variables, lm_for=lm_for, observer=recorder)
 
 

@@ -176,26 +176,22 @@ def lm_config(config: dict | None = None) -> dict:
     return config
 
 
+# Sampling settings a spec may set (programs.spec validates them); nothing else reaches dspy.LM.
+SAMPLING_KEYS = ("temperature", "max_tokens", "top_p", "n", "seed")
+
+
 @functools.lru_cache(maxsize=256)
-def _lm(model: str, temperature: float | None, max_tokens: int | None, cache: bool) -> dspy.LM:
+def _lm(model: str, cache: bool, sampling: tuple[tuple[str, Any], ...]) -> dspy.LM:
     route = route_for(model)
-    kwargs: dict[str, Any] = {"max_tokens": max_tokens}
-    if temperature is not None:
-        kwargs["temperature"] = temperature
     # num_retries=0: the task layer owns retries (executions.tasks), so attempts never multiply.
-    return dspy.LM(model, engine=GatewayEngine(route), num_retries=0, cache=cache, **kwargs)
+    return dspy.LM(model, engine=GatewayEngine(route), num_retries=0, cache=cache, **dict(sampling))
 
 
 def lm_for(config: dict | None = None, *, cache: bool = True) -> dspy.LM:
     """The gateway LM for a step's resolved LM config (memoised per process)."""
     cfg = lm_config(config)
-    temperature = cfg.get("temperature")
-    return _lm(
-        str(cfg["model"]),
-        float(temperature) if temperature is not None else None,
-        int(cfg["max_tokens"]) if cfg.get("max_tokens") is not None else None,
-        bool(cache),
-    )
+    sampling = tuple((key, cfg[key]) for key in SAMPLING_KEYS if cfg.get(key) is not None)
+    return _lm(str(cfg["model"]), bool(cache), sampling)
 
 
 def configure_dspy() -> None:

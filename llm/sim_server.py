@@ -589,7 +589,10 @@ class SimHandler(BaseHTTPRequestHandler):
         for choice in choices:
             index = choice["index"]
             content = choice["message"]["content"]
-            deltas = [{"role": "assistant", "content": ""}, {"content": content}]
+            # One delta per line, so stream listeners see the field markers arrive piece by piece.
+            deltas = [{"role": "assistant", "content": ""}] + [
+                {"content": p} for p in content.splitlines(True)
+            ]
             events.extend(
                 {**base, "choices": [{"index": index, "delta": d, "finish_reason": None}]} for d in deltas
             )

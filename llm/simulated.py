@@ -2,9 +2,10 @@
 
 DSPex ships this as a real (clearly labelled) model: it is the default LM of a fresh install,
 the target of load and fault tests and the demo model. It never calls out anywhere. It reads the
-prompts DSPy 3.4.1 sends (ChatAdapter and JSONAdapter: field lists with types, the
-`[[ ## field ## ]]` template, the instructions, few-shot demos as earlier user/assistant turns,
-the current inputs) and answers every requested output field in the requested type.
+prompts DSPy 3.4.1 sends (ChatAdapter and JSONAdapter, also XMLAdapter: field lists with types,
+the `[[ ## field ## ]]` template, the instructions, few-shot demos as earlier user/assistant
+turns, the current inputs) and answers every requested output field in the requested type, in
+the adapter's format (a JSON object whenever a `response_format` asks for JSON).
 
 Answers come only from what the prompt contains, so instructions and demos change them and an
 optimizer measurably improves a program:
@@ -86,12 +87,13 @@ _TOKEN_RE = re.compile(r"[a-z0-9]+")
 _HEADER_RE = re.compile(r"\[\[ ## (\w+) ## \]\]")
 _SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9$])")
 _SPAN_WORD_RE = re.compile(
-    r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+|https?://\S+[\w/]|\$?\d[\d,]*(?:\.\d+)?%?|[A-Za-z][A-Za-z'\u2019\-]*"
+    r"[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})+|https?://\S+[\w/]|\$?\d[\d,]*(?:\.\d+)?%?|[A-Za-z][A-Za-z'\u2019\-]*"
 )
 _NUMBER_RE = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w])")
 _LIST_ITEM_RE = re.compile(r"^\[\d+\] ", re.M)
 _WS_RE = re.compile(r"\s+")
 _DIGIT_RE = re.compile(r"\d")
+_CAPITALISED_RE = re.compile(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)*")
 
 STOPWORDS = frozenset(
     """a an the and or but if then else of to in on at by for with from into onto over under about
@@ -235,7 +237,8 @@ _WORD_OPS = [
     (re.compile("(?<=\\d)\\s*[x\u00d7]\\s*(?=\\d)"), "*"),  # "3 x 4" and the multiplication sign
     (re.compile("\u00f7"), "/"),  # the division sign
 ]
-_EXPR_RE = re.compile(r"[\d(][\d\s.+\-*/%()^]*[\d)]")
+# Bounded repetition: prompts are untrusted, and an unbounded class run backtracks quadratically.
+_EXPR_RE = re.compile(r"[\d(][\d\s.+\-*/%()^]{0,200}[\d)]")
 _HAS_OP_RE = re.compile(r"[\d)]\s*(?:\*\*|[+\-*/%^])\s*[\d(\-]")
 
 
@@ -243,6 +246,7 @@ def _find_arithmetic(text: str) -> float | int | None:
     """The value of the longest arithmetic expression in a text, if any."""
     if not _DIGIT_RE.search(text):
         return None
+    text = text[:4000]  # an expression worth evaluating is short; keep the scan bounded
     for pattern, replacement in _WORD_OPS:
         text = pattern.sub(replacement, text)
     best = None
@@ -488,7 +492,7 @@ def _sections(text: str) -> dict[str, str]:
     return out
 
 
-_XML_FIELD_RE = re.compile(r"<(\w+)>\n?(.*?)\n?</\1>", re.S)
+_XML_FIELD_RE = re.compile(r"^<(\w+)>\n?(.*?)\n?</\1>$", re.S | re.M)
 
 
 def _xml_sections(text: str) -> dict[str, str]:
@@ -931,6 +935,10 @@ class _Call:
         sentences = _sentences(source)
         first = sentences[0] if sentences else source.strip()
         words = first.split()
+        if spec.name == "name" or spec.name.endswith("_name"):
+            capitalised = _CAPITALISED_RE.search(source)
+            if capitalised:
+                return capitalised.group(0)
         if spec.name in ("summary", "title", "headline", "tldr", "abstract"):
             return " ".join(words[: 12 if spec.name != "summary" else 25]).rstrip(".,;:") + (
                 "." if spec.name == "summary" else ""
@@ -1241,8 +1249,9 @@ def _xml_value(value: Any, tag: str) -> str:
         return f"<{tag}>{''.join(_xml_value(item, 'item') for item in value)}</{tag}>"
     if isinstance(value, dict):
         children = "".join(
-            _xml_value(v, str(k)) if str(k).isidentifier() else _xml_value(v, "entry").replace(
-                "<entry>", f'<entry key="{_xml_escape(str(k))}">', 1)
+            _xml_value(v, str(k))
+            if str(k).isidentifier()
+            else _xml_value(v, "entry").replace("<entry>", f'<entry key="{_xml_escape(str(k))}">', 1)
             for k, v in value.items()
         )
         return f"<{tag}>{children}</{tag}>"
@@ -1450,9 +1459,7 @@ class SimEngine:
         return _response_for(request)
 
     def stream(self, request: Any) -> Iterator[Any]:
-        from dspy.lm15 import response_to_events
-
-        return iter(response_to_events(self.complete(request)))
+        return _line_events(self.complete(request))
 
     def close(self) -> None:
         """Nothing to release: the simulator holds no connections."""
@@ -1483,9 +1490,7 @@ class AsyncSimEngine:
         return _response_for(request)
 
     async def stream(self, request: Any) -> Any:
-        from dspy.lm15 import response_to_events
-
-        for event in response_to_events(await self.complete(request)):
+        for event in _line_events(await self.complete(request)):
             yield event
 
     async def aclose(self) -> None:
@@ -1497,6 +1502,22 @@ class AsyncSimEngine:
     @classmethod
     def load_state(cls, state: dict) -> AsyncSimEngine:
         return cls(**state)
+
+
+def _line_events(response: Any) -> Iterator[Any]:
+    """Stream events of a finished response, its text split into one delta per line.
+
+    Line-sized deltas let DSPy's stream listeners see field markers arrive piece by piece.
+    """
+    from dspy.lm15 import StreamDeltaEvent, TextDelta, response_to_events
+
+    for event in response_to_events(response):
+        delta = getattr(event, "delta", None)
+        if isinstance(delta, TextDelta) and "\n" in delta.text:
+            for line in delta.text.splitlines(True):
+                yield StreamDeltaEvent(delta=TextDelta(text=line, part_index=delta.part_index))
+        else:
+            yield event
 
 
 def request_messages(request: Any) -> list[dict]:

@@ -8,8 +8,9 @@ the network or evaluate code: tools, rewards and custom classes are named from a
 from programs.spec.compiler import compile_program
 from programs.spec.errors import PipelineRuntimeError, ProgramSpecError, SpecError
 from programs.spec.introspect import program_input_fields, program_output_fields, validate_inputs
-from programs.spec.pipeline import LMFactory, PipelineModule, StateMismatchError, StepObserver
+from programs.spec.pipeline import LMFactory, PipelineModule, StepObserver
 from programs.spec.registry import Registry, default_registry
+from programs.spec.state import StateMismatchError
 from programs.spec.types import TypeExprError, parse_type
 from programs.spec.validate import normalize_pipeline, validate_program
 from programs.spec.variables import resolve_variables

@@ -5,7 +5,9 @@ from dataclasses import dataclass, field
 
 from programs.spec.options import OptionSpec
 
-COMMON_STEP_KEYS = frozenset({"name", "module", "signature", "instructions", "inputs", "lm", "config", "demos"})
+COMMON_STEP_KEYS = frozenset(
+    {"name", "module", "signature", "instructions", "inputs", "lm", "config", "demos"}
+)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,10 @@ MODULES: dict[str, ModuleKind] = {
         # BestOfN/Refine wrap a `base` module (Predict by default, or ChainOfThought).
         ModuleKind("BestOfN", options=dict(_REWARDED), special=frozenset({"base"})),
         ModuleKind(
-            "Refine", options=dict(_REWARDED), special=frozenset({"base"}), reserved_fields=frozenset({"hint_"})
+            "Refine",
+            options=dict(_REWARDED),
+            special=frozenset({"base"}),
+            reserved_fields=frozenset({"hint_"}),
         ),
         ModuleKind(
             "MultiChainComparison",

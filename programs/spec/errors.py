@@ -1,5 +1,6 @@
 """Errors of the pipeline spec: where in the JSON something is wrong, and what."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -78,3 +79,12 @@ def join_key(path: str, key: object) -> str:
     if isinstance(key, str) and 0 < len(key) <= 64 and key.isidentifier():
         return f"{path}.{key}"
     return f"{path}[{show(key, 40)}]"
+
+
+def listing(names: Iterable[object], limit: int = 12) -> str:
+    """`a, b, c` for a message, sorted and cut after `limit` names."""
+    ordered = sorted(str(name) for name in names)
+    if not ordered:
+        return "none"
+    more = f", ... ({len(ordered) - limit} more)" if len(ordered) > limit else ""
+    return ", ".join(ordered[:limit]) + more

@@ -23,6 +23,7 @@ from programs.spec.options import check_option
 from programs.spec.plan import ProgramPlan, Setting, StepPlan
 from programs.spec.references import Ref
 from programs.spec.registry import Registry
+from programs.spec.state import StateMismatchError, clean_predictor_state
 from programs.spec.steps import Shared
 from programs.spec.variables import resolve_declared
 
@@ -34,11 +35,9 @@ class StepObserver(Protocol):
 
     def step_started(self, name: str, module: str, inputs: dict[str, Any]) -> None: ...
 
-    def step_finished(self, name: str, outputs: dict[str, Any] | None, error: BaseException | None) -> None: ...
-
-
-class StateMismatchError(ValueError):
-    """A saved DSPy state does not have the predictors of this program."""
+    def step_finished(
+        self, name: str, outputs: dict[str, Any] | None, error: BaseException | None
+    ) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -135,9 +134,10 @@ class PipelineModule(dspy.Module):
     ) -> "PipelineModule":
         """Load DSPy state (ours or plain DSPy's of the same structure), never any LM settings.
 
-        A predictor-level LM would bypass the gateway, so `lm` entries are dropped whatever
-        `allow_unsafe_lm_state` says. With `strict=False` predictors missing from `state`
-        keep their current state and unknown entries are ignored.
+        Raises StateMismatchError for a state of another structure or a malformed one, and
+        then changes nothing. `lm` entries are dropped whatever `allow_unsafe_lm_state` says
+        (see state.py). With `strict=False` predictors missing from `state` keep their
+        current state and unknown entries are ignored.
         """
         if not isinstance(state, dict):
             raise StateMismatchError("a DSPy state must be an object keyed by predictor name")
@@ -148,8 +148,14 @@ class PipelineModule(dspy.Module):
                 f"state does not match this program: missing {missing or 'nothing'}, "
                 f"unexpected {unexpected or 'nothing'}"
             )
-        clean = {name: _without_lm(state[name]) if name in state else param.dump_state() for name, param in current.items()}
-        super().load_state(clean)
+        clean = {
+            name: clean_predictor_state(name, state[name]) if name in state else param.dump_state()
+            for name, param in current.items()
+        }
+        try:
+            super().load_state(clean)  # DSPy applies it to a copy first: a bad state changes nothing
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateMismatchError(f"malformed DSPy state: {exc!r}") from exc
         return self
 
 
@@ -199,7 +205,9 @@ class _Execution:
 
     def invoke(self, step: StepPlan, module: dspy.Module, inputs: dict[str, Any]) -> dict[str, Any]:
         if step.module == "Retrieve":
-            prediction = module(query=inputs.get("query"), corpus=self.option(step, "corpus"), k=self.option(step, "k"))
+            prediction = module(
+                query=inputs.get("query"), corpus=self.option(step, "corpus"), k=self.option(step, "k")
+            )
         elif step.module == "ReAct":
             prediction = module(**inputs, max_iters=self.option(step, "max_iters"))
         elif step.module in ("BestOfN", "Refine"):

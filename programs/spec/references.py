@@ -38,7 +38,9 @@ def parse_reference(text: str) -> Ref:
     body = text[1:]
     scope, dot, name = body.partition(".")
     if not dot or not scope or not name:
-        raise ValueError(f"bad reference {_cut(text)}: expected $input.<field>, $var.<name> or $<step>.<field>")
+        raise ValueError(
+            f"bad reference {_cut(text)}: expected $input.<field>, $var.<name> or $<step>.<field>"
+        )
     for part in (scope, name):
         if not is_identifier(part):
             raise ValueError(f"bad reference {_cut(text)}: {_cut(part)} is not a valid name")

@@ -36,20 +36,28 @@ def import_dotted(path: str) -> Any:
 
 @functools.cache
 def default_registry() -> Registry:
-    """The process-wide registry built from settings on first use (cache_clear() to rebuild).
+    """The process-wide registry built from settings on first use (`cache_clear()` rebuilds it).
 
-    Without configured Django settings (scripts, pure-Python tests) the shipped defaults apply.
+    Without Django settings (scripts, pure-Python tests) the shipped tools and module apply.
     """
-    tools_setting, custom_setting = DEFAULT_TOOLS, DEFAULT_CUSTOM_MODULES
-    from django.conf import settings
-
-    if settings.configured:
-        tools_setting = getattr(settings, "DSPEX_TOOLS", DEFAULT_TOOLS)
-        custom_setting = getattr(settings, "DSPEX_CUSTOM_MODULES", DEFAULT_CUSTOM_MODULES)
     from optimization.metrics import REWARDS
 
+    tools_setting, custom_setting = _settings_or_defaults()
     return Registry(
         tools={name: import_dotted(path) for name, path in tools_setting.items()},
         custom_modules=set(custom_setting),
         rewards=dict(REWARDS),
     )
+
+
+def _settings_or_defaults() -> tuple[dict[str, str], list[str]]:
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
+
+    try:
+        return (
+            getattr(settings, "DSPEX_TOOLS", DEFAULT_TOOLS),
+            getattr(settings, "DSPEX_CUSTOM_MODULES", DEFAULT_CUSTOM_MODULES),
+        )
+    except ImproperlyConfigured:  # no settings module at all
+        return DEFAULT_TOOLS, DEFAULT_CUSTOM_MODULES

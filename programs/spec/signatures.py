@@ -269,7 +269,10 @@ def build_signature(spec: SignatureSpec, instructions: str | None = None) -> typ
     fields: dict[str, tuple[Any, Any]] = {}
     for field in spec.inputs:
         extra = {"desc": field.desc} if field.desc else {}
-        fields[field.name] = (field.type.annotation, dspy.InputField(IS_TYPE_UNDEFINED=not field.typed, **extra))
+        fields[field.name] = (
+            field.type.annotation,
+            dspy.InputField(IS_TYPE_UNDEFINED=not field.typed, **extra),
+        )
     for field in spec.outputs:
         extra = {"desc": field.desc} if field.desc else {}
         fields[field.name] = (field.type.annotation, dspy.OutputField(**extra))

@@ -135,7 +135,7 @@ def _literal_value(node: ast.AST) -> Any:
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) > 2**63:
         raise TypeExprError("Literal integer out of range")
     if negative:
-        if isinstance(value, bool) or isinstance(value, str):
+        if isinstance(value, bool | str):
             raise TypeExprError("only numbers can be negative")
         value = -value
     return value

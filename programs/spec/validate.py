@@ -7,15 +7,17 @@ numbers, deeply nested garbage, huge strings) yields errors rather than exceptio
 import logging
 from typing import Any
 
-from programs.spec.catalog import BASES, MODULES, RETRIEVE_SIGNATURE, ModuleKind
+from programs.spec.catalog import MODULES, RETRIEVE_SIGNATURE, ModuleKind
 from programs.spec.errors import Errors, SpecError, join, join_key, show
-from programs.spec.options import KIND_NAMES, LM_SETTINGS, SAMPLING, OptionSpec, check_option
+from programs.spec.options import LM_SETTINGS, SAMPLING
 from programs.spec.pipeline import reserved_step_names
 from programs.spec.plan import ProgramPlan, Setting, StepPlan
-from programs.spec.references import Ref, is_identifier, is_reference, literal, parse_reference
+from programs.spec.references import Ref, is_identifier
 from programs.spec.registry import Registry, default_registry
 from programs.spec.signatures import SignatureSpec, check_field_name, parse_signature
-from programs.spec.types import ANY, ParsedType, allows_none, check_value
+from programs.spec.types import ANY
+from programs.spec.validate_options import OptionChecks
+from programs.spec.validate_refs import ReferenceChecks
 from programs.spec.variables import check_declarations
 
 logger = logging.getLogger(__name__)
@@ -25,7 +27,6 @@ ADAPTERS = ("chat", "json")
 MAX_STEPS = 50
 MAX_INSTRUCTIONS = 20_000
 MAX_DEMOS = 100
-MAX_TOOLS = 20
 MAX_MAPPING = 50
 SHORTHAND_NAME = "main"
 
@@ -54,7 +55,7 @@ def normalize_pipeline(pipeline: Any) -> Any:
     return {**top, "steps": [{"name": SHORTHAND_NAME, "module": "Predict", **step}]}
 
 
-class _Analyzer:
+class _Analyzer(OptionChecks, ReferenceChecks):
     def __init__(self, registry: Registry | None) -> None:
         self.registry = registry
         self.errors = Errors()
@@ -70,7 +71,9 @@ class _Analyzer:
         if isinstance(variables, dict):
             self.declared_names = {name for name in variables if isinstance(name, str)}
         if not isinstance(pipeline, dict):
-            self.errors.add("pipeline", 'must be an object with "steps" (or "signature" for a one-step program)')
+            self.errors.add(
+                "pipeline", 'must be an object with "steps" (or "signature" for a one-step program)'
+            )
             return self.plan, self.errors.items
         entries = self._step_entries(pipeline)
         top_lm = self._settings(pipeline.get("lm"), "pipeline.lm", LM_SETTINGS) if "lm" in pipeline else {}
@@ -103,7 +106,9 @@ class _Analyzer:
         if adapter is None:
             return
         if adapter not in ADAPTERS:
-            self.errors.add("pipeline.adapter", f"unknown adapter {show(adapter)} (expected one of chat, json)")
+            self.errors.add(
+                "pipeline.adapter", f"unknown adapter {show(adapter)} (expected one of chat, json)"
+            )
             return
         self.plan.adapter = adapter
 
@@ -147,10 +152,14 @@ class _Analyzer:
             self.errors.add(name_path, "every step needs a name")
             return None
         if not is_identifier(name):
-            self.errors.add(name_path, f"{show(name)} is not a valid step name (an identifier, not starting with _)")
+            self.errors.add(
+                name_path, f"{show(name)} is not a valid step name (an identifier, not starting with _)"
+            )
             return None
         if name in reserved_step_names():
-            self.errors.add(name_path, f"{show(name)} is reserved (a DSPy module attribute or reference scope)")
+            self.errors.add(
+                name_path, f"{show(name)} is reserved (a DSPy module attribute or reference scope)"
+            )
             return None
         if self.step_indexes.get(name, index) != index:
             self.errors.add(name_path, f"duplicate step name {show(name)}")
@@ -161,7 +170,9 @@ class _Analyzer:
         module = raw.get("module", "Predict")
         kind = MODULES.get(module) if isinstance(module, str) else None
         if kind is None:
-            self.errors.add(join(path, "module"), f"unknown module {show(module)} (expected one of {', '.join(MODULES)})")
+            self.errors.add(
+                join(path, "module"), f"unknown module {show(module)} (expected one of {', '.join(MODULES)})"
+            )
         return kind
 
     def _check_keys(self, path: str, raw: dict, kind: ModuleKind) -> None:
@@ -176,7 +187,9 @@ class _Analyzer:
                 message = f"unknown key for a {kind.name} step"
             self.errors.add(join_key(path, key), message)
 
-    def _step_signature(self, path: str, raw: dict, kind: ModuleKind | None, base: str) -> SignatureSpec | None:
+    def _step_signature(
+        self, path: str, raw: dict, kind: ModuleKind | None, base: str
+    ) -> SignatureSpec | None:
         if kind is not None and kind.fixed_signature:
             return parse_signature(RETRIEVE_SIGNATURE, Errors(), path)
         if "signature" not in raw:
@@ -187,7 +200,9 @@ class _Analyzer:
         signature = parse_signature(raw["signature"], self.errors, sig_path)
         if signature is None or kind is None:
             return signature
-        reserved = [f.name for f in (*signature.inputs, *signature.outputs) if self._is_reserved(kind, base, f.name)]
+        reserved = [
+            f.name for f in (*signature.inputs, *signature.outputs) if self._is_reserved(kind, base, f.name)
+        ]
         for field_name in reserved:
             self.errors.add(sig_path, f"field {show(field_name)} is added by {kind.name} itself; rename it")
         return None if reserved else signature
@@ -205,7 +220,9 @@ class _Analyzer:
     def _instructions(self, path: str, raw: dict) -> str | None:
         value = raw.get("instructions")
         if value is not None and (not isinstance(value, str) or len(value) > MAX_INSTRUCTIONS):
-            self.errors.add(join(path, "instructions"), f"must be a string of at most {MAX_INSTRUCTIONS} characters")
+            self.errors.add(
+                join(path, "instructions"), f"must be a string of at most {MAX_INSTRUCTIONS} characters"
+            )
             return None
         return value or None
 
@@ -219,230 +236,6 @@ class _Analyzer:
         if "config" in raw:
             settings.update(self._settings(raw["config"], join(path, "config"), SAMPLING))
         return settings
-
-    # --- options -------------------------------------------------------------------------------
-
-    def _module_options(self, path: str, raw: dict, kind: ModuleKind) -> dict[str, Setting]:
-        options = {}
-        for key, spec in kind.options.items():
-            if key in raw:
-                setting = self._setting(raw[key], join(path, key), spec)
-                if setting is not None:
-                    options[key] = setting
-            elif spec.required:
-                self.errors.add(join(path, key), f"required for {kind.name} steps")
-            else:
-                options[key] = Setting(join(path, key), spec, spec.default)
-        reward = options.get("reward")
-        if reward is not None and self.registry is not None and reward.value not in self.registry.rewards:
-            available = _listing(self.registry.rewards)
-            self.errors.add(reward.path, f"unknown reward {show(reward.value)} (available: {available})")
-        return options
-
-    def _settings(self, raw: Any, path: str, table: dict[str, OptionSpec]) -> dict[str, Setting]:
-        if not isinstance(raw, dict):
-            self.errors.add(path, "must be an object")
-            return {}
-        settings = {}
-        for key, value in raw.items():
-            if key not in table:
-                self.errors.add(join_key(path, key), f"unknown setting (allowed: {', '.join(table)})")
-                continue
-            setting = self._setting(value, join(path, key), table[key])
-            if setting is not None:
-                settings[key] = setting
-        return settings
-
-    def _setting(self, value: Any, path: str, spec: OptionSpec) -> Setting | None:
-        if not is_reference(value):
-            problem = check_option(spec, literal(value))
-            if problem:
-                self.errors.add(path, problem)
-                return None
-            return Setting(path, spec, literal(value))
-        ref = self._parse_ref(value, path)
-        if ref is None:
-            return None
-        if not spec.var:
-            self.errors.add(path, "must be a literal value here (it shapes the compiled module), not a reference")
-            return None
-        if ref.scope != "var":
-            self.errors.add(path, "only $var.<name> references are allowed in settings")
-            return None
-        return Setting(path, spec, ref) if self._check_var_use(ref, path, spec) else None
-
-    def _check_var_use(self, ref: Ref, path: str, spec: OptionSpec) -> bool:
-        decl = self.plan.variables.get(ref.name)
-        if decl is None:
-            if ref.name not in self.declared_names:  # declared but invalid: already reported there
-                self.errors.add(path, f"undeclared variable {show(ref.name)}")
-            return False
-        if spec.kind not in decl.kinds:
-            self.errors.add(
-                path, f"variable {show(ref.name)} is of type {decl.type} but this needs {KIND_NAMES[spec.kind]}"
-            )
-            return False
-        for value in decl.choices or (decl.default,):
-            problem = check_option(spec, value)
-            if problem:
-                self.errors.add(path, f"variable {show(ref.name)} allows a value that does not fit here: {problem}")
-                return False
-        return True
-
-    def _check_special(self, step: StepPlan, raw: dict, kind: ModuleKind) -> None:
-        if "tools" in kind.special:
-            step.tools = self._tools(raw, step.path)
-        if "base" in kind.special:
-            step.base = self._base(raw, step.path)
-        if "class" in kind.special:
-            step.custom_class = self._custom_class(raw, step.path)
-            step.custom_options = self._custom_options(raw, step.path)
-
-    def _tools(self, raw: dict, path: str) -> tuple[str, ...]:
-        tools, tools_path = raw.get("tools"), join(path, "tools")
-        if not isinstance(tools, list) or not 1 <= len(tools) <= MAX_TOOLS:
-            self.errors.add(tools_path, f"must be a list of 1 to {MAX_TOOLS} tool names")
-            return ()
-        names: list[str] = []
-        for index, name in enumerate(tools):
-            problem = self._tool_problem(name, names)
-            if problem:
-                self.errors.add(join(tools_path, index), problem)
-            else:
-                names.append(name)
-        return tuple(names)
-
-    def _tool_problem(self, name: Any, seen: list[str]) -> str | None:
-        if not isinstance(name, str):
-            return "a tool name must be a string"
-        if name == "finish":
-            return "'finish' is ReAct's own tool and cannot be listed"
-        if name in seen:
-            return f"tool {show(name)} is listed twice"
-        if self.registry is not None and name not in self.registry.tools:
-            return f"unknown tool {show(name)} (available: {_listing(self.registry.tools)})"
-        return None
-
-    def _base(self, raw: dict, path: str) -> str:
-        base = raw.get("base", "Predict")
-        if base not in BASES:
-            self.errors.add(join(path, "base"), f"must be one of {', '.join(BASES)}")
-            return "Predict"
-        return base
-
-    def _custom_class(self, raw: dict, path: str) -> str | None:
-        value, class_path = raw.get("class"), join(path, "class")
-        if not isinstance(value, str) or not value:
-            self.errors.add(class_path, "required: the dotted path of an allowlisted module class")
-            return None
-        if self.registry is not None and value not in self.registry.custom_modules:
-            allowed = _listing(self.registry.custom_modules)
-            self.errors.add(class_path, f"{show(value)} is not an allowed custom module (allowed: {allowed})")
-            return None
-        return value
-
-    def _custom_options(self, raw: dict, path: str) -> dict[str, Any]:
-        options, options_path = raw.get("options", {}), join(path, "options")
-        if not isinstance(options, dict) or len(options) > MAX_MAPPING:
-            self.errors.add(options_path, f"must be an object with at most {MAX_MAPPING} keys")
-            return {}
-        bad = [key for key in options if not is_identifier(key)]
-        for key in bad:
-            self.errors.add(join_key(options_path, key), "option names must be identifiers")
-        return {} if bad else dict(options)
-
-    # --- references ----------------------------------------------------------------------------
-
-    def _bindings(self, path: str, raw: dict, signature: SignatureSpec | None) -> dict[str, Any]:
-        inputs_path = join(path, "inputs")
-        if "inputs" not in raw:
-            if signature is None:
-                return {}
-            for field in signature.inputs:
-                self._record_input(field.name, field.type, inputs_path)
-            return {field.name: Ref("input", field.name) for field in signature.inputs}
-        mapping = raw["inputs"]
-        if not isinstance(mapping, dict) or len(mapping) > MAX_MAPPING:
-            self.errors.add(inputs_path, f"must be an object mapping input fields to values (at most {MAX_MAPPING})")
-            return {}
-        bindings = {}
-        for key, value in mapping.items():
-            key_path = join_key(inputs_path, key)
-            field = signature.field(key) if signature is not None and isinstance(key, str) else None
-            if signature is not None and (field is None or key not in signature.input_names):
-                self.errors.add(key_path, f"not an input field of the signature (inputs: {_listing(signature.input_names)})")
-                continue
-            binding = self._binding(value, key_path, field.type if field else ANY)
-            if binding is not None:
-                bindings[key] = binding
-        self._check_missing(inputs_path, mapping, signature)
-        return bindings
-
-    def _check_missing(self, path: str, mapping: dict, signature: SignatureSpec | None) -> None:
-        for field in signature.inputs if signature else ():
-            if field.name not in mapping and not allows_none(field.type.annotation):
-                self.errors.add(path, f'input field {show(field.name)} is not mapped (e.g. "$input.{field.name}")')
-
-    def _binding(self, value: Any, path: str, wanted: ParsedType) -> Any:
-        if not is_reference(value):
-            problem = check_value(wanted.annotation, literal(value))
-            if problem:
-                self.errors.add(path, f"expected {problem}, got {show(literal(value))}")
-                return None
-            return literal(value)
-        ref = self._parse_ref(value, path)
-        if ref is None:
-            return None
-        if ref.scope == "input":
-            return ref if self._record_input(ref.name, wanted, path) else None
-        if ref.scope == "var":
-            return ref if self._check_var_ref(ref, path) else None
-        return ref if self._check_step_ref(ref, path) else None
-
-    def _parse_ref(self, value: str, path: str) -> Ref | None:
-        try:
-            return parse_reference(value)
-        except ValueError as exc:
-            self.errors.add(path, str(exc))
-            return None
-
-    def _check_var_ref(self, ref: Ref, path: str) -> bool:
-        if ref.name in self.plan.variables:
-            return True
-        if ref.name not in self.declared_names:
-            self.errors.add(path, f"undeclared variable {show(ref.name)}")
-        return False
-
-    def _check_step_ref(self, ref: Ref, path: str) -> bool:
-        index, current = self.current
-        target = self.steps_by_name.get(ref.scope)
-        if ref.scope == current:
-            self.errors.add(path, f"step {show(ref.scope)} cannot use its own outputs")
-        elif target is None and self.step_indexes.get(ref.scope, -1) > index:
-            self.errors.add(path, f"step {show(ref.scope)} runs after this one; only earlier steps can be used")
-        elif target is None and ref.scope not in self.step_indexes:
-            self.errors.add(path, f"unknown step {show(ref.scope)}")
-        elif target is not None and target.outputs is not None and ref.name not in target.outputs:
-            listing = _listing(target.outputs)
-            self.errors.add(path, f"step {show(ref.scope)} has no output {show(ref.name)} (outputs: {listing})")
-        else:
-            return target is not None
-        return False
-
-    def _record_input(self, name: str, wanted: ParsedType, path: str) -> bool:
-        problem = check_field_name(name)
-        if problem:
-            self.errors.add(path, f"bad program input name: {problem}")
-            return False
-        known = self.plan.input_types.get(name)
-        if known is None or known is ANY:
-            self.plan.input_types[name] = wanted
-            self.input_origins[name] = path
-        elif wanted is not ANY and wanted.text != known.text:
-            origin = self.input_origins[name]
-            self.errors.add(path, f"input {show(name)} is used as {wanted.text} here but as {known.text} at {origin}")
-            return False
-        return True
 
     # --- demos and outputs -----------------------------------------------------------------------
 
@@ -476,7 +269,9 @@ class _Analyzer:
             return
         raw = pipeline["outputs"]
         if not isinstance(raw, dict) or not 1 <= len(raw) <= MAX_MAPPING:
-            self.errors.add("pipeline.outputs", f"must be an object mapping 1 to {MAX_MAPPING} output names to values")
+            self.errors.add(
+                "pipeline.outputs", f"must be an object mapping 1 to {MAX_MAPPING} output names to values"
+            )
             return
         for name, value in raw.items():
             path = join_key("pipeline.outputs", name)
@@ -493,11 +288,3 @@ class _Analyzer:
         if last is None or last.signature is None:
             return {}
         return {name: Ref(last.name, name) for name in last.signature.output_names}
-
-
-def _listing(names: Any, limit: int = 12) -> str:
-    names = sorted(str(name) for name in names)
-    if not names:
-        return "none"
-    more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
-    return ", ".join(names[:limit]) + more

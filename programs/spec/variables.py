@@ -84,7 +84,9 @@ def check_declarations(variables: Any, errors: Errors, path: str = "variables") 
     for name, raw in variables.items():
         var_path = join_key(path, name)
         if not is_identifier(name):
-            errors.add(var_path, "variable names must be identifiers (letters, digits, _; not starting with _)")
+            errors.add(
+                var_path, "variable names must be identifiers (letters, digits, _; not starting with _)"
+            )
             continue
         before = len(errors)
         decl = _check_declaration(name, raw, errors, var_path)
@@ -167,7 +169,10 @@ def _check_choices(raw: dict, errors: Errors, path: str) -> dict | None:
         if not (isinstance(choice, str | bool) or _is_number(choice)) or (
             isinstance(choice, str) and len(choice) > 200
         ):
-            errors.add(join(choices_path, index), "choices must be strings (up to 200 characters), numbers or booleans")
+            errors.add(
+                join(choices_path, index),
+                "choices must be strings (up to 200 characters), numbers or booleans",
+            )
             return None
         if _contains(seen, choice):
             errors.add(join(choices_path, index), f"duplicate choice {show(choice)}")
@@ -185,7 +190,10 @@ def _contains(values: Any, value: Any) -> bool:
 
 
 def check_variable_value(decl: VarDecl, value: Any) -> str | None:
-    """Why `value` is not acceptable for `decl`, or None. Ints are accepted for floats, bools never for numbers."""
+    """Why `value` is not acceptable for `decl`, or None.
+
+    Ints are accepted for floats; bools are never numbers (in Python `True == 1`).
+    """
     if decl.type == "choice":
         if _contains(decl.choices, value):
             return None
@@ -258,4 +266,3 @@ def resolve_variables(declarations: Any, overrides: Any = None) -> dict[str, Any
     if errors.items:
         raise ProgramSpecError(errors.items)
     return resolve_declared(declared, overrides)
-

@@ -4,6 +4,7 @@ Servers run in a thread of the test process (`serve_in_thread`); one test starts
 `simlm` management command in a subprocess. No database is needed.
 """
 
+import asyncio
 import base64
 import http.client
 import json
@@ -225,6 +226,19 @@ def test_dspy_modules_over_http(sim: SimServer, adapter: dspy.Adapter, model: st
     assert sim.stats()["outcomes"] == {"ok": 1}
 
 
+def test_dspy_streaming_over_http(sim: SimServer) -> None:
+    listener = dspy.streaming.StreamListener(signature_field_name="answer")
+    program = dspy.streamify(dspy.Predict("question -> answer"), stream_listeners=[listener])
+
+    async def run() -> list:
+        with dspy.context(lm=http_lm(sim)):
+            return [chunk async for chunk in program(question="What is 2 + 40?")]
+
+    chunks = asyncio.run(run())
+    assert "".join(c.chunk for c in chunks if isinstance(c, dspy.streaming.StreamResponse)).strip() == "42"
+    assert chunks[-1].answer == "42"
+
+
 def test_http_and_in_process_answers_agree(sim: SimServer) -> None:
     program = dspy.Predict("question -> answer")
     question = "Which team owns the quarterly report?"
@@ -284,12 +298,12 @@ def test_latency_is_added(sim: SimServer) -> None:
 
 
 def test_sliding_window_rate_limit(sim: SimServer) -> None:
-    sim.update_config(rate_limit_rpm=3, rate_limit_window_s=0.5)
+    sim.update_config(rate_limit_rpm=3, rate_limit_window_s=1.0)
     assert [chat(sim)[0] for _ in range(3)] == [200, 200, 200]
     status, headers, body = chat(sim)
-    assert status == 429 and headers["Retry-After"] == "1" and 0 < int(headers["retry-after-ms"]) <= 500
+    assert status == 429 and headers["Retry-After"] == "1" and 0 < int(headers["retry-after-ms"]) <= 1000
     assert headers["x-ratelimit-limit-requests"] == "3" and body["error"]["type"] == "requests"
-    time.sleep(0.55)  # the window slides: the first three requests have expired
+    time.sleep(1.05)  # the window slides: the first three requests have expired
     assert [chat(sim)[0] for _ in range(4)] == [200, 200, 200, 429]
     assert sim.stats()["outcomes"] == {"ok": 6, "rate_limited": 2}
 

@@ -92,11 +92,15 @@ def accuracy(program: dspy.Module, data: list[dict], field: str) -> float:
 # -- DSPy modules, adapters and types -----------------------------------------------------------
 
 
-@pytest.mark.parametrize("adapter", [dspy.ChatAdapter(), dspy.JSONAdapter()], ids=["chat", "json"])
+@pytest.mark.parametrize(
+    "adapter", [dspy.ChatAdapter(), dspy.JSONAdapter(), dspy.XMLAdapter()], ids=["chat", "json", "xml"]
+)
 @pytest.mark.parametrize("module", [dspy.Predict, dspy.ChainOfThought])
 def test_every_output_field_in_its_type(adapter: dspy.Adapter, module: type) -> None:
-    with dspy.context(lm=make_lm(), adapter=adapter):
+    engine = Recording()
+    with dspy.context(lm=make_lm(engine), adapter=adapter):
         pred = module(Typed)(question="The invoice total is 12 * (3 + 4) dollars, is that urgent?")
+    assert len(engine.requests) == 1  # parsed at the first attempt, no adapter fallback
     assert pred.category in ("billing", "bug")
     assert pred.count == 84  # evaluated from the arithmetic in the input
     assert pred.ratio == 84.0
@@ -144,7 +148,7 @@ def test_dict_pydantic_and_enum_outputs() -> None:
     for adapter in (dspy.ChatAdapter(), dspy.JSONAdapter()):
         with dspy.context(lm=make_lm(), adapter=adapter):
             pred = dspy.Predict(Extract)(text="Ana is 31 and feels happy today")
-        assert isinstance(pred.person, Person) and pred.person.age == 31
+        assert isinstance(pred.person, Person) and pred.person.age == 31 and pred.person.name == "Ana"
         assert pred.mood is Mood.HAPPY
         assert isinstance(pred.extra, dict) and pred.extra
 
@@ -160,6 +164,20 @@ def test_async_engine_with_acall() -> None:
             )
 
     assert [p.category for p in asyncio.run(run())] == ["bug"] * 5
+
+
+def test_streaming_emits_field_chunks() -> None:
+    lm = dspy.LM("sim/default", engine=SimEngine(), async_engine=AsyncSimEngine(), num_retries=0, cache=False)
+    listener = dspy.streaming.StreamListener(signature_field_name="answer")
+    program = dspy.streamify(dspy.Predict("question -> answer"), stream_listeners=[listener])
+
+    async def run() -> list:
+        with dspy.context(lm=lm):
+            return [chunk async for chunk in program(question="What is 2 + 40?")]
+
+    chunks = asyncio.run(run())
+    streamed = "".join(c.chunk for c in chunks if isinstance(c, dspy.streaming.StreamResponse))
+    assert streamed.strip() == "42" and chunks[-1].answer == "42"
 
 
 def test_react_calls_a_tool_and_finishes() -> None:

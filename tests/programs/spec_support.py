@@ -107,5 +107,9 @@ class RecordingEngine(SimEngine):
 
     def prompt_text(self, index: int = -1) -> str:
         request = self.requests[index]
-        system = request.system if isinstance(request.system, str) else "".join(p.text for p in request.system or [])
+        system = (
+            request.system
+            if isinstance(request.system, str)
+            else "".join(p.text for p in request.system or [])
+        )
         return system + "\n" + "\n".join(message.text or "" for message in request.messages)

@@ -7,10 +7,18 @@ from programs.spec import ProgramSpecError, program_input_fields, program_output
 from .spec_support import full_pipeline
 
 TYPED = {
-    "signature": "question: str, count: int, ratio: float, flag: bool, tags: list[str], meta: dict[str, int], "
-    "label: Literal['a', 'b'], hint: Optional[str] -> answer"
+    "signature": "question: str, count: int, ratio: float, flag: bool, tags: list[str], "
+    "meta: dict[str, int], label: Literal['a', 'b'], hint: Optional[str] -> answer"
 }
-GOOD_INPUT = {"question": "q", "count": 2, "ratio": 0.5, "flag": True, "tags": ["x"], "meta": {"a": 1}, "label": "a"}
+GOOD_INPUT = {
+    "question": "q",
+    "count": 2,
+    "ratio": 0.5,
+    "flag": True,
+    "tags": ["x"],
+    "meta": {"a": 1},
+    "label": "a",
+}
 
 
 def errors_of(pipeline: dict, inputs: object) -> list[str]:
@@ -25,7 +33,10 @@ def test_program_inputs_are_the_input_names_it_uses() -> None:
 
 
 def test_an_input_only_used_in_outputs_has_type_any() -> None:
-    pipeline = {"signature": "question -> answer", "outputs": {"answer": "$main.answer", "echo": "$input.ticket_id"}}
+    pipeline = {
+        "signature": "question -> answer",
+        "outputs": {"answer": "$main.answer", "echo": "$input.ticket_id"},
+    }
     assert program_input_fields(pipeline) == {"question": "str", "ticket_id": "Any"}
 
 
@@ -34,7 +45,10 @@ def test_program_outputs_are_the_mapping_or_the_last_steps_outputs() -> None:
     pipeline = full_pipeline()
     del pipeline["outputs"]
     assert program_output_fields(pipeline) == ["answer"]  # not ChainOfThought's reasoning
-    assert program_output_fields({"signature": "question -> answer, confidence: float"}) == ["answer", "confidence"]
+    assert program_output_fields({"signature": "question -> answer, confidence: float"}) == [
+        "answer",
+        "confidence",
+    ]
 
 
 def test_it_accepts_inputs_of_the_declared_types() -> None:

@@ -12,9 +12,39 @@ from .spec_support import full_pipeline, full_variables, make_registry
 
 REGISTRY = make_registry()
 KEYS = st.sampled_from(
-    ["steps", "signature", "name", "module", "inputs", "outputs", "lm", "model", "temperature", "type", "default",
-     "min", "max", "choices", "k", "n", "reward", "tools", "class", "demos", "config", "adapter", "corpus", "m",
-     "base", "instructions", "question", "answer", "options", "max_iters", "threshold"]
+    [
+        "steps",
+        "signature",
+        "name",
+        "module",
+        "inputs",
+        "outputs",
+        "lm",
+        "model",
+        "temperature",
+        "type",
+        "default",
+        "min",
+        "max",
+        "choices",
+        "k",
+        "n",
+        "reward",
+        "tools",
+        "class",
+        "demos",
+        "config",
+        "adapter",
+        "corpus",
+        "m",
+        "base",
+        "instructions",
+        "question",
+        "answer",
+        "options",
+        "max_iters",
+        "threshold",
+    ]
 )
 SCALARS = (
     st.none()
@@ -23,14 +53,38 @@ SCALARS = (
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=40)
     | st.sampled_from(
-        ["$input.question", "$var.k", "$var.temperature", "$answer.answer", "$retrieve.passages", "$x", "$", "$$",
-         "question -> answer", "list[str]", "Literal['a']", "ChainOfThought", "Retrieve", "ReAct", "BestOfN",
-         "Custom", "nonempty", "calculator", "float", "int", "choice", "chat", "json"]
+        [
+            "$input.question",
+            "$var.k",
+            "$var.temperature",
+            "$answer.answer",
+            "$retrieve.passages",
+            "$x",
+            "$",
+            "$$",
+            "question -> answer",
+            "list[str]",
+            "Literal['a']",
+            "ChainOfThought",
+            "Retrieve",
+            "ReAct",
+            "BestOfN",
+            "Custom",
+            "nonempty",
+            "calculator",
+            "float",
+            "int",
+            "choice",
+            "chat",
+            "json",
+        ]
     )
 )
 JSON = st.recursive(
     SCALARS,
-    lambda children: st.lists(children, max_size=4) | st.dictionaries(KEYS | st.text(max_size=10), children, max_size=4),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(KEYS | st.text(max_size=10), children, max_size=4)
+    ),
     max_leaves=30,
 )
 
@@ -73,11 +127,30 @@ def at(value: Any, path: tuple) -> Any:
 
 RICH_PIPELINE = full_pipeline()
 RICH_PIPELINE["steps"] += [
-    {"name": "agent", "module": "ReAct", "signature": "question -> answer", "tools": ["calculator"], "max_iters": 2},
-    {"name": "best", "module": "BestOfN", "signature": "question, draft -> answer", "reward": "nonempty", "n": "$var.k",
-     "inputs": {"question": "$input.question", "draft": "$agent.answer"}, "config": {"temperature": 0.5}},
-    {"name": "compare", "module": "MultiChainComparison", "signature": "question -> answer: Literal['yes', 'no']", "m": 2,
-     "demos": [{"question": "q", "answer": "yes"}], "lm": {"model": "sim/smart"}},
+    {
+        "name": "agent",
+        "module": "ReAct",
+        "signature": "question -> answer",
+        "tools": ["calculator"],
+        "max_iters": 2,
+    },
+    {
+        "name": "best",
+        "module": "BestOfN",
+        "signature": "question, draft -> answer",
+        "reward": "nonempty",
+        "n": "$var.k",
+        "inputs": {"question": "$input.question", "draft": "$agent.answer"},
+        "config": {"temperature": 0.5},
+    },
+    {
+        "name": "compare",
+        "module": "MultiChainComparison",
+        "signature": "question -> answer: Literal['yes', 'no']",
+        "m": 2,
+        "demos": [{"question": "q", "answer": "yes"}],
+        "lm": {"model": "sim/smart"},
+    },
 ]
 
 
@@ -123,7 +196,13 @@ def test_deeply_nested_values_do_not_break_validation() -> None:
     nested: Any = {}
     for _ in range(100_000):
         nested = {"steps": nested}
-    for pipeline in (deep, {"steps": deep}, {"steps": [deep]}, nested, {"signature": "q -> a", "outputs": {"a": deep}}):
+    for pipeline in (
+        deep,
+        {"steps": deep},
+        {"steps": [deep]},
+        nested,
+        {"signature": "q -> a", "outputs": {"a": deep}},
+    ):
         assert_well_formed(validate_program(pipeline, {"x": deep}, REGISTRY))
     assert_well_formed(validate_program({"signature": "q -> a", "inputs": {"q": deep}}, nested, REGISTRY))
 
@@ -134,6 +213,9 @@ def test_huge_numbers_do_not_break_validation() -> None:
     variables = {"x": {"type": "float", "default": huge, "min": -huge}, "y": {"type": "int", "default": huge}}
     errors = validate_program(pipeline, variables, REGISTRY)
     assert_well_formed(errors)
-    assert {"pipeline.lm.temperature", "pipeline.lm.max_tokens", "variables.x.min", "variables.y.default"} <= {
-        error.path for error in errors
-    }
+    assert {
+        "pipeline.lm.temperature",
+        "pipeline.lm.max_tokens",
+        "variables.x.min",
+        "variables.y.default",
+    } <= {error.path for error in errors}

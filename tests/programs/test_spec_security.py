@@ -28,15 +28,25 @@ def imports(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def custom(class_path: str) -> dict:
-    return {"steps": [{"name": "main", "module": "Custom", "class": class_path, "signature": "text -> summary"}]}
+    return {
+        "steps": [{"name": "main", "module": "Custom", "class": class_path, "signature": "text -> summary"}]
+    }
 
 
 @pytest.mark.parametrize(
     "class_path",
-    ["os.system", "builtins.eval", "subprocess.Popen", "programs.custom_modules.KeywordExtract.__init__",
-     "programs.custom_modules", "evil_never_imported_module.Thing"],
+    [
+        "os.system",
+        "builtins.eval",
+        "subprocess.Popen",
+        "programs.custom_modules.KeywordExtract.__init__",
+        "programs.custom_modules",
+        "evil_never_imported_module.Thing",
+    ],
 )
-def test_it_rejects_custom_classes_outside_the_allowlist_without_importing_them(class_path: str, imports: list) -> None:
+def test_it_rejects_custom_classes_outside_the_allowlist_without_importing_them(
+    class_path: str, imports: list
+) -> None:
     errors = validate_program(custom(class_path), {}, make_registry())
     assert "is not an allowed custom module" in by_path(errors)["pipeline.steps[0].class"]
     with pytest.raises(ProgramSpecError):
@@ -46,21 +56,34 @@ def test_it_rejects_custom_classes_outside_the_allowlist_without_importing_them(
 
 
 def test_an_allowlisted_path_that_is_not_a_module_class_is_refused_at_compile_time() -> None:
-    with pytest.raises(ProgramSpecError, match="not a dspy.Module subclass"):
+    with pytest.raises(ProgramSpecError, match=r"not a dspy\.Module subclass"):
         compile_program(custom("os.getcwd"), {}, make_registry(custom_modules={"os.getcwd"}))
 
 
 @pytest.mark.parametrize(
     "type_text",
-    ["__import__('os')", "os.path", "os", "subprocess.Popen", "eval('str')", "list[os.system]",
-     "Literal[__import__('os')]", "typing.List[str]", "dspy.Image", "str.__class__", "exec"],
+    [
+        "__import__('os')",
+        "os.path",
+        "os",
+        "subprocess.Popen",
+        "eval('str')",
+        "list[os.system]",
+        "Literal[__import__('os')]",
+        "typing.List[str]",
+        "dspy.Image",
+        "str.__class__",
+        "exec",
+    ],
 )
 def test_it_rejects_type_names_outside_the_allowlist_without_importing(type_text: str, imports: list) -> None:
     pipeline = {"signature": f"question -> answer: {type_text}"}
     errors = validate_program(pipeline, {}, make_registry())
     assert [error.path for error in errors] == ["pipeline.signature"]
     object_form = {"signature": {"inputs": {"question": {"type": type_text}}, "outputs": {"answer": "str"}}}
-    assert [e.path for e in validate_program(object_form, {}, make_registry())] == ["pipeline.signature.inputs.question.type"]
+    assert [e.path for e in validate_program(object_form, {}, make_registry())] == [
+        "pipeline.signature.inputs.question.type"
+    ]
     assert imports == []
 
 
@@ -70,25 +93,39 @@ def test_signatures_never_go_through_dspys_own_string_parser(monkeypatch: pytest
         raise AssertionError("DSPy's string signature parser was used")
 
     monkeypatch.setattr("dspy.signatures.signature._parse_signature", refuse)
-    program = compile_program({"signature": "context: list[str], question -> answer: Literal['a', 'b']"}, {}, make_registry())
+    program = compile_program(
+        {"signature": "context: list[str], question -> answer: Literal['a', 'b']"}, {}, make_registry()
+    )
     assert program.main.signature.output_fields["answer"].annotation.__args__ == ("a", "b")
 
 
 @pytest.mark.parametrize("tool", ["eval", "exec", "__import__", "os.system", "programs.tools.calculator"])
 def test_it_rejects_tools_outside_the_registry(tool: str) -> None:
-    pipeline = {"steps": [{"name": "agent", "module": "ReAct", "signature": "question -> answer", "tools": [tool]}]}
-    assert "unknown tool" in by_path(validate_program(pipeline, {}, make_registry()))["pipeline.steps[0].tools[0]"]
+    pipeline = {
+        "steps": [{"name": "agent", "module": "ReAct", "signature": "question -> answer", "tools": [tool]}]
+    }
+    assert (
+        "unknown tool"
+        in by_path(validate_program(pipeline, {}, make_registry()))["pipeline.steps[0].tools[0]"]
+    )
 
 
 @pytest.mark.parametrize("reward", ["os.system", "eval", "optimization.metrics.nonempty"])
 def test_it_rejects_rewards_outside_the_registry(reward: str) -> None:
-    pipeline = {"steps": [{"name": "best", "module": "BestOfN", "signature": "question -> answer", "reward": reward}]}
-    assert "unknown reward" in by_path(validate_program(pipeline, {}, make_registry()))["pipeline.steps[0].reward"]
+    pipeline = {
+        "steps": [{"name": "best", "module": "BestOfN", "signature": "question -> answer", "reward": reward}]
+    }
+    assert (
+        "unknown reward"
+        in by_path(validate_program(pipeline, {}, make_registry()))["pipeline.steps[0].reward"]
+    )
 
 
 @pytest.mark.parametrize("key", ["api_base", "base_url", "api_key", "engine", "model_list", "extra_headers"])
 def test_a_spec_cannot_point_an_lm_at_another_endpoint_or_key(key: str) -> None:
-    errors = validate_program({"signature": "question -> answer", "lm": {key: "http://attacker.example"}}, {}, make_registry())
+    errors = validate_program(
+        {"signature": "question -> answer", "lm": {key: "http://attacker.example"}}, {}, make_registry()
+    )
     assert "unknown setting" in by_path(errors)[f"pipeline.lm.{key}"]
 
 
@@ -128,6 +165,8 @@ def test_the_calculator_never_evaluates_code_or_hangs() -> None:
 
 
 def test_a_predictor_lm_from_the_spec_is_impossible() -> None:
-    program = compile_program({"signature": "question -> answer", "lm": {"model": "sim/x"}}, {}, make_registry())
+    program = compile_program(
+        {"signature": "question -> answer", "lm": {"model": "sim/x"}}, {}, make_registry()
+    )
     assert all(predictor.lm is None for predictor in program.predictors())
     assert isinstance(program.main, dspy.Predict)

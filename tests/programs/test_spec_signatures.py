@@ -104,7 +104,9 @@ def test_it_keeps_field_order_with_the_list_form_of_object_signatures() -> None:
 
 
 def test_it_uses_the_step_instructions_or_dspy_default_ones() -> None:
-    assert compile_one("question -> answer", instructions="Be brief.").main.signature.instructions == "Be brief."
+    assert (
+        compile_one("question -> answer", instructions="Be brief.").main.signature.instructions == "Be brief."
+    )
     default = compile_one("question -> answer").main.signature.instructions
     assert default == dspy.Signature("question -> answer").instructions
 
@@ -119,7 +121,9 @@ def test_it_declares_fields_exactly_as_dspy_string_signatures_do() -> None:
 
 
 def test_it_takes_program_input_types_from_the_fields_they_feed() -> None:
-    pipeline = {"signature": "context: list[str], question, choice: Literal['a', 'b'], hint: Optional[int] -> answer"}
+    pipeline = {
+        "signature": "context: list[str], question, choice: Literal['a', 'b'], hint: Optional[int] -> answer"
+    }
     assert program_input_fields(pipeline) == {
         "context": "list[str]",
         "question": "str",

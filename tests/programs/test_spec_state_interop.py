@@ -8,7 +8,14 @@ import pytest
 from programs.spec import PipelineModule, StateMismatchError, compile_program
 from programs.tools import calculator
 
-from .spec_support import RecordingEngine, fake_retriever, full_pipeline, full_variables, make_registry, sim_lm
+from .spec_support import (
+    RecordingEngine,
+    fake_retriever,
+    full_pipeline,
+    full_variables,
+    make_registry,
+    sim_lm,
+)
 
 MARS = "What colour is the sky on Mars?"
 # The simulated provider answers a question that equals a demo's inputs with the demo's outputs.
@@ -24,7 +31,9 @@ class PlainRag(dspy.Module):
     def __init__(self) -> None:
         super().__init__()
         self.answer = dspy.ChainOfThought(
-            dspy.Signature("context: list[str], question: str -> answer: str", "Answer from the context only.")
+            dspy.Signature(
+                "context: list[str], question: str -> answer: str", "Answer from the context only."
+            )
         )
 
     def forward(self, question: str) -> dspy.Prediction:
@@ -80,7 +89,11 @@ def test_optimized_state_round_trips_through_json() -> None:
 
 
 def test_react_state_interoperates_with_plain_react() -> None:
-    pipeline = {"steps": [{"name": "agent", "module": "ReAct", "signature": "question -> answer", "tools": ["calculator"]}]}
+    pipeline = {
+        "steps": [
+            {"name": "agent", "module": "ReAct", "signature": "question -> answer", "tools": ["calculator"]}
+        ]
+    }
     program = compile_program(pipeline, {}, make_registry())
 
     class PlainAgent(dspy.Module):
@@ -90,14 +103,18 @@ def test_react_state_interoperates_with_plain_react() -> None:
 
     plain = PlainAgent()
     assert program.dump_state() == plain.dump_state()
-    plain.agent.extract.predict.signature = plain.agent.extract.predict.signature.with_instructions("Be exact.")
+    plain.agent.extract.predict.signature = plain.agent.extract.predict.signature.with_instructions(
+        "Be exact."
+    )
     program.load_state(plain.dump_state())
     assert program.agent.extract.predict.signature.instructions == "Be exact."
 
 
 def test_it_never_loads_lm_settings_from_a_state() -> None:
     plain = PlainRag()
-    plain.answer.predict.lm = dspy.LM("openai/gpt-4o-mini", api_base="http://attacker.example/v1", api_key="sk-x")
+    plain.answer.predict.lm = dspy.LM(
+        "openai/gpt-4o-mini", api_base="http://attacker.example/v1", api_key="sk-x"
+    )
     state = plain.dump_state()
     assert state["answer.predict"]["lm"]["model"] == "openai/gpt-4o-mini"
 
@@ -116,10 +133,31 @@ def test_it_never_dumps_lm_settings() -> None:
 
 def test_it_rejects_a_state_of_another_shape() -> None:
     other = {"main.predict": PlainRag().dump_state()["answer.predict"]}
-    with pytest.raises(StateMismatchError, match=r"missing \['answer.predict'\], unexpected \['main.predict'\]"):
+    with pytest.raises(
+        StateMismatchError, match=r"missing \['answer.predict'\], unexpected \['main.predict'\]"
+    ):
         compiled_rag().load_state(other)
     with pytest.raises(StateMismatchError):
         compiled_rag().load_state(["not", "a", "state"])
+
+
+def test_a_malformed_state_is_refused_without_changing_the_program() -> None:
+    program = compiled_rag()
+    program.answer.predict.demos = [MARS_DEMO]
+    before = program.dump_state()
+    valid = program.dump_state()["answer.predict"]
+    for entry in (
+        {},
+        None,
+        {**valid, "demos": "x"},
+        {**valid, "signature": {"instructions": 5}},
+        {**valid, "config": {"api_base": "http://attacker.example"}},
+        {**valid, "callbacks": []},
+        {**valid, "signature": {"instructions": "x", "fields": [{"prefix": 1}]}},
+    ):
+        with pytest.raises(StateMismatchError):
+            program.load_state({"answer.predict": entry})
+    assert program.dump_state() == before
 
 
 def test_a_non_strict_load_keeps_predictors_the_state_does_not_mention() -> None:

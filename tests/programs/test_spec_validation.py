@@ -7,8 +7,10 @@ from programs.spec import ProgramSpecError, SpecError, normalize_pipeline, valid
 from .spec_support import assert_error, by_path, full_pipeline, full_variables, make_registry
 
 
-def validate(pipeline, variables=None, **registry_changes):  # noqa: ANN001, ANN201
-    return validate_program(pipeline, full_variables() if variables is None else variables, make_registry(**registry_changes))
+def validate(pipeline, variables=None, **registry_changes):
+    return validate_program(
+        pipeline, full_variables() if variables is None else variables, make_registry(**registry_changes)
+    )
 
 
 def two_steps(**second: object) -> dict:
@@ -29,10 +31,19 @@ def test_it_accepts_the_one_step_shorthand() -> None:
 
 
 def test_it_expands_the_shorthand_to_a_main_predict_step() -> None:
-    full = normalize_pipeline({"signature": "question -> answer", "lm": {"temperature": 0.2}, "instructions": "Be brief."})
+    full = normalize_pipeline(
+        {"signature": "question -> answer", "lm": {"temperature": 0.2}, "instructions": "Be brief."}
+    )
     assert full == {
         "lm": {"temperature": 0.2},
-        "steps": [{"name": "main", "module": "Predict", "signature": "question -> answer", "instructions": "Be brief."}],
+        "steps": [
+            {
+                "name": "main",
+                "module": "Predict",
+                "signature": "question -> answer",
+                "instructions": "Be brief.",
+            }
+        ],
     }
     assert normalize_pipeline(full) is full
 
@@ -86,7 +97,9 @@ def test_it_rejects_a_step_that_uses_its_own_outputs() -> None:
 
 def test_it_rejects_an_unknown_output_field_of_an_earlier_step() -> None:
     pipeline = two_steps(inputs={"draft": "$draft.drafts", "question": "$input.question"})
-    assert_error(validate(pipeline, {}), "pipeline.steps[1].inputs.draft", "has no output 'drafts' (outputs: draft)")
+    assert_error(
+        validate(pipeline, {}), "pipeline.steps[1].inputs.draft", "has no output 'drafts' (outputs: draft)"
+    )
 
 
 def test_it_lets_later_steps_use_chain_of_thought_reasoning_but_not_predict_reasoning() -> None:
@@ -122,8 +135,22 @@ def test_it_rejects_invalid_step_names(name: object) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["forward", "history", "callbacks", "named_predictors", "dump_state", "load_state", "run", "plan",
-     "lm_for", "input", "var", "self", "step_names", "deepcopy"],
+    [
+        "forward",
+        "history",
+        "callbacks",
+        "named_predictors",
+        "dump_state",
+        "load_state",
+        "run",
+        "plan",
+        "lm_for",
+        "input",
+        "var",
+        "self",
+        "step_names",
+        "deepcopy",
+    ],
 )
 def test_it_rejects_step_names_that_collide_with_module_attributes(name: str) -> None:
     pipeline = {"steps": [{"name": name, "signature": "question -> answer"}]}
@@ -194,17 +221,35 @@ def test_it_requires_every_non_optional_input_to_be_mapped() -> None:
 
 
 def test_it_allows_optional_inputs_to_stay_unmapped() -> None:
-    pipeline = {"steps": [{"name": "main", "signature": "question, hint: Optional[str] -> answer", "inputs": {"question": "$input.q"}}]}
+    pipeline = {
+        "steps": [
+            {
+                "name": "main",
+                "signature": "question, hint: Optional[str] -> answer",
+                "inputs": {"question": "$input.q"},
+            }
+        ]
+    }
     assert validate(pipeline, {}) == []
 
 
 def test_it_rejects_a_mapping_to_a_field_that_is_not_an_input() -> None:
-    pipeline = two_steps(inputs={"draft": "$draft.draft", "question": "$input.question", "answer": "$input.x"})
+    pipeline = two_steps(
+        inputs={"draft": "$draft.draft", "question": "$input.question", "answer": "$input.x"}
+    )
     assert_error(validate(pipeline, {}), "pipeline.steps[1].inputs.answer", "not an input field")
 
 
 def test_it_checks_literal_inputs_against_the_field_type() -> None:
-    pipeline = {"steps": [{"name": "main", "signature": "question, n: int -> answer", "inputs": {"question": "$input.q", "n": "three"}}]}
+    pipeline = {
+        "steps": [
+            {
+                "name": "main",
+                "signature": "question, n: int -> answer",
+                "inputs": {"question": "$input.q", "n": "three"},
+            }
+        ]
+    }
     assert_error(validate(pipeline, {}), "pipeline.steps[0].inputs.n", "expected an integer")
 
 
@@ -264,7 +309,9 @@ def test_it_rejects_variables_of_the_wrong_type_for_their_use() -> None:
     variables["temperature"] = {"type": "str", "default": "hot"}
     variables["k"] = {"type": "float", "default": 3.0}
     errors = by_path(validate(full_pipeline(), variables))
-    assert errors["pipeline.lm.temperature"] == "variable 'temperature' is of type str but this needs a number"
+    assert (
+        errors["pipeline.lm.temperature"] == "variable 'temperature' is of type str but this needs a number"
+    )
     assert errors["pipeline.steps[0].k"] == "variable 'k' is of type float but this needs an integer"
 
 
@@ -292,24 +339,62 @@ def test_it_rejects_references_other_than_var_in_settings() -> None:
 
 
 def test_it_rejects_a_var_for_options_that_shape_the_module() -> None:
-    pipeline = {"steps": [{"name": "main", "module": "MultiChainComparison", "signature": "question -> answer", "m": "$var.m"}]}
-    assert_error(validate(pipeline, {"m": {"type": "int", "default": 3}}), "pipeline.steps[0].m", "must be a literal")
+    pipeline = {
+        "steps": [
+            {
+                "name": "main",
+                "module": "MultiChainComparison",
+                "signature": "question -> answer",
+                "m": "$var.m",
+            }
+        ]
+    }
+    assert_error(
+        validate(pipeline, {"m": {"type": "int", "default": 3}}), "pipeline.steps[0].m", "must be a literal"
+    )
 
 
 def test_it_rejects_unknown_tools() -> None:
-    pipeline = {"steps": [{"name": "agent", "module": "ReAct", "signature": "question -> answer", "tools": ["calculator", "search"]}]}
-    assert_error(validate(pipeline, {}), "pipeline.steps[0].tools[1]", "unknown tool 'search' (available: calculator, clock)")
+    pipeline = {
+        "steps": [
+            {
+                "name": "agent",
+                "module": "ReAct",
+                "signature": "question -> answer",
+                "tools": ["calculator", "search"],
+            }
+        ]
+    }
+    assert_error(
+        validate(pipeline, {}),
+        "pipeline.steps[0].tools[1]",
+        "unknown tool 'search' (available: calculator, clock)",
+    )
 
 
-@pytest.mark.parametrize(("tools", "path"), [([], "tools"), ("calculator", "tools"), (["finish"], "tools[0]"),
-                                              (["clock", "clock"], "tools[1]"), ([3], "tools[0]")])
+@pytest.mark.parametrize(
+    ("tools", "path"),
+    [
+        ([], "tools"),
+        ("calculator", "tools"),
+        (["finish"], "tools[0]"),
+        (["clock", "clock"], "tools[1]"),
+        ([3], "tools[0]"),
+    ],
+)
 def test_it_rejects_bad_tool_lists(tools: object, path: str) -> None:
-    pipeline = {"steps": [{"name": "agent", "module": "ReAct", "signature": "question -> answer", "tools": tools}]}
+    pipeline = {
+        "steps": [{"name": "agent", "module": "ReAct", "signature": "question -> answer", "tools": tools}]
+    }
     assert f"pipeline.steps[0].{path}" in by_path(validate(pipeline, {}))
 
 
 def test_it_rejects_unknown_reward() -> None:
-    pipeline = {"steps": [{"name": "best", "module": "BestOfN", "signature": "question -> answer", "reward": "shortest"}]}
+    pipeline = {
+        "steps": [
+            {"name": "best", "module": "BestOfN", "signature": "question -> answer", "reward": "shortest"}
+        ]
+    }
     assert_error(validate(pipeline, {}), "pipeline.steps[0].reward", "unknown reward 'shortest'")
 
 
@@ -320,17 +405,25 @@ def test_it_requires_a_reward_for_best_of_n_and_refine() -> None:
 
 
 def test_it_rejects_a_custom_class_outside_the_allowlist() -> None:
-    pipeline = {"steps": [{"name": "kw", "module": "Custom", "class": "myapp.Thing", "signature": "text -> summary"}]}
-    assert_error(validate(pipeline, {}), "pipeline.steps[0].class", "'myapp.Thing' is not an allowed custom module")
+    pipeline = {
+        "steps": [{"name": "kw", "module": "Custom", "class": "myapp.Thing", "signature": "text -> summary"}]
+    }
+    assert_error(
+        validate(pipeline, {}), "pipeline.steps[0].class", "'myapp.Thing' is not an allowed custom module"
+    )
 
 
 def test_it_rejects_a_signature_on_retrieve_steps() -> None:
     pipeline = {"steps": [{"name": "r", "module": "Retrieve", "corpus": "c", "signature": "q -> passages"}]}
-    assert_error(validate(pipeline, {}), "pipeline.steps[0].signature", "their signature is query: str -> passages")
+    assert_error(
+        validate(pipeline, {}), "pipeline.steps[0].signature", "their signature is query: str -> passages"
+    )
 
 
 def test_it_requires_a_corpus_for_retrieve_steps() -> None:
-    assert_error(validate({"steps": [{"name": "r", "module": "Retrieve"}]}, {}), "pipeline.steps[0].corpus", "required")
+    assert_error(
+        validate({"steps": [{"name": "r", "module": "Retrieve"}]}, {}), "pipeline.steps[0].corpus", "required"
+    )
 
 
 OPTION_STEPS = {
@@ -349,20 +442,42 @@ def test_it_rejects_numeric_step_options_out_of_bounds(option: str, value: int) 
 
 
 def test_it_checks_inline_demos_against_the_signature() -> None:
-    pipeline = {"steps": [{"name": "main", "signature": "question -> answer",
-                           "demos": [{"question": "q", "answer": "a"}, {"question": "q", "colour": "red"}, "x"]}]}
+    pipeline = {
+        "steps": [
+            {
+                "name": "main",
+                "signature": "question -> answer",
+                "demos": [{"question": "q", "answer": "a"}, {"question": "q", "colour": "red"}, "x"],
+            }
+        ]
+    }
     errors = by_path(validate(pipeline, {}))
     assert set(errors) == {"pipeline.steps[0].demos[1].colour", "pipeline.steps[0].demos[2]"}
 
 
 def test_it_rejects_demos_on_modules_that_do_not_take_them() -> None:
-    pipeline = {"steps": [{"name": "agent", "module": "ReAct", "signature": "question -> answer", "tools": ["clock"], "demos": []}]}
+    pipeline = {
+        "steps": [
+            {
+                "name": "agent",
+                "module": "ReAct",
+                "signature": "question -> answer",
+                "tools": ["clock"],
+                "demos": [],
+            }
+        ]
+    }
     assert_error(validate(pipeline, {}), "pipeline.steps[0].demos", "not supported by ReAct")
 
 
 def test_it_rejects_bad_output_mappings() -> None:
     pipeline = two_steps()
-    pipeline["outputs"] = {"answer": "$final.answr", "draft": "$nope.draft", "my answer": "$final.answer", "_x": "$final.answer"}
+    pipeline["outputs"] = {
+        "answer": "$final.answr",
+        "draft": "$nope.draft",
+        "my answer": "$final.answer",
+        "_x": "$final.answer",
+    }
     errors = by_path(validate(pipeline, {}))
     assert "has no output 'answr'" in errors["pipeline.outputs.answer"]
     assert "unknown step 'nope'" in errors["pipeline.outputs.draft"]

@@ -56,7 +56,11 @@ def test_it_rejects_bad_overrides(overrides: dict, expected: str) -> None:
 def test_it_reports_every_bad_override() -> None:
     with pytest.raises(ProgramSpecError) as excinfo:
         resolve_variables(full_variables(), {"k": 50, "model": 1, "nope": 2})
-    assert [error.path for error in excinfo.value.errors] == ["variables.k", "variables.model", "variables.nope"]
+    assert [error.path for error in excinfo.value.errors] == [
+        "variables.k",
+        "variables.model",
+        "variables.nope",
+    ]
 
 
 def test_it_rejects_overrides_that_are_not_an_object() -> None:
@@ -75,25 +79,51 @@ def test_it_refuses_to_resolve_invalid_declarations() -> None:
     ("declaration", "path", "fragment"),
     [
         ("float", "variables.x", "must be an object"),
-        ({"type": "decimal", "default": 1}, "variables.x.type", "must be one of float, int, str, bool, choice"),
+        (
+            {"type": "decimal", "default": 1},
+            "variables.x.type",
+            "must be one of float, int, str, bool, choice",
+        ),
         ({"type": "float"}, "variables.x.default", "a default value is required"),
         ({"type": "float", "default": 3, "max": 2}, "variables.x.default", "3 is above the maximum 2"),
         ({"type": "float", "default": 0, "min": 2, "max": 1}, "variables.x.min", "min 2 is above max 1"),
         ({"type": "int", "default": 1, "min": 0.5}, "variables.x.min", "must be an integer"),
         ({"type": "int", "default": 1, "step": 1}, "variables.x.step", "unknown key for a int variable"),
         ({"type": "bool", "default": "yes"}, "variables.x.default", "expected a boolean"),
-        ({"type": "str", "default": "abcd", "max_length": 3}, "variables.x.default", "longer than the maximum length 3"),
+        (
+            {"type": "str", "default": "abcd", "max_length": 3},
+            "variables.x.default",
+            "longer than the maximum length 3",
+        ),
         ({"type": "str", "default": "a", "max_length": 0}, "variables.x.max_length", "between 1 and"),
-        ({"type": "choice", "default": "c", "choices": ["a", "b"]}, "variables.x.default", "'c' is not one of 'a', 'b'"),
+        (
+            {"type": "choice", "default": "c", "choices": ["a", "b"]},
+            "variables.x.default",
+            "'c' is not one of 'a', 'b'",
+        ),
         ({"type": "choice", "default": "a", "choices": []}, "variables.x.choices", "must be a list of 1 to"),
-        ({"type": "choice", "default": "a", "choices": ["a", "a"]}, "variables.x.choices[1]", "duplicate choice"),
+        (
+            {"type": "choice", "default": "a", "choices": ["a", "a"]},
+            "variables.x.choices[1]",
+            "duplicate choice",
+        ),
         ({"type": "choice", "default": 1, "choices": [True, 1]}, None, None),
-        ({"type": "choice", "default": True, "choices": [1, 2]}, "variables.x.default", "True is not one of 1, 2"),
-        ({"type": "choice", "default": "a", "choices": ["a", None]}, "variables.x.choices[1]", "choices must be"),
+        (
+            {"type": "choice", "default": True, "choices": [1, 2]},
+            "variables.x.default",
+            "True is not one of 1, 2",
+        ),
+        (
+            {"type": "choice", "default": "a", "choices": ["a", None]},
+            "variables.x.choices[1]",
+            "choices must be",
+        ),
         ({"type": "float", "default": 1, "description": 5}, "variables.x.description", "must be a string"),
     ],
 )
-def test_it_validates_variable_declarations(declaration: object, path: str | None, fragment: str | None) -> None:
+def test_it_validates_variable_declarations(
+    declaration: object, path: str | None, fragment: str | None
+) -> None:
     errors = validate_program({"signature": "question -> answer"}, {"x": declaration}, make_registry())
     if path is None:
         assert errors == []
@@ -112,13 +142,17 @@ def test_it_accepts_no_variables_at_all() -> None:
 
 
 def test_it_rejects_variable_names_that_are_not_identifiers() -> None:
-    errors = validate_program({"signature": "question -> answer"}, {"my-var": {"type": "int", "default": 1}}, make_registry())
+    errors = validate_program(
+        {"signature": "question -> answer"}, {"my-var": {"type": "int", "default": 1}}, make_registry()
+    )
     assert [error.path for error in errors] == ["variables['my-var']"]
 
 
 def test_it_passes_variable_values_into_lm_configs_and_step_options() -> None:
     configs, queries = [], []
-    registry = make_registry(retriever=lambda corpus, query, k: queries.append((corpus, query, k)) or ["p"] * k)
+    registry = make_registry(
+        retriever=lambda corpus, query, k: queries.append((corpus, query, k)) or ["p"] * k
+    )
     program = compile_program(full_pipeline(), full_variables(), registry)
 
     def lm_for(config: dict) -> dspy.BaseLM:
@@ -142,7 +176,13 @@ def test_it_rejects_at_run_time_a_variable_value_that_does_not_fit_its_use() -> 
 
 def test_it_feeds_variables_into_step_inputs() -> None:
     pipeline = {
-        "steps": [{"name": "main", "signature": "question, tone -> answer", "inputs": {"question": "$input.question", "tone": "$var.tone"}}]
+        "steps": [
+            {
+                "name": "main",
+                "signature": "question, tone -> answer",
+                "inputs": {"question": "$input.question", "tone": "$var.tone"},
+            }
+        ]
     }
     variables = {"tone": {"type": "choice", "choices": ["formal", "casual"], "default": "formal"}}
     program = compile_program(pipeline, variables, make_registry())
