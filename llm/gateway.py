@@ -69,6 +69,31 @@ def _provider_engine(provider: str) -> Any:
     return LM15Engine(config, model_type="chat")
 
 
+@functools.lru_cache(maxsize=128)
+def _capabilities(route: Route) -> tuple[bool, bool, bool, frozenset]:
+    """What the routed model supports, as DSPy would see it without our wrapper.
+
+    DSPy asks a custom engine for these hints (JSONAdapter picks `response_format` from them);
+    answering them keeps structured output working through the gateway. Offline: the native
+    path reads DSPy's bundled model metadata, never the network.
+    """
+    if route.provider != SIM_PROVIDER:
+        from dspy.clients.capabilities import capabilities
+
+        try:
+            caps = capabilities(dspy.LM(route.model, api_base=route.endpoint, api_key="capability-probe"))
+        except Exception:
+            return (False, False, False, frozenset())
+        return (caps.function_calling, caps.reasoning, caps.response_schema, frozenset(caps.params))
+    inner = _provider_engine(route.provider)
+    return (
+        bool(getattr(inner, "supports_function_calling", False)),
+        bool(getattr(inner, "supports_reasoning", False)),
+        bool(getattr(inner, "supports_response_schema", False)),
+        frozenset(getattr(inner, "supported_params", ()) or ()),
+    )
+
+
 @dataclass
 class ProviderCall:
     """One request that reached a provider."""
@@ -119,6 +144,22 @@ class GatewayEngine:
     def __init__(self, route: Route):
         self.route = route
         self.inner = _provider_engine(route.provider)
+
+    @property
+    def supports_function_calling(self) -> bool:
+        return _capabilities(self.route)[0]
+
+    @property
+    def supports_reasoning(self) -> bool:
+        return _capabilities(self.route)[1]
+
+    @property
+    def supports_response_schema(self) -> bool:
+        return _capabilities(self.route)[2]
+
+    @property
+    def supported_params(self) -> frozenset:
+        return _capabilities(self.route)[3]
 
     def resolve(self, model: str) -> Any:
         resolve = getattr(self.inner, "resolve", None)
@@ -204,4 +245,5 @@ def configure_dspy() -> None:
 def reset() -> None:
     """Forget memoised engines and LMs (after settings change: tests, reconfiguration)."""
     _provider_engine.cache_clear()
+    _capabilities.cache_clear()
     _lm.cache_clear()

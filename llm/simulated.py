@@ -242,8 +242,8 @@ _EXPR_RE = re.compile(r"[\d(][\d\s.+\-*/%()^]{0,200}[\d)]")
 _HAS_OP_RE = re.compile(r"[\d)]\s*(?:\*\*|[+\-*/%^])\s*[\d(\-]")
 
 
-def _find_arithmetic(text: str) -> float | int | None:
-    """The value of the longest arithmetic expression in a text, if any."""
+def _find_expression(text: str) -> str | None:
+    """The longest arithmetic expression in a text (operators in words made symbols), if any."""
     if not _DIGIT_RE.search(text):
         return None
     text = text[:4000]  # an expression worth evaluating is short; keep the scan bounded
@@ -254,6 +254,12 @@ def _find_arithmetic(text: str) -> float | int | None:
         candidate = match.group(0).strip()
         if _HAS_OP_RE.search(candidate) and (best is None or len(candidate) > len(best)):
             best = candidate
+    return best
+
+
+def _find_arithmetic(text: str) -> float | int | None:
+    """The value of the longest arithmetic expression in a text, if any."""
+    best = _find_expression(text)
     if best is None:
         return None
     try:
@@ -1050,6 +1056,9 @@ class _Call:
                 args[name] = [text]
             elif kind == "object":
                 args[name] = {}
+            elif "expr" in name.lower():
+                # A calculator-like tool gets the arithmetic in the question, not the whole sentence.
+                args[name] = _find_expression(text) or text
             else:
                 args[name] = text
         return args
