@@ -63,10 +63,10 @@ def tree_cpu_s(pid: int) -> float:
     return total
 
 
-def bench_direct(base_url: str, n: int) -> dict:
+def bench_direct(base_url: str, n: int, model: str) -> dict:
     import dspy
 
-    lm = dspy.LM("openai/sim-default", api_base=base_url, api_key="sk-bench", cache=False, num_retries=0)
+    lm = dspy.LM(model, api_base=base_url, api_key="sk-bench", cache=False, num_retries=0)
     program = dspy.Predict("question -> answer")
     with dspy.context(lm=lm, disable_history=True):
         for i in range(50):
@@ -91,7 +91,7 @@ def setup_django_objects() -> tuple[str, str]:
 
     from programs.models import CognitiveProgram
 
-    call_command("migrate", verbosity=0)
+    call_command("migrate", verbosity=0)  # the database itself is created by main()
     user, _ = get_user_model().objects.get_or_create(username="bench", defaults={"is_superuser": True})
     token, _ = Token.objects.get_or_create(user=user)
     program, _ = CognitiveProgram.objects.update_or_create(
@@ -100,14 +100,14 @@ def setup_django_objects() -> tuple[str, str]:
     return token.key, str(program.id)
 
 
-def bench_dspex(base_url: str, n: int) -> dict:
+def bench_dspex(base_url: str, n: int, model: str) -> dict:
     token, program_id = setup_django_objects()
     port = free_port()
     env = {
         **os.environ,
         "DJANGO_DEBUG": "0",
         "DJANGO_SECRET_KEY": "bench-" + "k" * 50,
-        "DSPEX_LM": "openai/sim-default",
+        "DSPEX_LM": model,
         "DSPEX_LM_API_BASE": base_url,
         "DSPEX_LM_API_KEY": "sk-bench",
         "LOG_LEVEL": "WARNING",
@@ -166,7 +166,17 @@ def bench_dspex(base_url: str, n: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=500)
+    parser.add_argument(
+        "--model",
+        default="openai/gpt-4o-mini",
+        help="model name sent to simlm; DSPy prices known names cheaply and scans its table for unknown ones",
+    )
     args = parser.parse_args()
+    from dspex_site.launch import postgres_problem
+
+    problem = postgres_problem(os.environ.get("DATABASE_URL", "postgres://localhost:5432/dspex"))
+    if problem:
+        sys.exit(problem)
     sim_port = free_port()
     sim = subprocess.Popen(
         [sys.executable, "manage.py", "simlm", "--host", "127.0.0.1", "--port", str(sim_port)],
@@ -177,8 +187,8 @@ def main() -> None:
     try:
         wait_http(f"http://127.0.0.1:{sim_port}/health")
         base_url = f"http://127.0.0.1:{sim_port}/v1"
-        direct = bench_direct(base_url, args.n)
-        dspex = bench_dspex(base_url, args.n)
+        direct = bench_direct(base_url, args.n, args.model)
+        dspex = bench_dspex(base_url, args.n, args.model)
     finally:
         sim.terminate()
         sim.wait(timeout=10)
@@ -187,7 +197,8 @@ def main() -> None:
     for name, result in (("DSPy direct", direct), ("DSPex API wait=true", dspex)):
         lat = result["latencies"]
         rows.append((name, statistics.median(lat), percentile(lat, 0.99), result["cpu_ms"]))
-    print(f"one-step Predict, simlm 0 ms, cache off, n={args.n}, sequential, {psutil.cpu_count()} cores")
+    cores = psutil.cpu_count()
+    print(f"one-step Predict, {args.model} on simlm 0 ms, cache off, n={args.n}, sequential, {cores} cores")
     print(f"{'path':<22}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/exec':>13}")
     for name, p50, p99, cpu in rows:
         print(f"{name:<22}{p50:>9.2f}{p99:>9.2f}{cpu:>13.2f}")

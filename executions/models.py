@@ -1,6 +1,7 @@
 """Executions: one run of one program version on one input, with its full trace."""
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
@@ -9,8 +10,8 @@ from django.utils import timezone
 
 
 class ExecutionQuerySet(models.QuerySet):
-    def claim(self, execution_id: uuid.UUID) -> bool:
-        """Move a pending execution to running; True only for the one caller that won.
+    def claim(self, execution_id: uuid.UUID) -> datetime | None:
+        """Move a pending execution to running; the start time only for the one caller that won.
 
         A conditional UPDATE rather than read-then-write, so a redelivered task or a second
         worker can never run the same execution twice at the same time.
@@ -21,7 +22,7 @@ class ExecutionQuerySet(models.QuerySet):
             started_at=now,
             attempts=models.F("attempts") + 1,
         )
-        return won == 1
+        return now if won == 1 else None
 
 
 class CognitiveExecution(models.Model):
@@ -86,6 +87,12 @@ class CognitiveExecution(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
+
+    def refresh_claimed(self, started_at: datetime) -> None:
+        """Mirror what `claim()` wrote, without reading the row back."""
+        self.status = self.Status.RUNNING
+        self.attempts += 1
+        self.started_at = started_at
 
     def finish(self, status: str, *, output: Any = None, error: dict | None = None, **fields: Any) -> None:
         """Record the outcome of a run; only a running execution can be finished."""

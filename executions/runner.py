@@ -14,7 +14,6 @@ from typing import Any
 from uuid import UUID
 
 import dspy
-from django.db import transaction
 
 from executions.models import CognitiveExecution
 from executions.tracing import ExecutionCancelled, TraceRecorder, jsonable
@@ -100,8 +99,12 @@ def compiled_program(program_id: UUID, version: int, result_id: UUID | None) -> 
 
 
 def _cancel_checker(execution_id: UUID, every_s: float = 1.0) -> Any:
-    """A cheap cancellation probe: at most one indexed query per `every_s` during a run."""
-    state = {"at": 0.0, "cancelled": False}
+    """A cheap cancellation probe: at most one indexed query per `every_s` during a run.
+
+    The first probe waits `every_s` after the claim: a run that has just been claimed was not
+    cancelled, and short runs then cost no extra query at all.
+    """
+    state = {"at": time.monotonic(), "cancelled": False}
 
     def check() -> bool:
         now = time.monotonic()
@@ -116,11 +119,19 @@ def _cancel_checker(execution_id: UUID, every_s: float = 1.0) -> Any:
     return check
 
 
-def run_execution(execution_id: UUID) -> Outcome:
-    """Claim and run a pending execution. Returns without running if another worker has it."""
-    if not CognitiveExecution.objects.claim(execution_id):
+def run_execution(execution: UUID | str | CognitiveExecution) -> Outcome:
+    """Claim and run a pending execution (by id, or the row the caller already holds).
+
+    Returns without running if another worker has claimed it.
+    """
+    execution_id = execution.id if isinstance(execution, CognitiveExecution) else execution
+    started_at = CognitiveExecution.objects.claim(execution_id)
+    if started_at is None:
         return Outcome(CognitiveExecution.objects.get(id=execution_id), ran=False)
-    execution = CognitiveExecution.objects.select_related("program").get(id=execution_id)
+    if isinstance(execution, CognitiveExecution):
+        execution.refresh_claimed(started_at)
+    else:
+        execution = CognitiveExecution.objects.select_related("program").get(id=execution_id)
     meta = {"program": execution.program.name}
     with log_context(execution_id=execution.id, program_id=execution.program_id):
         telemetry.emit("execution.start", {}, meta)
@@ -161,12 +172,12 @@ def _record(
     failure: Failure | None,
     duration_ms: int,
 ) -> None:
+    # Each branch is one UPDATE: atomic on its own, no transaction round trips needed.
     fields = {"trace": recorder.entries, "metrics": recorder.metrics(), "duration_ms": duration_ms}
-    with transaction.atomic():
-        if failure is None and output is not None:
-            execution.finish(CognitiveExecution.Status.SUCCEEDED, output=jsonable(output), **fields)
-        elif failure is not None:
-            execution.finish(CognitiveExecution.Status.FAILED, error=failure.as_error(), **fields)
-        else:  # cancelled: keep the cancellation, but still save what the run did
-            CognitiveExecution.objects.filter(id=execution.id).update(**fields)
-            execution.refresh_from_db()
+    if failure is None and output is not None:
+        execution.finish(CognitiveExecution.Status.SUCCEEDED, output=jsonable(output), **fields)
+    elif failure is not None:
+        execution.finish(CognitiveExecution.Status.FAILED, error=failure.as_error(), **fields)
+    else:  # cancelled: keep the cancellation, but still save what the run did
+        CognitiveExecution.objects.filter(id=execution.id).update(**fields)
+        execution.refresh_from_db()

@@ -5,6 +5,8 @@ Models DSPy knows are priced from DSPy's bundled table (offline snapshot); other
 A model priced nowhere costs None (unknown), never a silent 0.
 """
 
+import functools
+
 from django.conf import settings
 from dspy.lm15 import Response
 
@@ -21,10 +23,21 @@ def cost_usd(model: str, lm15_provider: str | None, response: Response) -> float
     price = configured_price(model)
     if price is not None:
         return (prompt * float(price.get("prompt", 0)) + completion * float(price.get("completion", 0))) / 1e6
-    if lm15_provider is None:
+    if lm15_provider is None or not dspy_knows(lm15_provider, model):
         return None
     from dspy.clients.costs import estimate_cost
 
-    model_id = model.partition("/")[2] or model
-    cost, _provenance = estimate_cost(response, provider=lm15_provider, requested_model=model_id)
+    cost, _provenance = estimate_cost(response, provider=lm15_provider, requested_model=_model_id(model))
     return cost
+
+
+def _model_id(model: str) -> str:
+    return model.partition("/")[2] or model
+
+
+@functools.lru_cache(maxsize=1024)
+def dspy_knows(lm15_provider: str, model: str) -> bool:
+    """Whether DSPy's price table has the model. Memoised: a miss scans the whole table (~5 ms)."""
+    from dspy.clients.model_metadata import model_info
+
+    return bool(model_info(lm15_provider, _model_id(model)))

@@ -80,7 +80,7 @@ class ProgramViewSet(viewsets.ModelViewSet):
             raise APIError(status.HTTP_409_CONFLICT, "program_archived", str(exc)) from exc
         if not data["wait"]:
             return Response(QueuedExecutionSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
-        outcome = runner.run_execution(execution.id)
+        outcome = runner.run_execution(execution)
         return Response(ExecutionSerializer(outcome.execution).data, status=http_status_for(outcome))
 
 

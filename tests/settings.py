@@ -6,11 +6,15 @@ Celery workers) before the project settings read it.
 
 import os
 
-os.environ.setdefault("REDIS_URL", "redis://localhost:6379/15")
+# DSPEX_TEST_SLOT lets several suites share one machine (CI and developers' runs): each slot
+# gets its own test database and Redis database.
+_slot = int(os.environ.get("DSPEX_TEST_SLOT", "0"))
+os.environ.setdefault("REDIS_URL", f"redis://localhost:6379/{15 - _slot}")
+os.environ.setdefault("DATABASE_TEST_NAME", f"test_dspex_{_slot}" if _slot else "test_dspex")
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-key-" + "x" * 40)
 os.environ.setdefault("LOG_JSON", "0")
 
-from dspex_site.settings import *  # noqa: F403
+from dspex_site.settings import *  # noqa: E402, F403
 
 # No collectstatic before tests: serve assets from the apps, unhashed.
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
