@@ -4,8 +4,11 @@ Tests run against the machine's real PostgreSQL (pytest-django creates `test_dsp
 (database 15, flushed per test so tests never see each other's cache entries).
 """
 
+import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -126,3 +129,89 @@ def make_program(db: None):
         )
 
     return make
+
+
+class WorkerProcess:
+    """A real `celery worker` subprocess on the test database and the tests' Redis."""
+
+    def __init__(self, proc: subprocess.Popen, name: str):
+        self.proc, self.name = proc, name
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed machine would."""
+        self.proc.kill()
+        self.proc.wait()
+
+
+def start_worker(
+    queues: str = "default,llm_calls,priority",
+    pool: str = "threads",
+    concurrency: int = 4,
+    env: dict | None = None,
+    name: str | None = None,
+) -> WorkerProcess:
+    """Start a Celery worker bound to the test database. Tests using it need `transactional_db`
+    (the worker only sees committed rows)."""
+    from django.db import connection
+
+    name = name or f"test-{free_port()}"
+    worker_env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "tests.settings",
+        "DATABASE_URL": f"postgres://localhost:5432/{connection.settings_dict['NAME']}",
+        **(env or {}),
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "dspex_site",
+            "worker",
+            "-Q",
+            queues,
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-n",
+            f"{name}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "WARNING",
+        ],
+        cwd=ROOT,
+        env=worker_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    from dspex_site.celery import app
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        replies = app.control.ping(destination=[f"{name}@{socket.gethostname()}"], timeout=0.5) or []
+        if replies:
+            return WorkerProcess(proc, name)
+        if proc.poll() is not None:
+            raise RuntimeError(f"celery worker exited with {proc.returncode}")
+    proc.kill()
+    raise RuntimeError("celery worker did not answer a ping within 60 s")
+
+
+@pytest.fixture
+def worker(transactional_db: None) -> Iterator[WorkerProcess]:
+    """A real Celery worker for the execution queues, stopped after the test."""
+    proc = start_worker()
+    yield proc
+    proc.stop()
