@@ -184,7 +184,7 @@ class GatewayEngine:
         call.completion_tokens = response.usage.output_tokens or 0
         call.cost_usd = pricing.cost_usd(route.model, route.lm15_provider, response)
         self._report(call)
-        telemetry.emit("llm.request.stop", {"duration_ms": call.latency_ms}, {**meta, "status": "ok"})
+        # Tokens first: a span handler closes the request span on llm.request.stop.
         telemetry.emit(
             "llm.tokens",
             {
@@ -194,6 +194,7 @@ class GatewayEngine:
             },
             meta,
         )
+        telemetry.emit("llm.request.stop", {"duration_ms": call.latency_ms}, {**meta, "status": "ok"})
         return response
 
     def stream(self, request: Request) -> Any:

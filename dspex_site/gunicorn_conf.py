@@ -1,0 +1,18 @@
+"""gunicorn settings for `make run`, the Procfile and docker: `gunicorn -c dspex_site/gunicorn_conf.py`."""
+
+import os
+
+bind = f"{os.environ.get('DSPEX_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
+worker_class = "gthread"
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+threads = int(os.environ.get("WEB_THREADS", "8"))
+accesslog = "-"
+wsgi_app = "dspex_site.wsgi"
+
+
+def child_exit(server: object, worker: object) -> None:
+    """Drop a dead worker's live gauges from the shared Prometheus directory."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)

@@ -1,0 +1,101 @@
+"""Prometheus metrics: telemetry events in, counters and histograms out.
+
+Labels stay bounded: program *names*, provider, model, queue, status, cache, module — never ids.
+With PROMETHEUS_MULTIPROC_DIR set (gunicorn workers and Celery processes, see README
+"Monitoring"), every process writes its samples there and `/metrics` aggregates them, so one
+scrape shows what web and workers did.
+"""
+
+from typing import Any
+
+from prometheus_client import Counter, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+EXECUTIONS = Counter("dspex_execution", "Executions finished", ["program", "status"])
+EXECUTION_DURATION = Histogram(
+    "dspex_execution_duration_seconds", "Execution wall time", ["program", "status"], buckets=LATENCY_BUCKETS
+)
+MODULE_DURATION = Histogram(
+    "dspex_module_execute_duration_seconds",
+    "Pipeline step wall time",
+    ["module", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+LLM_REQUESTS = Counter(
+    "dspex_llm_request", "LM requests that reached a provider", ["provider", "model", "status"]
+)
+LLM_DURATION = Histogram(
+    "dspex_llm_request_duration_seconds",
+    "Provider request latency",
+    ["provider", "model"],
+    buckets=LATENCY_BUCKETS,
+)
+LLM_TOKENS = Counter("dspex_llm_tokens", "Tokens billed by providers", ["provider", "model", "type"])
+LLM_COST = Counter("dspex_llm_cost_usd", "Provider cost in USD", ["provider", "model"])
+CACHE_HITS = Counter("dspex_cache_hit", "Cache hits", ["cache"])
+CACHE_MISSES = Counter("dspex_cache_miss", "Cache misses", ["cache"])
+CACHE_ERRORS = Counter("dspex_cache_error", "Cache operations that failed (the cache failed open)", ["cache"])
+OPTIMIZATION_RUNS = Counter("dspex_optimization_run", "Optimization runs finished", ["optimizer", "status"])
+
+
+def _label(value: Any, default: str = "unknown") -> str:
+    text = str(value) if value not in (None, "") else default
+    return text[:100]
+
+
+def _on_execution(event: str, measurements: dict, metadata: dict) -> None:
+    program, status = _label(metadata.get("program")), _label(metadata.get("status"))
+    EXECUTIONS.labels(program, status).inc()
+    if "duration_ms" in measurements:
+        EXECUTION_DURATION.labels(program, status).observe(measurements["duration_ms"] / 1000)
+
+
+def _on_module_stop(event: str, measurements: dict, metadata: dict) -> None:
+    MODULE_DURATION.labels(_label(metadata.get("module")), _label(metadata.get("status"))).observe(
+        measurements.get("duration_ms", 0) / 1000
+    )
+
+
+def _on_llm_stop(event: str, measurements: dict, metadata: dict) -> None:
+    provider, model = _label(metadata.get("provider")), _label(metadata.get("model"))
+    LLM_REQUESTS.labels(provider, model, _label(metadata.get("status"))).inc()
+    LLM_DURATION.labels(provider, model).observe(measurements.get("duration_ms", 0) / 1000)
+
+
+def _on_tokens(event: str, measurements: dict, metadata: dict) -> None:
+    provider, model = _label(metadata.get("provider")), _label(metadata.get("model"))
+    LLM_TOKENS.labels(provider, model, "prompt").inc(measurements.get("prompt", 0))
+    LLM_TOKENS.labels(provider, model, "completion").inc(measurements.get("completion", 0))
+    LLM_COST.labels(provider, model).inc(measurements.get("cost_usd", 0) or 0)
+
+
+def _on_cache(counter: Counter) -> Any:
+    def handle(event: str, measurements: dict, metadata: dict) -> None:
+        counter.labels(_label(metadata.get("cache"))).inc()
+
+    return handle
+
+
+def _on_optimization(event: str, measurements: dict, metadata: dict) -> None:
+    OPTIMIZATION_RUNS.labels(_label(metadata.get("optimizer")), _label(metadata.get("status"))).inc()
+
+
+HANDLERS = {
+    "execution.stop": _on_execution,
+    "execution.exception": _on_execution,
+    "module.execute.stop": _on_module_stop,
+    "llm.request.stop": _on_llm_stop,
+    "llm.tokens": _on_tokens,
+    "cache.hit": _on_cache(CACHE_HITS),
+    "cache.miss": _on_cache(CACHE_MISSES),
+    "cache.error": _on_cache(CACHE_ERRORS),
+    "optimization.run.stop": _on_optimization,
+}
+
+
+def prometheus_handler(event: str, measurements: dict, metadata: dict) -> None:
+    """The telemetry handler: one dict lookup for events that have no metric."""
+    handle = HANDLERS.get(event)
+    if handle is not None:
+        handle(event, measurements, metadata)

@@ -1,0 +1,118 @@
+"""The `/metrics` endpoint: every process's samples plus gauges computed at scrape time.
+
+Gauges that describe shared state (queue depth, cache hit ratio, breaker state) are computed
+here from the source of truth when Prometheus asks, instead of being set by some process that
+may have died: a scrape is then correct whichever web worker answers it.
+"""
+
+import hmac
+import logging
+import os
+from collections.abc import Iterable, Iterator
+
+import prometheus_client
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import CollectorRegistry, multiprocess
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+logger = logging.getLogger(__name__)
+
+
+class DefaultRegistry:
+    """This process's own registry, as a collector (when not in multiprocess mode)."""
+
+    def collect(self) -> Iterable[Metric]:
+        return prometheus_client.REGISTRY.collect()
+
+
+class Derived:
+    """Passes the base metrics through and adds gauges derived from them."""
+
+    def __init__(self, base: object):
+        self.base = base
+
+    def collect(self) -> Iterator[Metric]:
+        hits: dict[str, float] = {}
+        misses: dict[str, float] = {}
+        for family in self.base.collect():
+            yield family
+            target = {"dspex_cache_hit": hits, "dspex_cache_miss": misses}.get(family.name)
+            if target is None:
+                continue
+            for sample in family.samples:
+                if sample.name.endswith("_total"):
+                    cache = sample.labels.get("cache", "unknown")
+                    target[cache] = target.get(cache, 0.0) + sample.value
+        ratio = GaugeMetricFamily(
+            "dspex_cache_hit_ratio", "Cache hits / lookups since start", labels=["cache"]
+        )
+        for cache in sorted(set(hits) | set(misses)):
+            lookups = hits.get(cache, 0.0) + misses.get(cache, 0.0)
+            ratio.add_metric([cache], hits.get(cache, 0.0) / lookups if lookups else 0.0)
+        yield ratio
+
+
+class QueueDepth:
+    """Messages waiting per Celery queue (Redis broker: the length of each queue's list)."""
+
+    def collect(self) -> Iterator[Metric]:
+        gauge = GaugeMetricFamily("dspex_queue_depth", "Tasks waiting per Celery queue", labels=["queue"])
+        url = settings.CELERY_BROKER_URL or ""
+        if url.startswith("redis") and not settings.CELERY_TASK_ALWAYS_EAGER:
+            import redis
+
+            from dspex_site.celery import Queue
+
+            try:
+                client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+                with client.pipeline(transaction=False) as pipe:
+                    for queue in Queue:
+                        pipe.llen(queue.value)
+                    lengths = pipe.execute()
+                for queue, length in zip(Queue, lengths, strict=True):
+                    gauge.add_metric([queue.value], float(length))
+            except Exception as exc:  # a scrape must still answer when the broker is down
+                logger.warning("queue depth unavailable: %s", type(exc).__name__)
+        yield gauge
+
+
+def registry() -> CollectorRegistry:
+    reg = CollectorRegistry(auto_describe=False)
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        base = CollectorRegistry(auto_describe=False)
+        multiprocess.MultiProcessCollector(base)
+    else:
+        base = DefaultRegistry()
+    reg.register(Derived(base))
+    reg.register(QueueDepth())
+    for collector in EXTRA_COLLECTORS:
+        reg.register(collector)
+    return reg
+
+
+# Other apps add scrape-time collectors here (e.g. circuit breaker state from llm).
+EXTRA_COLLECTORS: list[object] = []
+
+
+def allowed(request: HttpRequest) -> bool:
+    """Metrics are open unless DSPEX_METRICS_TOKEN or DSPEX_METRICS_ALLOWED_IPS restrict them."""
+    token = settings.DSPEX_METRICS_TOKEN
+    allowed_ips = settings.DSPEX_METRICS_ALLOWED_IPS
+    if token:
+        given = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return False
+    return not allowed_ips or request.META.get("REMOTE_ADDR") in allowed_ips
+
+
+@require_GET
+@never_cache
+def metrics(request: HttpRequest) -> HttpResponse:
+    if not allowed(request):
+        return HttpResponse("forbidden\n", status=403, content_type="text/plain")
+    return HttpResponse(
+        prometheus_client.generate_latest(registry()), content_type=prometheus_client.CONTENT_TYPE_LATEST
+    )

@@ -1,0 +1,19 @@
+"""Monitoring tasks."""
+
+import logging
+
+from celery import shared_task
+
+logger = logging.getLogger(__name__)
+
+
+class SentrySelfTestError(RuntimeError):
+    """Raised on purpose by `monitoring.selftest_error` so operators can see Sentry receive it."""
+
+
+@shared_task(name="monitoring.selftest_error", soft_time_limit=10, time_limit=20)
+def selftest_error(marker: str) -> None:
+    """Fail on purpose: `manage.py dspex_sentry_check` uses it to prove task errors reach Sentry."""
+    # The extra holds the kind of data Sentry must never receive (a prompt); scrubbing removes it.
+    logger.error("self-test task about to fail", extra={"messages": [{"role": "user", "content": marker}]})
+    raise SentrySelfTestError(f"DSPex Sentry self-test {marker}")
