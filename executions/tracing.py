@@ -12,7 +12,7 @@ from typing import Any
 
 from dspy.utils.callback import BaseCallback
 
-from llm import gateway
+from llm import gateway, pricing
 from monitoring import telemetry
 
 
@@ -110,20 +110,53 @@ class TraceRecorder(BaseCallback):
             else {"type": type(exception).__name__, "message": str(exception)[:1000]},
         )
         if cache_hit and log.cached_usage:
-            entry["saved_usage"] = {
+            saved = {
                 "prompt_tokens": log.cached_usage.get("prompt_tokens", 0),
                 "completion_tokens": log.cached_usage.get("completion_tokens", 0),
             }
+            entry["saved_usage"] = saved
+            model = entry.get("model")
+            entry["saved_cost_usd"] = (
+                pricing.cost_for_tokens(model, saved["prompt_tokens"], saved["completion_tokens"])
+                if model
+                else None
+            )
 
     # --- summary -----------------------------------------------------------------------------
     def metrics(self) -> dict:
+        """Sums over the LM calls, overall and per model (the dashboards' rollups read `by_model`)."""
         lm = [e for e in self.entries if e["kind"] == "lm"]
+        by_model: dict[str, dict] = {}
+        for entry in lm:
+            row = by_model.setdefault(str(entry.get("model")), _empty_sums())
+            _add(row, entry)
+        total = _empty_sums()
+        for row in by_model.values():
+            for key in total:
+                total[key] += row[key]
         costs = [e.get("cost_usd") for e in lm]
         return {
-            "lm_calls": len(lm),
-            "cache_hits": sum(1 for e in lm if e.get("cache_hit")),
-            "prompt_tokens": sum(e.get("prompt_tokens", 0) for e in lm),
-            "completion_tokens": sum(e.get("completion_tokens", 0) for e in lm),
-            "cost_usd": round(sum(c for c in costs if c is not None), 10),
+            **{key: round(value, 10) if isinstance(value, float) else value for key, value in total.items()},
             "cost_complete": all(c is not None for c in costs),
+            "by_model": by_model,
         }
+
+
+def _empty_sums() -> dict:
+    return {
+        "lm_calls": 0,
+        "cache_hits": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cost_usd": 0.0,
+        "saved_cost_usd": 0.0,
+    }
+
+
+def _add(row: dict, entry: dict) -> None:
+    row["lm_calls"] += 1
+    row["cache_hits"] += 1 if entry.get("cache_hit") else 0
+    row["prompt_tokens"] += entry.get("prompt_tokens", 0)
+    row["completion_tokens"] += entry.get("completion_tokens", 0)
+    row["cost_usd"] += entry.get("cost_usd") or 0.0
+    row["saved_cost_usd"] += entry.get("saved_cost_usd") or 0.0

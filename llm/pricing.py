@@ -41,3 +41,24 @@ def dspy_knows(lm15_provider: str, model: str) -> bool:
     from dspy.clients.model_metadata import model_info
 
     return bool(model_info(lm15_provider, _model_id(model)))
+
+
+def cost_for_tokens(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """What this many tokens of `model` would cost (used to value what a cache hit saved)."""
+    from dspy.lm15 import Message, TextPart, Usage
+
+    from llm.gateway import route_for
+
+    usage = Usage(
+        input_tokens=prompt_tokens,
+        output_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+    response = Response(
+        id=None,
+        model=_model_id(model),
+        message=Message.assistant([TextPart("")]),
+        finish_reason="stop",
+        usage=usage,
+    )
+    return cost_usd(model, route_for(model).lm15_provider, response)

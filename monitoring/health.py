@@ -5,13 +5,15 @@ short timeout and reports each one, so a load balancer stops sending traffic whe
 database, cache or broker is gone, and an operator sees which one.
 """
 
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 
 import kombu
 from django.conf import settings
 from django.core.cache import caches
-from django.db import connection
+from django.db import connection, connections
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -46,11 +48,69 @@ def check_broker() -> dict:
     return {"transport": str(transport)}
 
 
-CHECKS: dict[str, Callable[[], dict]] = {
-    "database": check_database,
-    "cache": check_cache,
-    "broker": check_broker,
+# Queue groups as the Procfile runs them: readiness reports whether each has a live worker.
+QUEUE_GROUPS = {
+    "llm": ["llm_calls", "priority"],
+    "default": ["default", "embeddings", "cleanup"],
+    "optimization": ["optimization"],
 }
+BEAT_STALE_S = 180
+
+
+def worker_status() -> dict[str, dict]:
+    """{group: {"queues": {queue: [live workers]}, "alive": bool}} from worker heartbeats."""
+    from monitoring.heartbeat import alive
+
+    queues = [q for group in QUEUE_GROUPS.values() for q in group]
+    live = alive(queues)
+    return {
+        group: {"queues": {q: live[q] for q in members}, "alive": all(live[q] for q in members)}
+        for group, members in QUEUE_GROUPS.items()
+    }
+
+
+def check_workers() -> dict:
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        return {"mode": "in-process tasks (embedded mode)"}
+    groups = worker_status()
+    missing = [group for group, state in groups.items() if not state["alive"]]
+    if missing:
+        raise RuntimeError(f"no live worker for queue group(s): {', '.join(missing)}")
+    return {"groups": {group: state["queues"] for group, state in groups.items()}}
+
+
+def check_beat() -> dict:
+    """Beat is alive when some periodic task was sent recently (django-celery-beat records it)."""
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        return {"mode": "no beat in embedded mode"}
+    from django.utils import timezone
+    from django_celery_beat.models import PeriodicTask
+
+    last = (
+        PeriodicTask.objects.filter(enabled=True)
+        .order_by("-last_run_at")
+        .values_list("last_run_at", flat=True)
+    )
+    last_run = last.first()
+    if last_run is None:
+        raise RuntimeError("beat has never sent a periodic task")
+    age = (timezone.now() - last_run).total_seconds()
+    if age > BEAT_STALE_S:
+        raise RuntimeError(f"beat's last periodic task was sent {age:.0f} s ago")
+    return {"last_sent_s_ago": round(age, 1)}
+
+
+# Critical checks make /health/ready answer 503 (take this web process out of rotation);
+# the others report a degraded service without pulling web traffic.
+CHECKS: dict[str, tuple[Callable[[], dict], bool]] = {
+    "database": (check_database, True),
+    "cache": (check_cache, True),
+    "broker": (check_broker, True),
+    "workers": (check_workers, False),
+    "beat": (check_beat, False),
+}
+READY_TIMEOUT_S = 0.8
+_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="health")
 
 
 def run_check(check: Callable[[], dict]) -> dict:
@@ -59,17 +119,35 @@ def run_check(check: Callable[[], dict]) -> dict:
         result = {"status": "ok", **check()}
     except Exception as exc:
         result = {"status": "error", "error": f"{type(exc).__name__}: {exc}"[:300]}
+    finally:
+        if threading.current_thread() is not threading.main_thread():
+            connections.close_all()  # checks run in pool threads: do not leak their DB connections
     result["latency_ms"] = round((time.perf_counter() - started) * 1000, 1)
     return result
+
+
+def run_checks() -> dict[str, dict]:
+    """Run every check concurrently; one that hangs is reported as timed out, not waited for."""
+    futures = {name: _pool.submit(run_check, check) for name, (check, _critical) in CHECKS.items()}
+    wait(futures.values(), timeout=READY_TIMEOUT_S)
+    results = {}
+    for name, future in futures.items():
+        if future.done():
+            results[name] = future.result()
+        else:
+            results[name] = {"status": "error", "error": f"timed out after {READY_TIMEOUT_S} s"}
+        results[name]["critical"] = CHECKS[name][1]
+    return results
 
 
 @require_GET
 @never_cache
 def ready(request: HttpRequest) -> JsonResponse:
-    checks = {name: run_check(check) for name, check in CHECKS.items()}
-    healthy = all(c["status"] == "ok" for c in checks.values())
+    checks = run_checks()
+    critical_ok = all(c["status"] == "ok" for c in checks.values() if c["critical"])
+    all_ok = all(c["status"] == "ok" for c in checks.values())
     body = {
-        "status": "ok" if healthy else "error",
+        "status": "ok" if all_ok else ("degraded" if critical_ok else "error"),
         "mode": "embedded" if settings.EMBEDDED else "standard",
         "checks": checks,
     }
@@ -78,4 +156,4 @@ def ready(request: HttpRequest) -> JsonResponse:
             "Embedded single-process mode: SQLite, in-process cache and tasks. "
             "Not for production; start Postgres and Redis for the standard mode."
         )
-    return JsonResponse(body, status=200 if healthy else 503)
+    return JsonResponse(body, status=200 if critical_ok else 503)

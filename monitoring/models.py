@@ -41,3 +41,40 @@ class AuditEvent(models.Model):
 
     def delete(self, *args: Any, **kwargs: Any) -> tuple[int, dict[str, int]]:
         raise PermissionError("Audit events are append-only")
+
+
+class UsageRollup(models.Model):
+    """Hourly sums of finished executions, for dashboards that stay fast on millions of rows.
+
+    Rows with `model=""` count executions (per program and status) and their duration histogram;
+    rows with a model hold that model's LM calls, tokens and cost. Program id and name are kept
+    as plain values so history survives a program's deletion. Rebuilt per hour by
+    `monitoring.rollups.rollup_hours` (idempotent), so late or re-run executions are counted once.
+    """
+
+    hour = models.DateTimeField()
+    program_id = models.UUIDField()
+    program_name = models.CharField(max_length=255)
+    status = models.CharField(max_length=20)
+    model = models.CharField(max_length=200, blank=True)
+    executions = models.PositiveIntegerField(default=0)
+    duration_ms_sum = models.BigIntegerField(default=0)
+    duration_histogram = models.JSONField(default=list)
+    lm_calls = models.PositiveIntegerField(default=0)
+    cache_hits = models.PositiveIntegerField(default=0)
+    prompt_tokens = models.BigIntegerField(default=0)
+    completion_tokens = models.BigIntegerField(default=0)
+    cost_usd = models.FloatField(default=0.0)
+    saved_cost_usd = models.FloatField(default=0.0)
+
+    class Meta:
+        db_table = "usage_rollups"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hour", "program_id", "status", "model"], name="uniq_usage_rollup"
+            )
+        ]
+        indexes = [models.Index(fields=["hour", "model"], name="idx_rollup_hour_model")]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}h {self.program_name} {self.status} {self.model or '*'}"

@@ -55,27 +55,35 @@ class Derived:
         yield ratio
 
 
+def queue_depths() -> dict[str, int | None]:
+    """Tasks waiting per Celery queue (Redis broker: each queue is a list); None when unknown."""
+    from dspex_site.celery import Queue
+
+    url = settings.CELERY_BROKER_URL or ""
+    if not url.startswith("redis") or settings.CELERY_TASK_ALWAYS_EAGER:
+        return {queue.value: None for queue in Queue}
+    import redis
+
+    try:
+        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        with client.pipeline(transaction=False) as pipe:
+            for queue in Queue:
+                pipe.llen(queue.value)
+            lengths = pipe.execute()
+    except Exception as exc:  # a scrape or a dashboard must still answer when the broker is down
+        logger.warning("queue depth unavailable: %s", type(exc).__name__)
+        return {queue.value: None for queue in Queue}
+    return {queue.value: int(length) for queue, length in zip(Queue, lengths, strict=True)}
+
+
 class QueueDepth:
-    """Messages waiting per Celery queue (Redis broker: the length of each queue's list)."""
+    """Scrape-time gauge of the tasks waiting per Celery queue."""
 
     def collect(self) -> Iterator[Metric]:
         gauge = GaugeMetricFamily("dspex_queue_depth", "Tasks waiting per Celery queue", labels=["queue"])
-        url = settings.CELERY_BROKER_URL or ""
-        if url.startswith("redis") and not settings.CELERY_TASK_ALWAYS_EAGER:
-            import redis
-
-            from dspex_site.celery import Queue
-
-            try:
-                client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
-                with client.pipeline(transaction=False) as pipe:
-                    for queue in Queue:
-                        pipe.llen(queue.value)
-                    lengths = pipe.execute()
-                for queue, length in zip(Queue, lengths, strict=True):
-                    gauge.add_metric([queue.value], float(length))
-            except Exception as exc:  # a scrape must still answer when the broker is down
-                logger.warning("queue depth unavailable: %s", type(exc).__name__)
+        for queue, depth in queue_depths().items():
+            if depth is not None:
+                gauge.add_metric([queue], float(depth))
         yield gauge
 
 

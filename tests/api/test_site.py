@@ -15,9 +15,51 @@ def test_ready_reports_each_dependency(client):
     body = response.json()
     assert response.status_code == 200, body
     assert body["mode"] == "standard"
-    assert set(body["checks"]) == {"database", "cache", "broker"}
-    assert all(check["status"] == "ok" for check in body["checks"].values())
+    assert set(body["checks"]) == {"database", "cache", "broker", "workers", "beat"}
+    critical = {name for name, check in body["checks"].items() if check["critical"]}
+    assert critical == {"database", "cache", "broker"}
+    assert all(body["checks"][name]["status"] == "ok" for name in critical)
     assert body["checks"]["database"]["vendor"] == "postgresql"
+    # No worker or beat runs in this test: the service is degraded, not down.
+    assert body["status"] == "degraded"
+    assert "no live worker" in body["checks"]["workers"]["error"]
+
+
+def test_ready_sees_a_live_worker_per_queue(client, transactional_db):
+    from tests.conftest import start_worker
+
+    workers = [
+        start_worker(queues="llm_calls,priority"),
+        start_worker(queues="default,embeddings,cleanup"),
+        start_worker(queues="optimization", pool="solo", concurrency=1),
+    ]
+    try:
+        body = client.get("/health/ready").json()
+    finally:
+        for worker in workers:
+            worker.stop()
+    assert body["checks"]["workers"]["status"] == "ok", body["checks"]["workers"]
+    groups = body["checks"]["workers"]["groups"]
+    assert groups["llm"]["llm_calls"] and groups["optimization"]["optimization"]
+
+
+def test_ready_answers_within_a_second_when_a_dependency_hangs(client, settings):
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections, never answers: a hung broker
+    settings.CELERY_BROKER_URL = f"redis://127.0.0.1:{silent.getsockname()[1]}/0"
+    try:
+        started = time.monotonic()
+        response = client.get("/health/ready")
+        elapsed = time.monotonic() - started
+    finally:
+        silent.close()
+    assert elapsed < 1.0
+    assert response.status_code == 503
+    assert response.json()["checks"]["broker"]["status"] == "error"
 
 
 def test_ready_is_503_and_names_the_broken_dependency(client, settings):

@@ -68,14 +68,15 @@ def test_it_runs_a_program_and_returns_the_full_trace(api, make_program):
     assert call["prompt_tokens"] > 0 and call["completion_tokens"] > 0
     assert call["cost_usd"] == 0  # the simulated provider's default price
     assert call["cache_hit"] is False and call["error"] is None
-    assert body["metrics"] == {
+    sums = {
         "lm_calls": 1,
         "cache_hits": 0,
         "prompt_tokens": call["prompt_tokens"],
         "completion_tokens": call["completion_tokens"],
         "cost_usd": 0,
-        "cost_complete": True,
+        "saved_cost_usd": 0,
     }
+    assert body["metrics"] == {**sums, "cost_complete": True, "by_model": {"sim/default": sums}}
     row = CognitiveExecution.objects.get(id=body["id"])
     assert row.status == "succeeded" and row.trace == body["trace"] and row.duration_ms is not None
 
@@ -118,6 +119,9 @@ def test_a_cache_hit_costs_nothing_and_says_so(api, make_program, http_provider,
     assert hit["cache_hit"] is True
     assert hit["cost_usd"] == 0 and hit["prompt_tokens"] == 0
     assert hit["saved_usage"]["prompt_tokens"] > 0
+    saved = (hit["saved_usage"]["prompt_tokens"] + 2 * hit["saved_usage"]["completion_tokens"]) / 1e6
+    assert hit["saved_cost_usd"] == pytest.approx(saved)
+    assert second["metrics"]["saved_cost_usd"] == pytest.approx(saved)
     assert second["metrics"]["cache_hits"] == 1
     requests_before = http_provider.stats()["requests"]
     third = execute(api, program, {"input": {"question": "same"}, "wait": True, "cache": False}).json()

@@ -1,0 +1,70 @@
+"""Worker liveness: every Celery worker records, every few seconds, which queues it serves.
+
+A worker bootstep writes `{hostname: unix time}` into one Redis hash per queue; readiness and
+the queues dashboard read them back. A worker that stops (or is killed) simply stops writing,
+and its entry ages out after HEARTBEAT_STALE_S — no cleanup needed.
+"""
+
+import logging
+import socket
+import time
+from typing import Any
+
+import redis
+from celery import bootsteps
+from django.conf import settings
+
+logger = logging.getLogger(__name__)
+
+HEARTBEAT_EVERY_S = 5.0
+HEARTBEAT_STALE_S = 30.0
+KEY = "dspex:workers:{queue}"
+
+
+def _client() -> redis.Redis:
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+
+def beat(hostname: str, queues: list[str]) -> None:
+    now = time.time()
+    try:
+        with _client().pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.hset(KEY.format(queue=queue), hostname, now)
+                pipe.expire(KEY.format(queue=queue), int(HEARTBEAT_STALE_S * 10))
+            pipe.execute()
+    except redis.RedisError as exc:
+        logger.warning("worker heartbeat not written: %s", type(exc).__name__)
+
+
+def alive(queues: list[str]) -> dict[str, list[str]]:
+    """{queue: [hostnames with a fresh heartbeat]} for the given queues."""
+    cutoff = time.time() - HEARTBEAT_STALE_S
+    with _client().pipeline(transaction=False) as pipe:
+        for queue in queues:
+            pipe.hgetall(KEY.format(queue=queue))
+        found = pipe.execute()
+    return {
+        queue: sorted(host.decode() for host, at in entries.items() if float(at) >= cutoff)
+        for queue, entries in zip(queues, found, strict=True)
+    }
+
+
+class HeartbeatStep(bootsteps.StartStopStep):
+    """Celery worker bootstep (registered in dspex_site/celery.py) that sends the heartbeats."""
+
+    requires = {"celery.worker.components:Timer"}
+
+    def __init__(self, worker: Any, **kwargs: Any):
+        super().__init__(worker, **kwargs)
+        self.tref = None
+
+    def start(self, worker: Any) -> None:
+        queues = sorted(worker.app.amqp.queues.consume_from or worker.app.amqp.queues)
+        hostname = getattr(worker, "hostname", None) or socket.gethostname()
+        beat(hostname, queues)
+        self.tref = worker.timer.call_repeatedly(HEARTBEAT_EVERY_S, beat, (hostname, queues), priority=10)
+
+    def stop(self, worker: Any) -> None:
+        if self.tref is not None:
+            self.tref.cancel()
