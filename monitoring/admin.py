@@ -1,18 +1,94 @@
+"""Console pages for the audit trail and for API tokens (issued and revoked by superusers, audited)."""
+
+import json
 from typing import Any
 
-from django.contrib import admin
-from django.http import HttpRequest
+from django.contrib import admin, messages
+from django.db import transaction
+from django.db.models.signals import post_migrate
+from django.http import HttpRequest, HttpResponseRedirect
+from django.urls import reverse
+from django.utils.html import format_html
+from rest_framework.authtoken.admin import TokenAdmin as DRFTokenAdmin
+from rest_framework.authtoken.models import TokenProxy
 
+from monitoring import audit
 from monitoring.models import AuditEvent
+from programs.models import CognitiveProgram
+
+OPERATORS, VIEWERS = "Operators", "Viewers"
+# Apps whose models the console shows: viewers may view them all, operators also change them
+# (the admin classes keep executions, versions, results and the audit trail read-only anyway).
+CONSOLE_APPS = ("programs", "executions", "optimization", "caching")
+
+
+def sync_console_groups(sender: Any = None, **kwargs: Any) -> None:
+    """Keep the Operators and Viewers groups (made by monitoring/0002) in step with the models.
+
+    Runs after every `migrate` (and every test-database flush): the data migration could only
+    grant the permissions of models that existed when it was written. It only adds, so a
+    permission removed from one of these groups by hand comes back at the next migrate: a site
+    that wants other roles makes other groups.
+    """
+    from django.apps import apps
+    from django.contrib.auth.management import create_permissions
+    from django.contrib.auth.models import Group, Permission
+    from django.contrib.contenttypes.models import ContentType
+
+    configs = list(apps.get_app_configs())
+    if sender is not configs[-1]:
+        return  # post_migrate is sent once per app: act once, after the last
+    for config in configs:  # idempotent; this handler may run before auth's own one
+        create_permissions(config, verbosity=0)
+    program_type = ContentType.objects.get_for_model(CognitiveProgram)
+    run, _ = Permission.objects.get_or_create(
+        content_type=program_type,
+        codename="run_cognitiveprogram",
+        defaults={"name": "Can run cognitive program"},
+    )
+    console = Permission.objects.filter(content_type__app_label__in=CONSOLE_APPS)
+    audit_view = Permission.objects.filter(content_type__app_label="monitoring", codename__startswith="view_")
+    viewers, _ = Group.objects.get_or_create(name=VIEWERS)
+    viewers.permissions.add(*console.filter(codename__startswith="view_"), *audit_view)
+    operators, _ = Group.objects.get_or_create(name=OPERATORS)
+    operators.permissions.add(*console, *audit_view, run)
+
+
+post_migrate.connect(sync_console_groups, dispatch_uid="dspex-console-groups")
 
 
 @admin.register(AuditEvent)
 class AuditEventAdmin(admin.ModelAdmin):
     """Read-only for everyone, superusers included: the trail is append-only."""
 
-    list_display = ["created_at", "actor_name", "action", "object_type", "object_repr", "channel", "ip"]
-    list_filter = ["action", "channel", "object_type"]
+    list_display = [
+        "created_at",
+        "actor_name",
+        "action",
+        "object_type",
+        "object_repr",
+        "channel",
+        "ip",
+        "change",
+    ]
+    list_filter = ["channel", "action", "object_type", "created_at"]
     search_fields = ["object_id", "object_repr", "actor_name"]
+    search_help_text = "Object id, object name or username"
+    list_per_page = 100
+    show_full_result_count = False
+    fields = [
+        "created_at",
+        "actor_name",
+        "actor",
+        "action",
+        "object_type",
+        "object_id",
+        "object_repr",
+        "channel",
+        "ip",
+        "changes_json",
+    ]
+    readonly_fields = fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -22,3 +98,97 @@ class AuditEventAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    def get_actions(self, request: HttpRequest) -> dict:
+        return {}
+
+    @admin.display(description="change")
+    def change(self, obj: AuditEvent) -> str:
+        """The changed fields' names, or the first few keys of what was recorded."""
+        keys = list(obj.changes) if isinstance(obj.changes, dict) else []
+        shown = ", ".join(keys[:6]) + (f" (+{len(keys) - 6})" if len(keys) > 6 else "")
+        return shown or "—"
+
+    @admin.display(description="changes")
+    def changes_json(self, obj: AuditEvent) -> str:
+        text = json.dumps(obj.changes, indent=2, ensure_ascii=False, default=str)
+        return format_html('<pre class="dspex-json">{}</pre>', text)
+
+
+if admin.site.is_registered(TokenProxy):
+    admin.site.unregister(TokenProxy)
+
+
+@admin.register(TokenProxy)
+class TokenAdmin(DRFTokenAdmin):
+    """API tokens: only superusers see, issue or revoke them, and every issue and revoke is audited.
+
+    The key is shown in full once, right after it is issued; lists show only its first characters.
+    """
+
+    list_display = ["key_prefix", "user", "created"]
+    list_select_related = ["user"]
+
+    def has_module_permission(self, request: HttpRequest) -> bool:
+        return request.user.is_active and request.user.is_superuser
+
+    def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return self.has_module_permission(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False  # a token is issued or revoked, never edited
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return self.has_module_permission(request)
+
+    @admin.display(description="key")
+    def key_prefix(self, obj: TokenProxy) -> str:
+        return f"{obj.key[:6]}…"
+
+    def save_model(self, request: HttpRequest, obj: TokenProxy, form: Any, change: bool) -> None:
+        with transaction.atomic():
+            super().save_model(request, obj, form, change)
+            audit.record(
+                "issue_token", obj.user, channel="admin", request=request, changes={"user": obj.user.username}
+            )
+
+    def response_add(self, request: HttpRequest, obj: TokenProxy, post_url_continue: Any = None) -> Any:
+        # Not the default "added" message: it would show the key without saying it is shown once.
+        messages.warning(request, f"API token for {obj.user.username} (shown once, copy it now): {obj.key}")
+        return HttpResponseRedirect(reverse("admin:authtoken_tokenproxy_changelist"))
+
+    # Django's own admin log stores str(token), which is the key: the audit trail records these instead.
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> None:
+        return None
+
+    def log_change(self, request: HttpRequest, obj: Any, message: Any) -> None:
+        return None
+
+    def log_deletions(self, request: HttpRequest, queryset: Any) -> None:
+        return None
+
+    def delete_model(self, request: HttpRequest, obj: TokenProxy) -> None:
+        with transaction.atomic():
+            audit.record(
+                "revoke_token",
+                obj.user,
+                channel="admin",
+                request=request,
+                changes={"user": obj.user.username},
+            )
+            super().delete_model(request, obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+        with transaction.atomic():
+            for token in queryset.select_related("user"):
+                audit.record(
+                    "revoke_token",
+                    token.user,
+                    channel="admin",
+                    request=request,
+                    changes={"user": token.user.username},
+                )
+            super().delete_queryset(request, queryset)

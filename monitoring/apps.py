@@ -10,6 +10,7 @@ class MonitoringConfig(AppConfig):
         from monitoring.metrics import prometheus_handler
 
         telemetry.attach(prometheus_handler)
+        from monitoring import signals  # noqa: F401 - connects the Celery log-context handlers
         from monitoring.otel import configure_from_env
 
         configure_from_env()

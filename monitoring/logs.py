@@ -28,6 +28,15 @@ def log_context(**ids: object) -> Iterator[None]:
         _context.reset(token)
 
 
+def bind(**ids: object) -> contextvars.Token:
+    """Bind ids until `unbind(token)`: for code that cannot use a `with` block (signal handlers)."""
+    return _context.set({**_context.get(), **{k: str(v) for k, v in ids.items() if v is not None}})
+
+
+def unbind(token: contextvars.Token) -> None:
+    _context.reset(token)
+
+
 def current_context() -> dict[str, str]:
     return dict(_context.get())
 

@@ -87,6 +87,40 @@ class QueueDepth:
         yield gauge
 
 
+class Liveness:
+    """Scrape-time gauges: live workers per queue group (heartbeats) and beat's last send."""
+
+    def collect(self) -> Iterator[Metric]:
+        from monitoring.health import worker_status
+
+        workers = GaugeMetricFamily(
+            "dspex_workers_alive", "Live workers serving every queue of a group", labels=["group"]
+        )
+        try:
+            for group, state in worker_status().items():
+                hosts = (
+                    set.intersection(*(set(h) for h in state["queues"].values()))
+                    if state["queues"]
+                    else set()
+                )
+                workers.add_metric([group], float(len(hosts)))
+        except Exception as exc:
+            logger.warning("worker liveness unavailable: %s", type(exc).__name__)
+        yield workers
+        beat = GaugeMetricFamily(
+            "dspex_beat_last_run_timestamp_seconds", "When beat last sent a periodic task"
+        )
+        try:
+            from django_celery_beat.models import PeriodicTask
+
+            last = PeriodicTask.objects.exclude(last_run_at=None).order_by("-last_run_at").first()
+            if last is not None:
+                beat.add_metric([], last.last_run_at.timestamp())
+        except Exception as exc:
+            logger.warning("beat liveness unavailable: %s", type(exc).__name__)
+        yield beat
+
+
 def registry() -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
@@ -96,6 +130,7 @@ def registry() -> CollectorRegistry:
         base = DefaultRegistry()
     reg.register(Derived(base))
     reg.register(QueueDepth())
+    reg.register(Liveness())
     for collector in EXTRA_COLLECTORS:
         reg.register(collector)
     return reg

@@ -17,3 +17,11 @@ def selftest_error(marker: str) -> None:
     # The extra holds the kind of data Sentry must never receive (a prompt); scrubbing removes it.
     logger.error("self-test task about to fail", extra={"messages": [{"role": "user", "content": marker}]})
     raise SentrySelfTestError(f"DSPex Sentry self-test {marker}")
+
+
+@shared_task(name="monitoring.rollup", soft_time_limit=50, time_limit=60)
+def rollup() -> int:
+    """Recompute the current and previous hour's usage rollups (beat, every minute)."""
+    from monitoring.rollups import rollup_recent
+
+    return rollup_recent()
