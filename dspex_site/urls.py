@@ -5,20 +5,45 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from executions.api import ExecutionViewSet
-from monitoring import health
+from caching.api import CorpusViewSet, cache_purge, cache_stats, program_cache_policy
+from executions.api import BatchViewSet, ExecutionViewSet
+from llm import admin as llm_admin
+from llm.api import providers
+from monitoring import dashboards, health, scrape
+from optimization.api import (
+    DatasetViewSet,
+    OptimizeView,
+    ResultViewSet,
+    RollbackView,
+    RunViewSet,
+    ScheduleViewSet,
+)
 from programs.api import ProgramViewSet
 
 router = DefaultRouter()
 router.register("programs", ProgramViewSet, basename="program")
 router.register("executions", ExecutionViewSet, basename="execution")
+router.register("batches", BatchViewSet, basename="batch")
+router.register("corpora", CorpusViewSet, basename="corpus")
+router.register("datasets", DatasetViewSet, basename="dataset")
+router.register("optimizations", RunViewSet, basename="optimization")
+router.register("optimization-results", ResultViewSet, basename="optimization-result")
+router.register("schedules", ScheduleViewSet, basename="schedule")
 
 urlpatterns = [
+    path("admin/dashboards/", include(dashboards.urls())),
+    path("admin/providers/", include(llm_admin.urls())),
     path("admin/", admin.site.urls),
+    path("api/v1/cache/stats/", cache_stats, name="cache-stats"),
+    path("api/v1/cache/<str:name>/purge/", cache_purge, name="cache-purge"),
+    path("api/v1/cache/programs/<uuid:program_id>/", program_cache_policy, name="program-cache-policy"),
+    path("api/v1/programs/<uuid:pk>/optimize/", OptimizeView.as_view(), name="program-optimize"),
+    path("api/v1/programs/<uuid:pk>/rollback/", RollbackView.as_view(), name="program-rollback"),
+    path("api/v1/providers/", providers, name="providers"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("health/live", health.live, name="health-live"),
     path("health/ready", health.ready, name="health-ready"),
-    path("", include("django_prometheus.urls")),
+    path("metrics", scrape.metrics, name="metrics"),
 ]

@@ -1,20 +1,315 @@
+"""Operator console for executions: a read-only list and a detail page that reads the trace as a timeline."""
+
+import json
+import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib import admin
+from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.urls import reverse
+from django.utils.html import format_html
 
-from executions.models import CognitiveExecution
+from executions.models import Batch, CognitiveExecution
+
+# A message longer than this is shown collapsed, with its first line as the summary.
+LONG_MESSAGE_CHARS = 600
+LONG_MESSAGE_LINES = 12
+
+
+def pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str)
+
+
+def pre(value: Any) -> str:
+    if value is None or value == {} or value == []:
+        return "—"
+    return format_html('<pre class="dspex-json">{}</pre>', pretty(value))
+
+
+def money(cost: Any) -> str:
+    """USD with enough digits for per-call LM costs; None means the price is unknown."""
+    if cost is None:
+        return "unknown"
+    return f"${float(cost):.6f}"
+
+
+@dataclass
+class Message:
+    role: str
+    content: str
+
+    @property
+    def collapsed(self) -> bool:
+        return len(self.content) > LONG_MESSAGE_CHARS or self.content.count("\n") >= LONG_MESSAGE_LINES
+
+    @property
+    def preview(self) -> str:
+        first = self.content.strip().split("\n", 1)[0]
+        return first[:160] + ("…" if len(first) > 160 else "")
+
+
+@dataclass
+class TraceRow:
+    """One trace entry, shaped for the timeline template."""
+
+    index: int
+    kind: str
+    step: str
+    entry: dict
+    messages: list[Message] = field(default_factory=list)
+
+    @property
+    def is_lm(self) -> bool:
+        return self.kind == "lm"
+
+    @property
+    def error(self) -> Any:
+        return self.entry.get("error")
+
+    @property
+    def inputs(self) -> str:
+        return pretty(self.entry.get("inputs"))
+
+    @property
+    def outputs(self) -> str:
+        return pretty(self.entry.get("outputs"))
+
+    @property
+    def answer(self) -> str:
+        """The LM's completion(s) as text: DSPy records a list of strings or of {"text": ...}."""
+        outputs = self.entry.get("outputs")
+        items = outputs if isinstance(outputs, list) else [outputs]
+        texts = [item.get("text", pretty(item)) if isinstance(item, dict) else item for item in items]
+        return "\n\n---\n\n".join(str(text) for text in texts if text not in (None, ""))
+
+    @property
+    def tokens(self) -> str:
+        prompt = self.entry.get("prompt_tokens") or 0
+        completion = self.entry.get("completion_tokens") or 0
+        return f"{prompt} + {completion} = {prompt + completion}"
+
+    @property
+    def cost(self) -> str:
+        return money(self.entry.get("cost_usd"))
+
+
+def _messages(raw: Any) -> list[Message]:
+    if isinstance(raw, str):  # a plain prompt rather than chat messages
+        return [Message("user", raw)]
+    messages = []
+    for item in raw if isinstance(raw, list) else []:
+        if isinstance(item, dict):
+            content = item.get("content")
+            if isinstance(content, list):  # multi-part content: keep the text parts
+                content = "\n".join(str(p.get("text", p)) if isinstance(p, dict) else str(p) for p in content)
+            messages.append(Message(str(item.get("role", "?")), "" if content is None else str(content)))
+    return messages
+
+
+def trace_rows(trace: Any) -> list[TraceRow]:
+    """The execution's trace entries in order, with LM calls' messages split into turns."""
+    rows = []
+    for index, entry in enumerate(trace if isinstance(trace, list) else [], start=1):
+        if not isinstance(entry, dict):
+            continue
+        kind = str(entry.get("kind", "?"))
+        row = TraceRow(index, kind, str(entry.get("step") or ""), entry)
+        if kind == "lm":
+            row.messages = _messages(entry.get("messages"))
+        rows.append(row)
+    return rows
+
+
+def summary(execution: CognitiveExecution) -> dict[str, Any]:
+    """The headline figures of an execution (for the detail and Run pages)."""
+    metrics = execution.metrics or {}
+    prompt, completion = metrics.get("prompt_tokens", 0), metrics.get("completion_tokens", 0)
+    return {
+        "lm_calls": metrics.get("lm_calls", 0),
+        "cache_hits": metrics.get("cache_hits", 0),
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "tokens": prompt + completion,
+        "cost": money(metrics.get("cost_usd")) if metrics else "—",
+        "cost_complete": metrics.get("cost_complete", True),
+    }
+
+
+class CreatedFilter(admin.DateFieldListFilter):
+    title = "created"
 
 
 @admin.register(CognitiveExecution)
 class ExecutionAdmin(admin.ModelAdmin):
-    list_display = ["id", "program", "status", "duration_ms", "created_at"]
-    list_filter = ["status"]
+    """Read-only: executions are written by the runner only."""
+
+    list_display = [
+        "short_id",
+        "program_link",
+        "status_badge",
+        "duration",
+        "lm_calls",
+        "tokens",
+        "cost",
+        "cache_hits",
+        "created_at",
+    ]
+    list_filter = ["status", ("created_at", CreatedFilter), "program"]
     list_select_related = ["program"]
     search_fields = ["id"]
+    search_help_text = "Execution id (full, or its first characters)"
+    list_per_page = 50
+    # A COUNT(*) over millions of executions on every page view is what makes admins slow.
+    show_full_result_count = False
+    date_hierarchy = None
+    change_form_template = "admin/executions/cognitiveexecution/change_form.html"
+    fieldsets = [
+        (
+            None,
+            {
+                "fields": [
+                    "program_link",
+                    "status_badge",
+                    "created_at",
+                    "duration",
+                    "input_json",
+                    "variables_json",
+                    "output_json",
+                    "error_json",
+                ]
+            },
+        ),
+        (
+            "Details",
+            {
+                "classes": ["collapse"],
+                "fields": [
+                    "id",
+                    "program_version",
+                    "optimization_result",
+                    "created_by",
+                    "started_at",
+                    "finished_at",
+                    "attempts",
+                    "priority",
+                    "use_cache",
+                    "batch",
+                ],
+            },
+        ),
+    ]
+    readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        queryset = super().get_queryset(request)
+        match = request.resolver_match
+        if match is not None and match.url_name and match.url_name.endswith("_changelist"):
+            # The list never shows traces, inputs or outputs: don't load megabytes of JSON per page.
+            queryset = queryset.defer("trace", "input", "output", "error", "variables")
+        return queryset.select_related("program", "created_by", "optimization_result")
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple:
+        term = search_term.strip()
+        try:
+            return queryset.filter(id=uuid.UUID(term)), False
+        except ValueError:
+            pass
+        # A partial id: prefix on the text form; anything else matches nothing rather than scanning.
+        hexdigits = term.replace("-", "")
+        if term and all(c in "0123456789abcdefABCDEF-" for c in term) and len(hexdigits) >= 4:
+            return queryset.filter(id__startswith=term.lower()), False
+        return (queryset.none(), False) if term else (queryset, False)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> Any:
+        execution = self.get_object(request, object_id)
+        context = dict(extra_context or {})
+        if execution is not None:
+            context["trace_rows"] = trace_rows(execution.trace)
+            context["summary"] = summary(execution)
+            context["execution"] = execution
+            context["can_rerun"] = request.user.has_perm("programs.run_cognitiveprogram")
+        return super().change_view(request, object_id, form_url, extra_context=context)
+
+    @admin.display(description="id", ordering="id")
+    def short_id(self, obj: CognitiveExecution) -> str:
+        return str(obj.id)[:8]
+
+    @admin.display(description="program", ordering="program__name")
+    def program_link(self, obj: CognitiveExecution) -> str:
+        url = reverse("admin:programs_cognitiveprogram_change", args=[obj.program_id])
+        return format_html(
+            '<a href="{}">{}</a> <span class="dspex-muted">v{}</span>', url, obj.program, obj.program_version
+        )
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: CognitiveExecution) -> str:
+        return format_html('<span class="dspex-status dspex-status-{}">{}</span>', obj.status, obj.status)
+
+    @admin.display(description="duration", ordering="duration_ms")
+    def duration(self, obj: CognitiveExecution) -> str:
+        return "—" if obj.duration_ms is None else f"{obj.duration_ms} ms"
+
+    @admin.display(description="LM calls")
+    def lm_calls(self, obj: CognitiveExecution) -> int:
+        return (obj.metrics or {}).get("lm_calls", 0)
+
+    @admin.display(description="tokens")
+    def tokens(self, obj: CognitiveExecution) -> int:
+        metrics = obj.metrics or {}
+        return metrics.get("prompt_tokens", 0) + metrics.get("completion_tokens", 0)
+
+    @admin.display(description="cost")
+    def cost(self, obj: CognitiveExecution) -> str:
+        return money((obj.metrics or {}).get("cost_usd")) if obj.metrics else "—"
+
+    @admin.display(description="cache hits")
+    def cache_hits(self, obj: CognitiveExecution) -> int:
+        return (obj.metrics or {}).get("cache_hits", 0)
+
+    @admin.display(description="input")
+    def input_json(self, obj: CognitiveExecution) -> str:
+        return pre(obj.input)
+
+    @admin.display(description="variables")
+    def variables_json(self, obj: CognitiveExecution) -> str:
+        return pre(obj.variables)
+
+    @admin.display(description="output")
+    def output_json(self, obj: CognitiveExecution) -> str:
+        return pre(obj.output)
+
+    @admin.display(description="error")
+    def error_json(self, obj: CognitiveExecution) -> str:
+        if not obj.error:
+            return "—"
+        return format_html('<pre class="dspex-json dspex-error">{}</pre>', pretty(obj.error))
+
+
+@admin.register(Batch)
+class BatchAdmin(admin.ModelAdmin):
+    list_display = ["id", "program", "created_at", "cancelled_at"]
+    list_select_related = ["program"]
+    list_filter = ["program"]
+    show_full_result_count = False
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False

@@ -1,15 +1,29 @@
-"""REST API for executions: list, detail, cancel."""
+"""REST API for executions (list, detail, cancel) and batches (create, progress, results, cancel)."""
 
+from typing import Any
+
+from django.conf import settings
+from django.http import StreamingHttpResponse
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
+from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from dspex_site.api_errors import APIError
+from dspex_site.api_errors import APIError, LimitedJSONParser, PayloadTooLarge
+from executions import batches
 from executions.filters import ExecutionFilter
-from executions.models import CognitiveExecution
-from executions.serializers import ExecutionSerializer, ExecutionSummarySerializer
+from executions.models import Batch, CognitiveExecution
+from executions.runner import ProgramNotRunnable
+from executions.serializers import (
+    BatchCreateSerializer,
+    BatchSerializer,
+    ExecutionSerializer,
+    ExecutionSummarySerializer,
+)
+from programs.models import CognitiveProgram
 
 
 class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
@@ -36,3 +50,78 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
                 f"Execution {execution.id} already finished with status '{execution.status}'.",
             )
         return Response(ExecutionSerializer(execution).data)
+
+
+class BatchJSONParser(LimitedJSONParser):
+    """Batches carry up to 10,000 inputs: their own, larger body limit."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+        request = (parser_context or {}).get("request")
+        size = int(request.META.get("CONTENT_LENGTH") or 0) if request is not None else 0
+        if size > settings.DSPEX_BATCH_MAX_BYTES:
+            raise PayloadTooLarge(size, settings.DSPEX_BATCH_MAX_BYTES)
+        return JSONParser.parse(self, stream, media_type, parser_context)
+
+
+class BatchViewSet(viewsets.GenericViewSet):
+    """Create a batch, follow its progress, stream its results, cancel it."""
+
+    queryset = Batch.objects.all()
+    serializer_class = BatchSerializer
+    parser_classes = [BatchJSONParser, MultiPartParser]
+    filterset_class = None
+
+    @staticmethod
+    def _represent(batch: Batch) -> dict:
+        return BatchSerializer({**vars(batch), **batches.progress(batch)}).data
+
+    @extend_schema(request=BatchCreateSerializer, responses={202: BatchSerializer})
+    def create(self, request: Request) -> Response:
+        body = BatchCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        program = CognitiveProgram.objects.filter(id=data["program"]).first()
+        if program is None:
+            raise APIError(
+                status.HTTP_400_BAD_REQUEST,
+                "invalid",
+                f"No program {data['program']}.",
+                [{"path": "program", "message": "no such program"}],
+            )
+        inputs = batches.parse_jsonl(data["file"]) if "file" in data else data["inputs"]
+        try:
+            batch = batches.create_batch(
+                program,
+                inputs,
+                data.get("variables"),
+                user=request.user,
+                concurrency=data.get("concurrency"),
+                priority=data["priority"],
+                use_cache=data["cache"],
+            )
+        except batches.BatchTooLarge as exc:
+            raise APIError(status.HTTP_400_BAD_REQUEST, "batch_too_large", str(exc)) from exc
+        except ProgramNotRunnable as exc:
+            raise APIError(status.HTTP_409_CONFLICT, "program_archived", str(exc)) from exc
+        return Response(self._represent(batch), status=status.HTTP_202_ACCEPTED)
+
+    @extend_schema(responses={200: BatchSerializer})
+    def retrieve(self, request: Request, pk: str | None = None) -> Response:
+        return Response(self._represent(self.get_object()))
+
+    @extend_schema(responses={(200, "application/x-ndjson"): OpenApiTypes.STR})
+    @action(detail=True, methods=["get"])
+    def results(self, request: Request, pk: str | None = None) -> StreamingHttpResponse:
+        """JSONL, one line per input in input order: index, execution, input, output, status, error."""
+        batch = self.get_object()
+        response = StreamingHttpResponse(batches.result_lines(batch.id), content_type="application/x-ndjson")
+        response["Content-Disposition"] = f'attachment; filename="batch-{batch.id}.jsonl"'
+        return response
+
+    @extend_schema(request=None, responses={200: BatchSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        """Cancel every pending and running item; finished ones keep their results."""
+        batch = self.get_object()
+        batches.cancel(batch)
+        return Response(self._represent(batch))

@@ -1,7 +1,9 @@
 """Executions: one run of one program version on one input, with its full trace."""
 
+import os
+import socket
 import uuid
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
@@ -20,9 +22,24 @@ class ExecutionQuerySet(models.QuerySet):
         won = self.filter(id=execution_id, status=CognitiveExecution.Status.PENDING).update(
             status=CognitiveExecution.Status.RUNNING,
             started_at=now,
+            heartbeat_at=now,
+            worker=worker_name()[:200],
             attempts=models.F("attempts") + 1,
         )
         return now if won == 1 else None
+
+    def heartbeat(self, ids: list) -> int:
+        """Say the executions this process runs are alive (the reaper re-queues silent ones)."""
+        if not ids:
+            return 0
+        return self.filter(id__in=ids, status=CognitiveExecution.Status.RUNNING).update(
+            heartbeat_at=timezone.now()
+        )
+
+
+def worker_name() -> str:
+    """Which process holds an execution: host and pid (operators read it; nothing parses it)."""
+    return f"{socket.gethostname()}:{os.getpid()}"
 
 
 class CognitiveExecution(models.Model):
@@ -69,6 +86,14 @@ class CognitiveExecution(models.Model):
     created_at = models.DateTimeField(default=timezone.now)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+    # Background runs: `queued_at` is when the last task message was published (null: a batch
+    # item not dispatched yet); `heartbeat_at`/`worker` let the reaper tell a live run from one
+    # whose worker died; `errors` keeps every failed attempt, `error` only the final one.
+    queued_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    worker = models.CharField(max_length=200, blank=True, default="")
+    errors = models.JSONField(default=list, blank=True, help_text="Every failed attempt, oldest first.")
+    batch_index = models.PositiveIntegerField(null=True, blank=True)
 
     objects = ExecutionQuerySet.as_manager()
 
@@ -79,6 +104,11 @@ class CognitiveExecution(models.Model):
             models.Index(fields=["program", "status"], name="idx_executions_program_status"),
             models.Index(fields=["-created_at"], name="idx_executions_created_at"),
             models.Index(fields=["status", "started_at"], name="idx_executions_status_started"),
+            models.Index(fields=["batch", "batch_index"], name="idx_executions_batch_index"),
+            # Hourly usage rollups (monitoring.rollups) read executions by finish time.
+            models.Index(fields=["finished_at"], name="idx_executions_finished_at"),
+            # The console's "last execution" / "last 24 h" columns per program.
+            models.Index(fields=["program", "-created_at"], name="idx_executions_program_created"),
         ]
 
     def __str__(self) -> str:
@@ -94,16 +124,60 @@ class CognitiveExecution(models.Model):
         self.attempts += 1
         self.started_at = started_at
 
+    def _mine(self) -> models.QuerySet:
+        """This run's row, fenced by its claim: `started_at` is unique per claim, so a worker the
+        reaper gave up on can never overwrite the run that replaced it."""
+        running = CognitiveExecution.objects.filter(id=self.id, status=self.Status.RUNNING)
+        return running.filter(started_at=self.started_at)
+
     def finish(self, status: str, *, output: Any = None, error: dict | None = None, **fields: Any) -> None:
-        """Record the outcome of a run; only a running execution can be finished."""
+        """Record the outcome of a run; only the run holding the claim can finish it."""
         now = timezone.now()
         values = {"status": status, "output": output, "error": error, "finished_at": now, **fields}
-        updated = CognitiveExecution.objects.filter(id=self.id, status=self.Status.RUNNING).update(**values)
-        if updated:
+        if error is not None:
+            values["errors"] = [*self.errors, self._stamped(error)]
+        if self._mine().update(**values):
             for key, value in values.items():
                 setattr(self, key, value)
         else:
             self.refresh_from_db()
+
+    def requeue_after_failure(
+        self, error: dict, delay_s: float, *, spend_attempt: bool, **fields: Any
+    ) -> bool:
+        """Put a failed run back to `pending` to be retried in `delay_s` (the caller enqueues it).
+
+        A rate-limited attempt gives its attempt back: the provider refused it, it never ran.
+        """
+        now = timezone.now()
+        values = {
+            "status": self.Status.PENDING,
+            "errors": [*self.errors, self._stamped(error, retry_in_s=round(delay_s, 3))],
+            "queued_at": now + timedelta(seconds=delay_s),
+            "heartbeat_at": None,
+            **fields,
+        }
+        if not spend_attempt:
+            values["attempts"] = models.F("attempts") - 1
+        if not self._mine().update(**values):
+            self.refresh_from_db()
+            return False
+        self.refresh_from_db()
+        return True
+
+    def fail_unpublished(self, message: str) -> bool:
+        """The task could not be published (broker down): fail the row rather than leave it
+        pending with nothing to run it; the client was told 503 and may submit again."""
+        error = {"type": "queue_unavailable", "message": message}
+        updated = CognitiveExecution.objects.filter(id=self.id, status=self.Status.PENDING).update(
+            status=self.Status.FAILED, error=error, errors=[self._stamped(error)], finished_at=timezone.now()
+        )
+        self.refresh_from_db()
+        return updated == 1
+
+    @staticmethod
+    def _stamped(error: dict, **extra: Any) -> dict:
+        return {**error, "at": timezone.now().isoformat(), **extra}
 
     def cancel(self) -> bool:
         """Cancel unless already finished. A running execution stops at its next LM call."""
@@ -119,7 +193,11 @@ class CognitiveExecution(models.Model):
 
 
 class Batch(models.Model):
-    """Many inputs for one program, run as one execution each."""
+    """Many inputs for one program, run as one execution each, at most `concurrency` at a time.
+
+    Items are `pending` executions ordered by `batch_index`; only the ones dispatched (with a
+    `queued_at`) have a task message. Each finished item dispatches the next (executions.batches).
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     program = models.ForeignKey("programs.CognitiveProgram", on_delete=models.CASCADE, related_name="batches")
@@ -128,6 +206,9 @@ class Batch(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now)
     cancelled_at = models.DateTimeField(null=True, blank=True)
+    total = models.PositiveIntegerField(default=0)
+    concurrency = models.PositiveIntegerField(default=20)
+    priority = models.CharField(max_length=10, default="normal")
 
     class Meta:
         db_table = "execution_batches"

@@ -8,20 +8,26 @@ gateway LM and a TraceRecorder, and records output, trace, metrics, duration and
 
 import functools
 import logging
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import dspy
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
+from django.utils import timezone
 
+from caching.models import ProgramCachePolicy
+from caching.optimizations import optimization_state
 from executions.models import CognitiveExecution
 from executions.tracing import ExecutionCancelled, TraceRecorder, jsonable
-from llm import gateway
-from llm.errors import Failure, classify
+from llm import budgets, gateway, resilience
+from llm.errors import RATE_LIMIT, TRANSIENT, Failure, classify
 from monitoring import telemetry
 from monitoring.logs import log_context
-from optimization.models import OptimizationResult
 from programs.models import CognitiveProgram, ProgramVersion
 from programs.spec import (
     PipelineModule,
@@ -45,6 +51,11 @@ class Outcome:
     execution: CognitiveExecution
     failure: Failure | None = None
     ran: bool = True
+    requeue_in: float | None = None  # set when the retry policy put the execution back to pending
+
+
+# (failure, attempts so far, execution) -> seconds until the retry, or None to fail now.
+RetryPolicy = Callable[[Failure, CognitiveExecution], float | None]
 
 
 def create_execution(
@@ -72,7 +83,12 @@ def create_execution(
 
         raise ProgramSpecError([SpecError("variables", "must be an object of variable overrides")])
     cleaned = validate_inputs(program.pipeline, input_data)
-    resolved = resolve_variables(program.variables, variables or {})
+    # An applied variable-search result sets the program's variable values; the request's own
+    # overrides still win.
+    tuned = program.active_result.variables if program.active_result_id and program.active_result else {}
+    resolved = resolve_variables(program.variables, {**(tuned or {}), **(variables or {})})
+    # Spend limits (llm.budgets): refuse new work with `budget_exceeded` (HTTP 402) once reached.
+    budgets.check(providers=budgets.program_providers(program), program_id=program.id)
     return CognitiveExecution.objects.create(
         program=program,
         program_version=program.version,
@@ -80,8 +96,9 @@ def create_execution(
         input=cleaned,
         variables=resolved,
         priority=priority,
-        use_cache=use_cache,
+        use_cache=use_cache and ProgramCachePolicy.allows_llm_cache(program.id),
         batch=batch,
+        queued_at=timezone.now(),
         created_by=user if getattr(user, "is_authenticated", False) else None,
     )
 
@@ -92,13 +109,13 @@ def compiled_program(program_id: UUID, version: int, result_id: UUID | None) -> 
     spec = ProgramVersion.objects.get(program_id=program_id, version=version)
     module = compile_program(spec.pipeline, spec.variables)
     if result_id is not None:
-        result = OptimizationResult.objects.filter(id=result_id).first()
-        if result is not None:
-            module.load_state(result.parameters)
+        state = optimization_state(result_id)  # Redis (1 h), then the database
+        if state is not None:
+            module.load_state(state)
     return module
 
 
-def _cancel_checker(execution_id: UUID, every_s: float = 1.0) -> Any:
+def _cancel_checker(execution_id: UUID, started_at: Any = None, every_s: float = 1.0) -> Any:
     """A cheap cancellation probe: at most one indexed query per `every_s` during a run.
 
     The first probe waits `every_s` after the claim: a run that has just been claimed was not
@@ -110,19 +127,75 @@ def _cancel_checker(execution_id: UUID, every_s: float = 1.0) -> Any:
         now = time.monotonic()
         if not state["cancelled"] and now - state["at"] >= every_s:
             state["at"] = now
-            status = (
-                CognitiveExecution.objects.filter(id=execution_id).values_list("status", flat=True).first()
+            row = (
+                CognitiveExecution.objects.filter(id=execution_id).values_list("status", "started_at").first()
             )
-            state["cancelled"] = status == CognitiveExecution.Status.CANCELLED
+            # Cancelled by a user, or failed/re-queued by the reaper (and maybe claimed again by
+            # another worker: a new `started_at`): either way this run must stop.
+            state["cancelled"] = (
+                row is None
+                or row[0] != CognitiveExecution.Status.RUNNING
+                or (started_at is not None and row[1] != started_at)
+            )
         return state["cancelled"]
 
     return check
 
 
-def run_execution(execution: UUID | str | CognitiveExecution) -> Outcome:
+class Heartbeat:
+    """Keeps the `heartbeat_at` of the executions this process is running fresh.
+
+    One daemon thread per process, started with the first run; one UPDATE per interval for all
+    of them. A run whose heartbeat goes stale (its process was killed) is re-queued by the
+    reaper long before the broker's 5 h visibility timeout would bring its message back.
+    """
+
+    def __init__(self) -> None:
+        self._ids: dict[UUID | str, int] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def add(self, execution_id: UUID | str) -> None:
+        with self._lock:
+            self._ids[execution_id] = self._ids.get(execution_id, 0) + 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._loop, name="dspex-heartbeat", daemon=True)
+                self._thread.start()
+
+    def discard(self, execution_id: UUID | str) -> None:
+        with self._lock:
+            left = self._ids.pop(execution_id, 1) - 1
+            if left > 0:
+                self._ids[execution_id] = left
+
+    def beat(self) -> int:
+        with self._lock:
+            ids = list(self._ids)
+        if not ids:
+            connection.close()  # idle: hold no database session between runs
+            return 0
+        return CognitiveExecution.objects.heartbeat(ids)
+
+    def _loop(self) -> None:
+        while True:
+            time.sleep(settings.DSPEX_HEARTBEAT_S)
+            try:
+                self.beat()
+            except Exception:
+                # The database restarting must not kill the thread: drop the connection, retry.
+                logger.warning("execution heartbeat failed; retrying", exc_info=True)
+                connection.close()
+
+
+heartbeat = Heartbeat()
+
+
+def run_execution(execution: UUID | str | CognitiveExecution, *, retry: RetryPolicy | None = None) -> Outcome:
     """Claim and run a pending execution (by id, or the row the caller already holds).
 
-    Returns without running if another worker has claimed it.
+    Returns without running if another worker has claimed it. With a `retry` policy (the task
+    layer's), a failure it wants retried puts the row back to `pending` and the outcome says
+    when to run it again; without one (synchronous runs) every failure is final.
     """
     execution_id = execution.id if isinstance(execution, CognitiveExecution) else execution
     started_at = CognitiveExecution.objects.claim(execution_id)
@@ -131,26 +204,39 @@ def run_execution(execution: UUID | str | CognitiveExecution) -> Outcome:
     if isinstance(execution, CognitiveExecution):
         execution.refresh_claimed(started_at)
     else:
-        execution = CognitiveExecution.objects.select_related("program").get(id=execution_id)
+        # Claimed: from here a database blip must not strand the row in `running`.
+        execution = _with_db_retry(
+            lambda: CognitiveExecution.objects.select_related("program").get(id=execution_id)
+        )
     meta = {"program": execution.program.name}
     with log_context(execution_id=execution.id, program_id=execution.program_id):
         telemetry.emit("execution.start", {}, meta)
         started = time.perf_counter()
-        recorder = TraceRecorder(cancel_check=_cancel_checker(execution.id), telemetry_meta=meta)
+        check = _cancel_checker(execution.id, execution.started_at)
+        recorder = TraceRecorder(cancel_check=check, telemetry_meta=meta)
         failure: Failure | None = None
         output = None
+        heartbeat.add(execution.id)
         try:
             output = _run(execution, recorder)
         except ExecutionCancelled:
-            logger.info("execution cancelled while running")
+            logger.info("execution stopped while running (cancelled or reaped)")
+        except (OperationalError, InterfaceError) as exc:
+            failure = Failure(TRANSIENT, "database_unavailable", str(exc)[:1000])
+            logger.warning("execution failed: the database was unavailable: %s", exc)
         except Exception as exc:
             failure = classify(exc)
             logger.warning("execution failed: %s: %s", failure.type, failure.message)
+        finally:
+            heartbeat.discard(execution.id)
         duration_ms = int((time.perf_counter() - started) * 1000)
-        _record(execution, recorder, output, failure, duration_ms)
+        delay = retry(failure, execution) if failure is not None and retry is not None else None
+        # A database restart must not lose a finished run: the outcome write is retried.
+        _with_db_retry(lambda: _record(execution, recorder, output, failure, duration_ms, delay))
         event = "execution.exception" if failure else "execution.stop"
         telemetry.emit(event, {"duration_ms": duration_ms}, {**meta, "status": execution.status})
-    return Outcome(execution, failure)
+    requeued = delay is not None and execution.status == CognitiveExecution.Status.PENDING
+    return Outcome(execution, failure, requeue_in=delay if requeued else None)
 
 
 def _run(execution: CognitiveExecution, recorder: TraceRecorder) -> dict:
@@ -161,8 +247,30 @@ def _run(execution: CognitiveExecution, recorder: TraceRecorder) -> dict:
     # History off and a trace list of this run's own: DSPy appends every LM call to several
     # history lists and every prediction to `settings.trace`, all of which only grow in a
     # long-lived worker.
-    with dspy.context(callbacks=[recorder], disable_history=True, trace=[]):
+    # Traffic class for llm.resilience (rate-limit reserve, bulkhead pool) and the program for its
+    # budget: high priority is interactive; so is a `wait=true` run (the API marks it before calling).
+    interactive = execution.priority == CognitiveExecution.Priority.HIGH
+    kind = resilience.INTERACTIVE if interactive else resilience.current_traffic()
+    with (
+        resilience.traffic(kind, program_id=execution.program_id),
+        dspy.context(callbacks=[recorder], disable_history=True, trace=[]),
+    ):
         return program.run(execution.input, execution.variables, lm_for=lm_for, observer=recorder)
+
+
+def _with_db_retry(write: Callable[[], Any], tries: int = 8) -> Any:
+    """Run a database write, reconnecting with backoff (0.5 s doubling to 10 s, ~35 s in all)
+    while the database is unreachable: a restarting Postgres is a pause, not a lost result."""
+    for attempt in range(tries):
+        try:
+            return write()
+        except (OperationalError, InterfaceError):
+            if attempt == tries - 1:
+                raise
+            logger.warning("database unavailable while recording an execution; retrying")
+            connection.close()
+            time.sleep(min(0.5 * 2**attempt, 10.0))
+    return None
 
 
 def _record(
@@ -171,13 +279,18 @@ def _record(
     output: dict | None,
     failure: Failure | None,
     duration_ms: int,
+    retry_in: float | None = None,
 ) -> None:
     # Each branch is one UPDATE: atomic on its own, no transaction round trips needed.
     fields = {"trace": recorder.entries, "metrics": recorder.metrics(), "duration_ms": duration_ms}
     if failure is None and output is not None:
         execution.finish(CognitiveExecution.Status.SUCCEEDED, output=jsonable(output), **fields)
+    elif failure is not None and retry_in is not None:
+        execution.requeue_after_failure(
+            failure.as_error(), retry_in, spend_attempt=failure.kind != RATE_LIMIT, **fields
+        )
     elif failure is not None:
         execution.finish(CognitiveExecution.Status.FAILED, error=failure.as_error(), **fields)
-    else:  # cancelled: keep the cancellation, but still save what the run did
-        CognitiveExecution.objects.filter(id=execution.id).update(**fields)
+    else:  # cancelled or reaped: keep that status, but still save what this run did
+        CognitiveExecution.objects.filter(id=execution.id, started_at=execution.started_at).update(**fields)
         execution.refresh_from_db()

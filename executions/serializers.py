@@ -22,6 +22,8 @@ SUMMARY_FIELDS = [
     "created_at",
     "started_at",
     "finished_at",
+    "errors",
+    "batch_index",
 ]
 
 
@@ -48,3 +50,36 @@ class QueuedExecutionSerializer(serializers.ModelSerializer):
         model = CognitiveExecution
         fields = ["id", "status", "program", "program_version", "priority", "created_at"]
         read_only_fields = fields
+
+
+class BatchCreateSerializer(serializers.Serializer):
+    """`inputs` as a JSON list, or `file` as a JSONL upload (multipart)."""
+
+    program = serializers.UUIDField()
+    inputs = serializers.JSONField(required=False, help_text="A list of input objects.")
+    file = serializers.FileField(required=False, help_text="JSONL: one input object per line.")
+    variables = serializers.JSONField(required=False, default=dict)
+    concurrency = serializers.IntegerField(required=False, min_value=1, max_value=500)
+    priority = serializers.ChoiceField(choices=["normal", "high"], default="normal")
+    cache = serializers.BooleanField(default=True)
+
+    def validate(self, attrs: dict) -> dict:
+        if ("inputs" in attrs) == ("file" in attrs):
+            raise serializers.ValidationError({"inputs": ["give either `inputs` (a list) or `file` (JSONL)"]})
+        if not isinstance(attrs.get("variables") or {}, dict):
+            raise serializers.ValidationError({"variables": ["must be an object of variable overrides"]})
+        return attrs
+
+
+class BatchSerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    program = serializers.UUIDField(source="program_id")
+    total = serializers.IntegerField()
+    concurrency = serializers.IntegerField()
+    priority = serializers.CharField()
+    created_at = serializers.DateTimeField()
+    cancelled_at = serializers.DateTimeField(allow_null=True)
+    status = serializers.CharField(help_text="running, finished or cancelled")
+    counts = serializers.DictField(child=serializers.IntegerField(), help_text="executions by status")
+    finished = serializers.IntegerField()
+    progress = serializers.FloatField(help_text="finished / total, 0..1")

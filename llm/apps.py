@@ -6,6 +6,11 @@ class LlmConfig(AppConfig):
     verbose_name = "LLM gateway"
 
     def ready(self) -> None:
-        from llm import gateway
+        from llm import budgets, gateway, resilience
+        from monitoring import scrape
 
         gateway.configure_dspy()
+        # Breaker state and spend are read from Redis when Prometheus scrapes (any process answers).
+        for collector in (resilience.BreakerCollector(), budgets.BudgetCollector()):
+            if not any(type(c) is type(collector) for c in scrape.EXTRA_COLLECTORS):
+                scrape.EXTRA_COLLECTORS.append(collector)

@@ -46,7 +46,15 @@ def _retry_after(exc: BaseException) -> float | None:
 def classify(exc: BaseException) -> Failure:
     """Map an exception raised while running a program to a Failure."""
     message = str(exc)[:1000] or type(exc).__name__
+    from llm.resilience import AdmissionError
+
     for err in _chain(exc):
+        if isinstance(err, AdmissionError):
+            # Refused by our own breaker, rate limit or bulkhead before reaching the provider: like
+            # a 429, come back after `retry_after` without spending an attempt.
+            return Failure(RATE_LIMIT, err.reason, message, err.retry_after)
+        if getattr(err, "error_code", None) == "budget_exceeded":  # llm.budgets.BudgetExceeded
+            return Failure(PERMANENT, "budget_exceeded", str(getattr(err, "detail", message)))
         if isinstance(err, dspy.LMRateLimitError | lm15.RateLimitError):
             return Failure(RATE_LIMIT, "rate_limited", message, _retry_after(err))
         if isinstance(err, dspy.LMServerError | lm15.ServerError):

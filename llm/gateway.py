@@ -21,7 +21,8 @@ import dspy
 from django.conf import settings
 from dspy.lm15 import Request, Response
 
-from llm import pricing
+from llm import budgets, pricing, resilience
+from llm.errors import TRANSIENT, classify
 from monitoring import telemetry
 
 SIM_PROVIDER = "sim"
@@ -56,7 +57,7 @@ def _provider_engine(provider: str) -> Any:
     from dspy.clients.engines.lm15_engine import LM15Engine
     from dspy.lm15 import RouterConfig, Timeouts
 
-    timeout = settings.DSPEX_LM_TIMEOUT_S
+    timeout = resilience.policy_for(provider).call_timeout_s  # DSPEX_LM_TIMEOUT_S unless overridden
     # lm15's key for OpenAI-compatible chat is "openai-chat": a base URL registered under
     # "openai" is ignored and the call silently goes to api.openai.com (DSPY_NOTES.md).
     key_name = "openai-chat" if provider == "openai" else provider
@@ -167,15 +168,22 @@ class GatewayEngine:
 
     def complete(self, request: Request) -> Response:
         route = self.route
+        # Admission before anything is counted as a request: breaker, rate limits, bulkhead, budget.
+        # A refusal raises an AdmissionError (classified like a 429 by llm.errors).
+        budgets.check(providers=(route.provider,), program_id=resilience.current_program())
+        ticket = resilience.admit(
+            route.provider, route.endpoint, estimate=resilience.estimate_tokens(request)
+        )
         meta = {"provider": route.provider, "model": route.model}
         telemetry.emit("llm.request.start", {}, meta)
         started = time.perf_counter()
         call = ProviderCall(model=route.model, provider=route.provider)
         try:
             response = self.inner.complete(request)
-        except Exception as exc:
+        except BaseException as exc:
             call.latency_ms = (time.perf_counter() - started) * 1000
             call.error = type(exc).__name__
+            ticket.finish(failure=_breaker_failure(exc), neutral=not isinstance(exc, Exception))
             self._report(call)
             telemetry.emit("llm.request.stop", {"duration_ms": call.latency_ms}, {**meta, "status": "error"})
             raise
@@ -183,6 +191,9 @@ class GatewayEngine:
         call.prompt_tokens = response.usage.input_tokens or 0
         call.completion_tokens = response.usage.output_tokens or 0
         call.cost_usd = pricing.cost_usd(route.model, route.lm15_provider, response)
+        ticket.finish(
+            failure=None, tokens=call.prompt_tokens + call.completion_tokens, cost_usd=call.cost_usd or 0.0
+        )
         self._report(call)
         # Tokens first: a span handler closes the request span on llm.request.stop.
         telemetry.emit(
@@ -208,6 +219,15 @@ class GatewayEngine:
         log = current_call()
         if log is not None:
             log.calls.append(call)
+
+
+def _breaker_failure(exc: BaseException) -> str | None:
+    """The error text a breaker counts, or None: only transient failures (5xx, timeouts, connection
+    errors) count; a 429 or a 4xx shows the provider is up and answering."""
+    if not isinstance(exc, Exception):
+        return None  # cancelled from a callback (a BaseException): says nothing about the provider
+    failure = classify(exc)
+    return f"{failure.type}: {failure.message}" if failure.kind == TRANSIENT else None
 
 
 def lm_config(config: dict | None = None) -> dict:

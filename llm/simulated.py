@@ -20,6 +20,12 @@ optimizer measurably improves a program:
 * numbers: a safely evaluated arithmetic expression from the inputs, a number in the inputs, or a
   hash-derived number; `bool`: demos when present, else a keyword heuristic.
 
+The model name `sim/concise` is the same model tuned for brevity: when neither instructions nor
+demos ask for a length, its free-text answers are short spans (at most three words) instead of
+whole sentences. Nothing else differs between `sim/<name>` models (their answers are seeded by
+the name, so tie-breaks and temperature noise differ too). This is what makes a program's
+`model` variable worth searching (DSPex's variable search optimizer).
+
 Everything is deterministic: the same request (model, messages, temperature, seed) gives the
 same reply; tie-breaks and temperature noise come from a sha256 of the canonical request.
 
@@ -678,6 +684,7 @@ _CONTEXT_NAMES = frozenset(
         "retrieved",
     }
 )
+CONCISE_MAX_WORDS = 3  # free-text answer length of `sim/concise` when nothing asks for one
 _REASONING_NAMES = ("reasoning", "rationale", "thought", "next_thought", "explanation", "thinking")
 
 
@@ -768,8 +775,16 @@ def _sentences(text: str) -> list[str]:
 class _Call:
     """State of one request being answered: the parsed program, current inputs and a digest."""
 
-    def __init__(self, program: Program, inputs: dict[str, str], digest: bytes, temperature: float):
+    def __init__(
+        self,
+        program: Program,
+        inputs: dict[str, str],
+        digest: bytes,
+        temperature: float,
+        concise: bool = False,
+    ):
         self.program = program
+        self.concise = concise
         self.inputs = inputs
         self.digest = digest
         self.temperature = temperature
@@ -908,6 +923,8 @@ class _Call:
 
     def _text(self, spec: FieldSpec) -> str:
         style = _style(self.program, spec)
+        if self.concise and not style.max_words and not style.sentence:
+            style = _Style(case=style.case, max_words=CONCISE_MAX_WORDS)  # a copy: styles are cached
         if self.context_names:
             answer = self._extract(spec, style)
         else:
@@ -1319,7 +1336,7 @@ def simulate_chat(
     texts = [(str(m.get("role", "user")), _message_text(m.get("content"))) for m in messages]
     temperature = float(params.get("temperature") or 0.0)
     digest = _digest(model, texts, temperature, params.get("seed"), choice if temperature > 0 else 0)
-    content = _answer(texts, params, digest, temperature)
+    content = _answer(texts, params, digest, temperature, concise=normalize_model(model) == "concise")
     # ~4 characters per token plus a few tokens of per-message framing, as chat models count.
     prompt_tokens = sum((len(text) + 3) // 4 + 4 for _, text in texts)
     completion_tokens = count_tokens(content)
@@ -1330,7 +1347,9 @@ def simulate_chat(
     return SimReply(content, prompt_tokens, completion_tokens, finish_reason)
 
 
-def _answer(texts: list[tuple[str, str]], params: dict, digest: bytes, temperature: float) -> str:
+def _answer(
+    texts: list[tuple[str, str]], params: dict, digest: bytes, temperature: float, concise: bool = False
+) -> str:
     system = "\n".join(text for role, text in texts if role in ("system", "developer"))
     turns = [(role, text) for role, text in texts if role not in ("system", "developer")]
     fmt_kind, schema = _response_format_kind(params)
@@ -1346,7 +1365,7 @@ def _answer(texts: list[tuple[str, str]], params: dict, digest: bytes, temperatu
         return _plain_chat(turns, fmt_kind, schema, digest)
     last = turns[-1][1]
     inputs = {k: v for k, v in _sections(_strip_requirements(last)).items() if _supplied(v)}
-    call = _Call(program, inputs, digest, temperature)
+    call = _Call(program, inputs, digest, temperature, concise)
     values = call.answer()
     if program.json_mode or fmt_kind or "Respond with a JSON object" in last:
         return _render_json(values)

@@ -19,7 +19,7 @@ from programs.models import CognitiveProgram
 OPERATORS, VIEWERS = "Operators", "Viewers"
 # Apps whose models the console shows: viewers may view them all, operators also change them
 # (the admin classes keep executions, versions, results and the audit trail read-only anyway).
-CONSOLE_APPS = ("programs", "executions", "optimization", "caching")
+CONSOLE_APPS = ("programs", "executions", "optimization", "caching", "llm")
 
 
 def sync_console_groups(sender: Any = None, **kwargs: Any) -> None:
@@ -61,16 +61,7 @@ post_migrate.connect(sync_console_groups, dispatch_uid="dspex-console-groups")
 class AuditEventAdmin(admin.ModelAdmin):
     """Read-only for everyone, superusers included: the trail is append-only."""
 
-    list_display = [
-        "created_at",
-        "actor_name",
-        "action",
-        "object_type",
-        "object_repr",
-        "channel",
-        "ip",
-        "change",
-    ]
+    list_display = ["created_at", "who", "action", "target", "origin", "change"]
     list_filter = ["channel", "action", "object_type", "created_at"]
     search_fields = ["object_id", "object_repr", "actor_name"]
     search_help_text = "Object id, object name or username"
@@ -102,6 +93,19 @@ class AuditEventAdmin(admin.ModelAdmin):
     def get_actions(self, request: HttpRequest) -> dict:
         return {}
 
+    @admin.display(description="who", ordering="actor_name")
+    def who(self, obj: AuditEvent) -> str:
+        return obj.actor_name or "—"
+
+    @admin.display(description="object", ordering="object_type")
+    def target(self, obj: AuditEvent) -> str:
+        kind = obj.object_type.rpartition(".")[2]
+        return format_html('{} <span class="dspex-muted">{}</span>', obj.object_repr or obj.object_id, kind)
+
+    @admin.display(description="from", ordering="channel")
+    def origin(self, obj: AuditEvent) -> str:
+        return format_html('{} <span class="dspex-muted">{}</span>', obj.channel, obj.ip or "")
+
     @admin.display(description="change")
     def change(self, obj: AuditEvent) -> str:
         """The changed fields' names, or the first few keys of what was recorded."""
@@ -126,8 +130,14 @@ class TokenAdmin(DRFTokenAdmin):
     The key is shown in full once, right after it is issued; lists show only its first characters.
     """
 
-    list_display = ["key_prefix", "user", "created"]
+    list_display = ["key_prefix", "user", "created", "revoke_link"]
     list_select_related = ["user"]
+    list_display_links = None  # nothing to see on a token's own page but its key
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
+    ) -> Any:
+        return HttpResponseRedirect(reverse("admin:authtoken_tokenproxy_changelist"))
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return request.user.is_active and request.user.is_superuser
@@ -143,6 +153,11 @@ class TokenAdmin(DRFTokenAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return self.has_module_permission(request)
+
+    @admin.display(description="")
+    def revoke_link(self, obj: TokenProxy) -> str:
+        url = reverse("admin:authtoken_tokenproxy_delete", args=[obj.user_id])
+        return format_html('<a class="deletelink" href="{}">Revoke</a>', url)
 
     @admin.display(description="key")
     def key_prefix(self, obj: TokenProxy) -> str:

@@ -270,16 +270,60 @@ def queues(request: HttpRequest) -> HttpResponse:
     )
 
 
+def optimizations(request: HttpRequest) -> HttpResponse:
+    """Runs with their live progress, and baseline vs optimized score of each result over time."""
+    from optimization.models import OptimizationResult, OptimizationRun
+
+    span = parse_range(request, default_days=30)
+    runs = list(
+        OptimizationRun.objects.select_related("program", "result")
+        .filter(created_at__gte=span.start_dt, created_at__lt=span.end_dt)
+        .order_by("-created_at")[:100]
+    )
+    results = list(
+        OptimizationResult.objects.select_related("program")
+        .filter(created_at__gte=span.start_dt, created_at__lt=span.end_dt)
+        .order_by("created_at")[:200]
+    )
+    labels = [f"{timezone.localtime(r.created_at):%b %d %H:%M} {r.program.name[:12]}" for r in results]
+    scores = {
+        "baseline": [r.performance_metrics.get("baseline_score") for r in results],
+        "optimized": [r.performance_metrics.get("optimized_score") for r in results],
+    }
+    by_status: dict[str, int] = defaultdict(int)
+    for run in runs:
+        by_status[run.status] += 1
+    return render(
+        request,
+        "monitoring/optimizations.html",
+        _context(
+            request,
+            "Optimizations",
+            span,
+            runs=runs,
+            by_status=dict(by_status),
+            score_chart=charts.line_chart(labels, scores, title="Dev score per optimization result"),
+        ),
+    )
+
+
 DASHBOARDS = [
     ("costs", "LLM costs"),
     ("executions", "Executions"),
     ("cache", "Cache"),
     ("queues", "Queues and workers"),
+    ("optimizations", "Optimizations"),
 ]
 
 
 def urls() -> list:
-    views = {"costs": costs, "executions": executions, "cache": cache, "queues": queues}
+    views = {
+        "costs": costs,
+        "executions": executions,
+        "cache": cache,
+        "queues": queues,
+        "optimizations": optimizations,
+    }
     return [
         path(f"{name}/", admin.site.admin_view(view), name=f"dashboard-{name}")
         for name, view in views.items()

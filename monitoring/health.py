@@ -50,8 +50,9 @@ def check_broker() -> dict:
 
 # Queue groups as the Procfile runs them: readiness reports whether each has a live worker.
 QUEUE_GROUPS = {
-    "llm": ["llm_calls", "priority"],
-    "default": ["default", "embeddings", "cleanup"],
+    "llm": ["llm_calls"],
+    "priority": ["priority"],
+    "background": ["default", "embeddings", "cleanup"],
     "optimization": ["optimization"],
 }
 BEAT_STALE_S = 180

@@ -1,12 +1,58 @@
-"""Optimization results: DSPy state produced by an optimizer for one program version."""
+"""Optimization: datasets, runs (long background jobs) and their results (DSPy state per program version)."""
 
 import uuid
+from datetime import timedelta
+from typing import Any
 
-from django.db import models
+from django.conf import settings
+from django.db import models, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Dataset(models.Model):
+    """Labelled examples a program is optimized and scored on. Examples are imported whole or not at all."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=255, unique=True)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "optimization_datasets"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Example(models.Model):
+    """One labelled example: `input` holds the program's input fields, `output` the expected outputs."""
+
+    dataset = models.ForeignKey(Dataset, on_delete=models.CASCADE, related_name="examples")
+    position = models.PositiveIntegerField(help_text="Order within the dataset (import order).")
+    input = models.JSONField()
+    output = models.JSONField()
+
+    class Meta:
+        db_table = "optimization_examples"
+        ordering = ["dataset", "position"]
+        constraints = [models.UniqueConstraint(fields=["dataset", "position"], name="uniq_example_position")]
+
+    def __str__(self) -> str:
+        return f"{self.dataset_id}#{self.position}"
+
+    def as_row(self) -> dict[str, Any]:
+        return {"input": self.input, "output": self.output}
 
 
 class OptimizationResult(models.Model):
-    """Optimized parameters for a program: `parameters` is the compiled program's DSPy state JSON."""
+    """Optimized parameters for a program: `parameters` is the compiled program's DSPy state JSON.
+
+    `variables` holds variable values found by the variable search (empty for DSPy optimizers):
+    they are not DSPy state, so they live beside it.
+    """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     program = models.ForeignKey(
@@ -15,6 +61,7 @@ class OptimizationResult(models.Model):
     program_version = models.PositiveIntegerField()
     optimizer_type = models.CharField(max_length=50)
     parameters = models.JSONField()
+    variables = models.JSONField(default=dict, blank=True)
     performance_metrics = models.JSONField(default=dict)
     training_data_hash = models.CharField(max_length=64, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
@@ -26,3 +73,195 @@ class OptimizationResult(models.Model):
 
     def __str__(self) -> str:
         return f"{self.optimizer_type} for {self.program_id} v{self.program_version}"
+
+    @property
+    def baseline_score(self) -> float | None:
+        return self.performance_metrics.get("baseline_score")
+
+    @property
+    def optimized_score(self) -> float | None:
+        return self.performance_metrics.get("optimized_score")
+
+    @property
+    def beats_baseline(self) -> bool:
+        base, best = self.baseline_score, self.optimized_score
+        return base is not None and best is not None and best > base
+
+    def history_entry(self) -> dict[str, Any]:
+        """What the program's `optimization_history` keeps about this result."""
+        metrics = self.performance_metrics
+        return {
+            "result": str(self.id),
+            "optimizer_type": self.optimizer_type,
+            "program_version": self.program_version,
+            "baseline_score": metrics.get("baseline_score"),
+            "optimized_score": metrics.get("optimized_score"),
+            "training_data_hash": self.training_data_hash,
+            "created_at": self.created_at.isoformat() if self.created_at else None,
+        }
+
+
+class RunQuerySet(models.QuerySet):
+    def claim(self, run_id: uuid.UUID, worker: str, stale_after_s: float) -> int | None:
+        """Take a run for this worker: pending, or running with a heartbeat older than `stale_after_s`
+        (its worker died). One conditional UPDATE, so only one worker can win; returns the attempt
+        number won, or None."""
+        now = timezone.now()
+        stale = now - timedelta(seconds=stale_after_s)
+        runnable = Q(status=OptimizationRun.Status.PENDING) | Q(
+            status=OptimizationRun.Status.RUNNING, heartbeat_at__lt=stale
+        )
+        with transaction.atomic():
+            won = (
+                self.filter(runnable, id=run_id)
+                .filter(attempts__lt=models.F("max_attempts"))
+                .update(
+                    status=OptimizationRun.Status.RUNNING,
+                    attempts=models.F("attempts") + 1,
+                    heartbeat_at=now,
+                    started_at=models.functions.Coalesce("started_at", now),
+                    worker=worker[:200],
+                )
+            )
+            if won != 1:
+                return None
+            return self.filter(id=run_id).values_list("attempts", flat=True).first()
+
+    def stale(self, stale_after_s: float) -> "RunQuerySet":
+        cutoff = timezone.now() - timedelta(seconds=stale_after_s)
+        return self.filter(status=OptimizationRun.Status.RUNNING, heartbeat_at__lt=cutoff)
+
+
+class OptimizationRun(models.Model):
+    """One optimization job: a program version, a dataset split, an optimizer and a metric.
+
+    `progress` is rewritten by the worker every few seconds (with `heartbeat_at`); a run whose
+    heartbeat stops is taken over by another worker (`claim`), which replays the finished LM
+    calls from the LLM cache.
+    """
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+        SKIPPED = "skipped"
+
+    FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED, Status.SKIPPED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    program = models.ForeignKey(
+        "programs.CognitiveProgram", on_delete=models.CASCADE, related_name="optimization_runs"
+    )
+    program_version = models.PositiveIntegerField()
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="runs")
+    optimizer = models.CharField(max_length=50)
+    metric = models.JSONField(help_text='A metric name, or {"name": ..., options}.')
+    config = models.JSONField(default=dict, blank=True)
+    split = models.JSONField(default=dict, blank=True, help_text="dev_fraction, seed, max_train, max_dev")
+    apply = models.BooleanField(default=False, help_text="Apply the result if it beats the baseline.")
+    time_limit_s = models.PositiveIntegerField(default=4 * 3600)
+    cost_budget_usd = models.FloatField(null=True, blank=True)
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
+    progress = models.JSONField(default=dict, blank=True)
+    message = models.TextField(blank=True, help_text="Why the run stopped, was skipped or failed.")
+    error = models.JSONField(null=True, blank=True)
+    result = models.ForeignKey(
+        OptimizationResult, null=True, blank=True, on_delete=models.SET_NULL, related_name="runs"
+    )
+    schedule = models.ForeignKey(
+        "optimization.OptimizationSchedule",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="runs",
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=3)
+    worker = models.CharField(max_length=200, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    objects = RunQuerySet.as_manager()
+
+    class Meta:
+        db_table = "optimization_runs"
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["program", "-created_at"], name="idx_optruns_program_created"),
+            # The reaper's query: running rows by heartbeat age.
+            models.Index(fields=["status", "heartbeat_at"], name="idx_optruns_status_heartbeat"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.optimizer} on {self.program_id} ({self.status})"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in self.FINISHED
+
+    def beat(self, attempt: int, progress: dict[str, Any]) -> bool:
+        """Write progress and heartbeat; False when the run is no longer ours (cancelled or taken over)."""
+        return (
+            OptimizationRun.objects.filter(id=self.id, status=self.Status.RUNNING, attempts=attempt).update(
+                progress=progress, heartbeat_at=timezone.now()
+            )
+            == 1
+        )
+
+    def finish(self, attempt: int, status: str, **fields: Any) -> bool:
+        """Record the outcome of this attempt; only the attempt that owns a running run can finish it."""
+        values = {"status": status, "finished_at": timezone.now(), **fields}
+        updated = OptimizationRun.objects.filter(
+            id=self.id, status=self.Status.RUNNING, attempts=attempt
+        ).update(**values)
+        self.refresh_from_db()
+        return updated == 1
+
+    def cancel(self) -> bool:
+        """Cancel unless finished. A running run notices at its next heartbeat and stops."""
+        updated = OptimizationRun.objects.filter(
+            id=self.id, status__in=[self.Status.PENDING, self.Status.RUNNING]
+        ).update(status=self.Status.CANCELLED, finished_at=timezone.now(), message="Cancelled by request.")
+        self.refresh_from_db()
+        return updated == 1
+
+
+class OptimizationSchedule(models.Model):
+    """A recurring optimization (django-celery-beat `PeriodicTask`, cron or interval).
+
+    Each tick creates an OptimizationRun with these settings; the run is skipped when the program
+    version and the training data are unchanged since this schedule's last result.
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=200, unique=True)
+    program = models.ForeignKey(
+        "programs.CognitiveProgram", on_delete=models.CASCADE, related_name="optimization_schedules"
+    )
+    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="schedules")
+    optimizer = models.CharField(max_length=50)
+    metric = models.JSONField()
+    config = models.JSONField(default=dict, blank=True)
+    split = models.JSONField(default=dict, blank=True)
+    apply = models.BooleanField(default=False)
+    cron = models.CharField(max_length=100, blank=True, help_text='Five fields, e.g. "0 3 * * *".')
+    interval_s = models.PositiveIntegerField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    periodic_task = models.OneToOneField(
+        "django_celery_beat.PeriodicTask", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        db_table = "optimization_schedules"
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name

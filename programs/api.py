@@ -13,6 +13,7 @@ from dspex_site.api_errors import APIError, LimitedJSONParser
 from executions import runner
 from executions.serializers import ExecutionSerializer, QueuedExecutionSerializer
 from executions.tasks import enqueue_execution
+from llm import resilience
 from monitoring import audit
 from programs.filters import ProgramFilter
 from programs.models import CognitiveProgram
@@ -55,6 +56,7 @@ class ProgramViewSet(viewsets.ModelViewSet):
             202: QueuedExecutionSerializer,
             409: OpenApiResponse(description="Program archived"),
             502: ExecutionSerializer,
+            503: OpenApiResponse(description="Execution queue unavailable (nothing was queued)"),
         },
     )
     @action(detail=True, methods=["post"])
@@ -64,6 +66,7 @@ class ProgramViewSet(viewsets.ModelViewSet):
         body = ExecuteSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
+        unpublished: list[str] = []
         try:
             with transaction.atomic():
                 execution = runner.create_execution(
@@ -75,13 +78,28 @@ class ProgramViewSet(viewsets.ModelViewSet):
                     use_cache=data["cache"],
                 )
                 if not data["wait"]:
-                    transaction.on_commit(lambda: enqueue_execution(execution))
+                    transaction.on_commit(lambda: publish(execution, unpublished))
         except runner.ProgramNotRunnable as exc:
             raise APIError(status.HTTP_409_CONFLICT, "program_archived", str(exc)) from exc
+        if unpublished:
+            execution.fail_unpublished(unpublished[0])
+            raise APIError(status.HTTP_503_SERVICE_UNAVAILABLE, "queue_unavailable", unpublished[0])
         if not data["wait"]:
             return Response(QueuedExecutionSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
-        outcome = runner.run_execution(execution)
+        with resilience.traffic(resilience.INTERACTIVE):  # a caller is waiting: served first
+            outcome = runner.run_execution(execution)
         return Response(ExecutionSerializer(outcome.execution).data, status=http_status_for(outcome))
+
+
+def publish(execution: object, unpublished: list[str]) -> None:
+    """Publish the execution's task after commit; a broker outage is reported, not raised."""
+    try:
+        enqueue_execution(execution)
+    except Exception as exc:
+        unpublished.append(
+            "The execution queue is unavailable right now; nothing was queued, please retry "
+            f"({type(exc).__name__})."
+        )
 
 
 def http_status_for(outcome: runner.Outcome) -> int:

@@ -111,3 +111,63 @@ class ProgramVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.program_id} v{self.version}"
+
+
+class Corpus(models.Model):
+    """A named set of documents a `Retrieve` step searches (`"corpus": "<name>"` in a spec).
+
+    Documents are embedded on the `embeddings` queue (`caching.embed_corpus`); `embedded` and
+    `total` are the progress of the latest indexing, `status` its outcome.
+    """
+
+    class Status(models.TextChoices):
+        EMPTY = "empty"
+        INDEXING = "indexing"
+        READY = "ready"
+        FAILED = "failed"
+
+    name = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    embedding_model = models.CharField(max_length=200, blank=True, help_text="Empty: DSPEX_EMBEDDING_MODEL.")
+    status = models.CharField(max_length=20, choices=Status.choices, default=Status.EMPTY)
+    total = models.PositiveIntegerField(default=0)
+    embedded = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "corpora"
+        ordering = ["name"]
+        verbose_name_plural = "corpora"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def model_name(self) -> str:
+        return self.embedding_model or settings.DSPEX_EMBEDDING_MODEL
+
+
+class Document(models.Model):
+    """One passage of a corpus, with its embedding (float32 bytes) once computed.
+
+    `embedded_hash` is the sha256 of the model and text the stored embedding was made from: a
+    document whose text (or corpus model) changed no longer matches and is embedded again.
+    """
+
+    corpus = models.ForeignKey(Corpus, on_delete=models.CASCADE, related_name="documents")
+    external_id = models.CharField(max_length=255)
+    text = models.TextField()
+    metadata = models.JSONField(default=dict, blank=True)
+    embedding = models.BinaryField(null=True, blank=True, editable=False)
+    embedded_hash = models.CharField(max_length=64, blank=True, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "documents"
+        ordering = ["corpus", "external_id"]
+        constraints = [models.UniqueConstraint(fields=["corpus", "external_id"], name="uniq_corpus_document")]
+
+    def __str__(self) -> str:
+        return f"{self.corpus_id}:{self.external_id}"

@@ -13,6 +13,7 @@ os.environ.setdefault("REDIS_URL", f"redis://localhost:6379/{15 - _slot}")
 os.environ.setdefault("DATABASE_TEST_NAME", f"test_dspex_{_slot}" if _slot else "test_dspex")
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-key-" + "x" * 40)
 os.environ.setdefault("LOG_JSON", "0")
+os.environ.setdefault("DJANGO_HTTPS", "0")  # the test client and test servers speak plain http
 
 from dspex_site.settings import *  # noqa: E402, F403
 

@@ -49,6 +49,7 @@ def test_gunicorn_serves_api_admin_and_static_files_with_debug_off(
         DJANGO_SECRET_KEY="k" * 60,
         DATABASE_URL=f"postgres://localhost:5432/{connection.settings_dict['NAME']}",
         DSPEX_STATIC_ROOT=str(static_root),
+        DJANGO_HTTPS="0",  # plain http on 127.0.0.1, as `make run` serves it (no TLS redirect)
     )
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],

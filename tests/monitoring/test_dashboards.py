@@ -134,3 +134,52 @@ def test_dashboard_queries_do_not_grow_with_data(admin_client, make_program):
     with CaptureQueriesContext(connection) as large:
         admin_client.get("/admin/dashboards/costs/")
     assert len(large) == len(small) <= 8
+
+
+def test_optimizations_dashboard_shows_progress_and_scores(admin_client, make_program):
+    from optimization.models import Dataset, OptimizationResult, OptimizationRun
+
+    program = make_program(name="tuned")
+    dataset = Dataset.objects.create(name="tickets")
+    result = OptimizationResult.objects.create(
+        program=program,
+        program_version=1,
+        optimizer_type="BootstrapFewShot",
+        parameters={},
+        performance_metrics={"baseline_score": 0.325, "optimized_score": 0.45},
+    )
+    OptimizationRun.objects.create(
+        program=program,
+        program_version=1,
+        dataset=dataset,
+        optimizer="BootstrapFewShot",
+        metric="exact_match",
+        status="running",
+        progress={
+            "phase": "compile",
+            "trials_done": 3,
+            "trials_total": 8,
+            "best_score": 0.41,
+            "lm_calls": 57,
+            "cost_usd": 0.0123,
+        },
+    )
+    OptimizationRun.objects.create(
+        program=program,
+        program_version=1,
+        dataset=dataset,
+        optimizer="BootstrapFewShot",
+        metric="exact_match",
+        status="succeeded",
+        result=result,
+    )
+    html = admin_client.get("/admin/dashboards/optimizations/").content.decode()
+    assert "compile" in html and "3 / 8" in html and "0.41" in html and "57" in html
+    assert "0.325 → 0.45" in html
+    assert html.count('<svg class="dspex-chart"') == 1
+
+
+def test_the_console_links_to_every_dashboard(admin_client):
+    html = admin_client.get("/admin/").content.decode()
+    for name in ("costs", "executions", "cache", "queues", "optimizations"):
+        assert f'href="/admin/dashboards/{name}/"' in html

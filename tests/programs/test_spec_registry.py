@@ -10,7 +10,10 @@ def test_the_default_registry_holds_the_shipped_tools_modules_and_rewards() -> N
     assert registry.tools == {"calculator": calculator, "clock": clock}
     assert "programs.custom_modules.KeywordExtract" in registry.custom_modules
     assert {"nonempty", "concise"} <= set(registry.rewards)
-    assert registry.retriever is None
+    # Retrieval over stored corpora is hooked in by the caching app at start-up.
+    from programs.retrieval import retrieve
+
+    assert registry.retriever is retrieve
     assert default_registry() is registry
 
 

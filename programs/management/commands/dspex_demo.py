@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 from django.db import transaction
 from rest_framework.authtoken.models import Token
@@ -37,6 +38,8 @@ class Command(BaseCommand):
             return
         password = secrets.token_urlsafe(12)
         user = user_model.objects.create_superuser(username=username, email="", password=password)
+        # A superuser already may do everything; the group makes the demo login's role visible.
+        user.groups.add(*Group.objects.filter(name="Operators"))
         token = Token.objects.create(user=user)
         self.stdout.write(self.style.SUCCESS("Demo operator created. These are shown once, keep them:"))
         self.stdout.write(

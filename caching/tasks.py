@@ -1,0 +1,46 @@
+"""Celery tasks of the caching app (routes in dspex_site.celery: `caching.embed*` and
+`caching.warm*` run on the `embeddings` queue). Thin: load by id, call the runner."""
+
+import logging
+
+from celery import shared_task
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(
+    name="caching.embed_corpus",
+    bind=True,
+    acks_late=True,
+    max_retries=3,
+    soft_time_limit=3300,
+    time_limit=3600,
+)
+def embed_corpus(self, corpus_id: int) -> int:
+    """Embed a corpus' new and changed documents, reporting progress as task state."""
+    from programs.models import Corpus
+    from programs.retrieval import index_corpus
+
+    if not Corpus.objects.filter(id=corpus_id).exists():
+        logger.info("corpus %s is gone; nothing to embed", corpus_id)
+        return 0
+
+    def progress(done: int, total: int) -> None:
+        if self.request.id:
+            self.update_state(state="PROGRESS", meta={"done": done, "total": total})
+
+    try:
+        return index_corpus(corpus_id, on_progress=progress)
+    except Exception as exc:
+        raise self.retry(exc=exc, countdown=30) from exc
+
+
+@shared_task(name="caching.warm_embeddings", soft_time_limit=240, time_limit=300)
+def warm_embeddings() -> int:
+    """Beat: queue embedding of every corpus with new or changed documents."""
+    from programs.retrieval import corpora_needing_embeddings
+
+    corpus_ids = corpora_needing_embeddings()
+    for corpus_id in corpus_ids:
+        embed_corpus.delay(corpus_id)
+    return len(corpus_ids)

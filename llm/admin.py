@@ -1,0 +1,96 @@
+"""Console pages for providers: breaker state with a reset action, and spend budgets."""
+
+from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.views.decorators.http import require_http_methods
+
+from llm import budgets, resilience
+from llm import providers as provider_info
+from llm.models import Budget
+from monitoring import audit
+
+OPERATORS = "Operators"
+
+
+def can_operate(user: object) -> bool:
+    """Superusers and the Operators group may reset breakers; viewers only look."""
+    return bool(
+        getattr(user, "is_superuser", False)
+        or (getattr(user, "is_staff", False) and user.groups.filter(name=OPERATORS).exists())
+    )
+
+
+@require_http_methods(["GET", "POST"])
+def providers_page(request: HttpRequest) -> HttpResponse:
+    if request.method == "POST":
+        return _reset(request)
+    context = {
+        **admin.site.each_context(request),
+        "title": "Providers",
+        "providers": provider_info.overview(),
+        "can_operate": can_operate(request.user),
+    }
+    return TemplateResponse(request, "llm/providers.html", context)
+
+
+def _reset(request: HttpRequest) -> HttpResponse:
+    if not can_operate(request.user):
+        raise PermissionDenied("Only operators may reset a circuit breaker.")
+    name = request.POST.get("name", "")
+    if name not in resilience.known_endpoints():
+        messages.error(request, f"Unknown provider endpoint {name!r}.")
+        return HttpResponseRedirect(reverse("llm-providers"))
+    before = resilience.status(name)
+    try:
+        resilience.reset(name)
+    except Exception as exc:
+        messages.error(request, f"Could not reset {name}: {type(exc).__name__}")
+        return HttpResponseRedirect(reverse("llm-providers"))
+    audit.record(
+        "reset_circuit_breaker",
+        _BreakerRef(name),
+        channel="admin",
+        request=request,
+        changes={"state": {"from": before.get("state"), "to": "closed"}},
+    )
+    messages.success(request, f"Circuit breaker for {name} reset to closed.")
+    return HttpResponseRedirect(reverse("llm-providers"))
+
+
+class _BreakerRef:
+    """A breaker lives in Redis, not the database: this gives the audit trail its label and id."""
+
+    class _meta:  # mimics a model's _meta for monitoring.audit.record
+        label = "llm.CircuitBreaker"
+
+    def __init__(self, name: str):
+        self.pk = name
+
+    def __str__(self) -> str:
+        return f"circuit breaker {self.pk}"
+
+
+def urls() -> list:
+    return [path("", admin.site.admin_view(providers_page), name="llm-providers")]
+
+
+@admin.register(Budget)
+class BudgetAdmin(admin.ModelAdmin):
+    list_display = ("scope", "target_label", "daily_limit_usd", "monthly_limit_usd", "enabled", "updated_at")
+    list_filter = ("scope", "enabled")
+    autocomplete_fields = ()
+    raw_id_fields = ("program",)
+
+    def save_model(self, request: HttpRequest, obj: Budget, form: object, change: bool) -> None:
+        super().save_model(request, obj, form, change)
+        budgets.invalidate()
+        audit.record(
+            "change" if change else "add",
+            obj,
+            channel="admin",
+            request=request,
+            changes={field: str(form.cleaned_data.get(field)) for field in getattr(form, "changed_data", [])},
+        )

@@ -1,0 +1,168 @@
+"""Spend limits per provider and per program, daily and monthly (UTC), counted in Redis.
+
+Every provider call adds its cost to Redis counters (`llm.resilience.Ticket.finish`, in the same
+script that releases the call's admission). `check()` compares them with the limits from
+`DSPEX_BUDGETS` and the admin's `Budget` rows: new executions are refused with `budget_exceeded`
+once a limit is reached (`executions.runner.create_execution`), and so are provider calls of runs
+already going (the gateway), so a long batch cannot overrun a budget by much.
+
+Limits are re-read at most every `REFRESH_S` per process; Redis trouble fails open (counted).
+"""
+
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from rest_framework import status
+
+from dspex_site.api_errors import APIError
+from llm import resilience
+
+REFRESH_S = 10.0
+PERIODS = ("daily", "monthly")
+
+
+@dataclass(frozen=True)
+class Limit:
+    scope: str  # provider | program
+    target: str  # provider name or program id
+    label: str  # provider name or program name (bounded metric label)
+    period: str  # daily | monthly
+    usd: float
+
+
+class BudgetExceeded(APIError):
+    """A spend limit is reached: refuse new work (HTTP 402, code `budget_exceeded`)."""
+
+    def __init__(self, limit: Limit, spent: float):
+        self.limit, self.spent = limit, spent
+        super().__init__(
+            status.HTTP_402_PAYMENT_REQUIRED,
+            "budget_exceeded",
+            f"The {limit.period} budget of {limit.scope} '{limit.label}' (${limit.usd:.2f}) is used up "
+            f"(${spent:.4f} spent); new executions are refused until the period ends or an operator "
+            "raises the limit.",
+        )
+
+
+_cache: dict[str, Any] = {"at": -1e9, "limits": []}
+_lock = threading.Lock()
+
+
+def _load() -> list[Limit]:
+    from llm.models import Budget
+
+    found: dict[tuple[str, str, str], Limit] = {}
+
+    def add(scope: str, target: str, label: str, period: str, usd: Any) -> None:
+        if usd is None:
+            return
+        key = (scope, target, period)
+        if key not in found or float(usd) < found[key].usd:
+            found[key] = Limit(scope, target, label, period, float(usd))
+
+    config = settings.DSPEX_BUDGETS
+    for scope, section in (("provider", "providers"), ("program", "programs")):
+        for target, limits in (config.get(section) or {}).items():
+            for period in PERIODS:
+                add(scope, str(target), str(target), period, limits.get(period))
+    rows = Budget.objects.filter(enabled=True).select_related("program")
+    for row in rows:
+        if row.scope == Budget.Scope.PROVIDER:
+            target, label = row.provider, row.provider
+        else:
+            target, label = str(row.program_id), row.program.name if row.program else str(row.program_id)
+        add(row.scope, target, label, "daily", row.daily_limit_usd)
+        add(row.scope, target, label, "monthly", row.monthly_limit_usd)
+    return list(found.values())
+
+
+def limits(refresh: bool = False) -> list[Limit]:
+    with _lock:
+        if refresh or time.monotonic() - _cache["at"] > REFRESH_S:
+            _cache["limits"], _cache["at"] = _load(), time.monotonic()
+        return _cache["limits"]
+
+
+def invalidate() -> None:
+    """Forget this process's copy of the limits (after an admin edit, in tests)."""
+    with _lock:
+        _cache["at"] = -1e9
+
+
+def _key(limit: Limit) -> str:
+    keys = resilience.spend_keys(limit.target, None) if limit.scope == "provider" else None
+    if keys is None:
+        keys = resilience.spend_keys("-", limit.target)[2:]
+    return keys[0] if limit.period == "daily" else keys[1]
+
+
+def spent(selected: list[Limit]) -> list[float] | None:
+    """USD spent in each limit's current period, or None when Redis is unavailable."""
+    client = resilience._redis.client()
+    if client is None or not selected:
+        return None if client is None else []
+    try:
+        values = client.mget([_key(limit) for limit in selected])
+    except Exception as exc:
+        resilience._redis.failed("budget", exc)
+        return None
+    return [float(v) if v is not None else 0.0 for v in values]
+
+
+def check(*, providers: tuple[str, ...] = (), program_id: Any = None) -> None:
+    """Raise BudgetExceeded if any limit of these providers or this program is reached."""
+    program = str(program_id) if program_id is not None else None
+    selected = [
+        limit
+        for limit in limits()
+        if (limit.scope == "provider" and limit.target in providers)
+        or (limit.scope == "program" and limit.target == program)
+    ]
+    if not selected:
+        return
+    amounts = spent(selected)
+    for limit, amount in zip(selected, amounts or [], strict=False):
+        if amount >= limit.usd:
+            raise BudgetExceeded(limit, amount)
+
+
+def program_providers(program: Any) -> tuple[str, ...]:
+    """Providers a program's runs will call, as far as the spec says without running it."""
+    from llm.gateway import lm_config, route_for
+
+    model = (program.pipeline or {}).get("lm", {}) if isinstance(program.pipeline, dict) else {}
+    model = model.get("model") if isinstance(model, dict) else None
+    if not isinstance(model, str) or model.startswith("$"):
+        model = lm_config()["model"]
+    return (route_for(model).provider,)
+
+
+class BudgetCollector:
+    """Scrape-time gauges: spend, limit and whether it is reached, per budget and period."""
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        labels = ["scope", "target", "period"]
+        spend = GaugeMetricFamily("dspex_budget_spend_usd", "Spend in the current period", labels=labels)
+        limit_g = GaugeMetricFamily("dspex_budget_limit_usd", "Spend limit of the period", labels=labels)
+        exceeded = GaugeMetricFamily(
+            "dspex_budget_exceeded", "1 when the budget is used up (new work is refused)", labels=labels
+        )
+        try:
+            selected = limits()
+        except Exception:
+            selected = []
+        amounts = spent(selected) if selected else []
+        for limit, amount in zip(selected, amounts or [], strict=False):
+            key = [limit.scope, limit.label, limit.period]
+            spend.add_metric(key, amount)
+            limit_g.add_metric(key, limit.usd)
+            exceeded.add_metric(key, 1.0 if amount >= limit.usd else 0.0)
+        yield spend
+        yield limit_g
+        yield exceeded

@@ -1,0 +1,212 @@
+"""REST API: datasets (+ import), optimize, runs (+ cancel), results (+ apply), rollback, schedules."""
+
+from django.db import transaction
+from django.db.models import Count
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from dspex_site.api_errors import APIError, LimitedJSONParser
+from monitoring import audit
+from optimization import datasets, results, runner, schedules
+from optimization.models import Dataset, OptimizationResult, OptimizationRun, OptimizationSchedule
+from optimization.serializers import (
+    DatasetSerializer,
+    ImportSerializer,
+    OptimizeSerializer,
+    ResultSerializer,
+    RollbackSerializer,
+    RunSerializer,
+    ScheduleSerializer,
+)
+from optimization.tasks import enqueue_run
+from programs.models import CognitiveProgram
+
+
+def dataset_error(exc: datasets.DatasetError) -> APIError:
+    errors = [{"path": f"rows[{e.row}].{e.path}".rstrip("."), "message": e.message} for e in exc.errors[:200]]
+    return APIError(status.HTTP_400_BAD_REQUEST, "invalid_dataset", str(exc), errors)
+
+
+def apply_or_409(program: CognitiveProgram, result: OptimizationResult | None, request: Request) -> None:
+    try:
+        results.set_active(program, result, channel="api", request=request)
+    except results.ResultDoesNotFit as exc:
+        raise APIError(status.HTTP_409_CONFLICT, "result_incompatible", str(exc)) from exc
+
+
+class DatasetViewSet(
+    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+):
+    queryset = Dataset.objects.annotate(n_examples=Count("examples"))
+    serializer_class = DatasetSerializer
+    parser_classes = [LimitedJSONParser]
+
+    def perform_create(self, serializer: DatasetSerializer) -> None:
+        rows = serializer.validated_data.pop("examples", [])
+        with transaction.atomic():
+            dataset = serializer.save()
+            if rows:
+                try:
+                    datasets.import_rows(dataset, [dict(r) for r in rows])
+                except datasets.DatasetError as exc:
+                    transaction.set_rollback(True)
+                    raise dataset_error(exc) from exc
+            audit.record(
+                "create", dataset, channel="api", request=self.request, changes={"examples": len(rows)}
+            )
+
+    @extend_schema(request=ImportSerializer, responses={200: DatasetSerializer})
+    @action(
+        detail=True,
+        methods=["post"],
+        url_path="import",
+        parser_classes=[LimitedJSONParser, MultiPartParser, FormParser],
+    )
+    def import_examples(self, request: Request, pk: str | None = None) -> Response:
+        """Import JSONL or CSV (a `file` upload or `content` text); all rows or none, with per-row errors."""
+        dataset = self.get_object()
+        body = ImportSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        upload = data.get("file")
+        text = upload.read().decode("utf-8-sig") if upload else data.get("content", "")
+        fmt = data.get("format") or ("csv" if upload and upload.name.lower().endswith(".csv") else "jsonl")
+        try:
+            rows = datasets.parse(text, fmt, data.get("outputs"))
+            count = datasets.import_rows(dataset, rows, replace=data["replace"])
+        except datasets.DatasetError as exc:
+            raise dataset_error(exc) from exc
+        audit.record(
+            "import", dataset, channel="api", request=request, changes={"rows": count, "format": fmt}
+        )
+        dataset = self.get_queryset().get(id=dataset.id)
+        return Response({**DatasetSerializer(dataset).data, "imported": count})
+
+
+class OptimizeView(APIView):
+    """POST /api/v1/programs/{id}/optimize/ → 202 with the queued run."""
+
+    parser_classes = [LimitedJSONParser]
+
+    @extend_schema(request=OptimizeSerializer, responses={202: RunSerializer})
+    def post(self, request: Request, pk: str) -> Response:
+        program = get_object_or_404(CognitiveProgram, pk=pk)
+        body = OptimizeSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        dataset = Dataset.objects.filter(id=data["dataset"]).first()
+        if dataset is None:
+            raise APIError(
+                status.HTTP_400_BAD_REQUEST,
+                "unknown_dataset",
+                f"No dataset {data['dataset']}.",
+                [{"path": "dataset", "message": "no such dataset"}],
+            )
+        try:
+            with transaction.atomic():
+                run = runner.create_run(
+                    program,
+                    dataset,
+                    data["optimizer"],
+                    data["metric"],
+                    config=data["config"],
+                    split=data["split"],
+                    apply=data["apply"],
+                    time_limit_s=data.get("time_limit_s"),
+                    cost_budget_usd=data.get("cost_budget_usd"),
+                    user=request.user,
+                )
+                audit.record(
+                    "optimize", program, channel="api", request=request, changes={"run": str(run.id)}
+                )
+                transaction.on_commit(lambda: enqueue_run(run))
+        except runner.RunRequestError as exc:
+            raise APIError(status.HTTP_400_BAD_REQUEST, exc.code, str(exc), exc.errors) from exc
+        return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
+
+
+class RollbackView(APIView):
+    """POST /api/v1/programs/{id}/rollback/ {"result": id | null}: one action back to a result or to none."""
+
+    parser_classes = [LimitedJSONParser]
+
+    @extend_schema(request=RollbackSerializer, responses={200: ResultSerializer})
+    def post(self, request: Request, pk: str) -> Response:
+        program = get_object_or_404(CognitiveProgram, pk=pk)
+        body = RollbackSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        result = None
+        if body.validated_data["result"] is not None:
+            result = OptimizationResult.objects.filter(
+                id=body.validated_data["result"], program=program
+            ).first()
+            if result is None:
+                raise APIError(
+                    status.HTTP_400_BAD_REQUEST,
+                    "unknown_result",
+                    "Not a result of this program.",
+                    [{"path": "result", "message": "not a result of this program"}],
+                )
+        apply_or_409(program, result, request)
+        return Response({"program": str(program.id), "active_result": str(result.id) if result else None})
+
+
+class RunViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = OptimizationRun.objects.all()
+    serializer_class = RunSerializer
+    filterset_fields = ["program", "status", "optimizer"]
+
+    @extend_schema(request=None, responses={200: RunSerializer})
+    @action(detail=True, methods=["post"])
+    def cancel(self, request: Request, pk: str | None = None) -> Response:
+        """Cancel a pending or running run; a running one stops within seconds. A finished one answers 409."""
+        run = self.get_object()
+        if not run.cancel():
+            raise APIError(
+                status.HTTP_409_CONFLICT,
+                "already_finished",
+                f"Run {run.id} already finished with status '{run.status}'.",
+            )
+        audit.record("cancel", run, channel="api", request=request)
+        return Response(RunSerializer(run).data)
+
+
+class ResultViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = OptimizationResult.objects.all()
+    serializer_class = ResultSerializer
+    filterset_fields = ["program", "optimizer_type"]
+
+    @extend_schema(request=None, responses={200: ResultSerializer})
+    @action(detail=True, methods=["post"])
+    def apply(self, request: Request, pk: str | None = None) -> Response:
+        """Make this result the program's active parameters."""
+        result = self.get_object()
+        apply_or_409(result.program, result, request)
+        return Response(ResultSerializer(result).data)
+
+
+class ScheduleViewSet(viewsets.ModelViewSet):
+    queryset = OptimizationSchedule.objects.all()
+    serializer_class = ScheduleSerializer
+    parser_classes = [LimitedJSONParser]
+
+    def perform_create(self, serializer: ScheduleSerializer) -> None:
+        with transaction.atomic():
+            schedule = serializer.save()
+            schedules.sync_periodic_task(schedule)
+
+    def perform_update(self, serializer: ScheduleSerializer) -> None:
+        with transaction.atomic():
+            schedules.sync_periodic_task(serializer.save())
+
+    def perform_destroy(self, instance: OptimizationSchedule) -> None:
+        with transaction.atomic():
+            if instance.periodic_task is not None:
+                instance.periodic_task.delete()
+            instance.delete()

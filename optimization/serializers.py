@@ -1,0 +1,153 @@
+"""API representations of datasets, runs, results and schedules."""
+
+from typing import Any
+
+from rest_framework import serializers
+
+from optimization.models import Dataset, OptimizationResult, OptimizationRun, OptimizationSchedule
+from optimization.optimizers import OPTIMIZERS
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses unknown body fields, so a typo is an error rather than a silent default."""
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
+
+
+class ExampleRowSerializer(serializers.Serializer):
+    input = serializers.JSONField()
+    output = serializers.JSONField()
+
+
+class DatasetSerializer(serializers.ModelSerializer):
+    examples = ExampleRowSerializer(many=True, write_only=True, required=False)
+    example_count = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Dataset
+        fields = ["id", "name", "description", "examples", "example_count", "created_at", "updated_at"]
+        read_only_fields = ["created_at", "updated_at"]
+
+    def get_example_count(self, obj: Dataset) -> int:
+        annotated = getattr(obj, "n_examples", None)  # list/detail querysets annotate it: no query per row
+        return obj.examples.count() if annotated is None else annotated
+
+
+class ImportSerializer(StrictSerializer):
+    format = serializers.ChoiceField(choices=["jsonl", "csv"], required=False)
+    content = serializers.CharField(required=False, trim_whitespace=False, help_text="The file's text.")
+    file = serializers.FileField(required=False)
+    outputs = serializers.ListField(
+        child=serializers.CharField(), required=False, help_text="CSV output columns."
+    )
+    replace = serializers.BooleanField(default=False)
+
+
+class OptimizeSerializer(StrictSerializer):
+    optimizer = serializers.ChoiceField(choices=OPTIMIZERS)
+    dataset = serializers.UUIDField()
+    metric = serializers.JSONField(help_text='A metric name or {"name": ..., options}.')
+    config = serializers.JSONField(required=False, default=dict)
+    split = serializers.JSONField(required=False, default=dict)
+    apply = serializers.BooleanField(default=False)
+    time_limit_s = serializers.IntegerField(required=False, min_value=1, max_value=4 * 3600)
+    cost_budget_usd = serializers.FloatField(required=False, min_value=0)
+
+
+class RunSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = OptimizationRun
+        fields = [
+            "id",
+            "program",
+            "program_version",
+            "dataset",
+            "optimizer",
+            "metric",
+            "config",
+            "split",
+            "apply",
+            "time_limit_s",
+            "cost_budget_usd",
+            "status",
+            "progress",
+            "message",
+            "error",
+            "result",
+            "schedule",
+            "attempts",
+            "created_at",
+            "started_at",
+            "finished_at",
+        ]
+        read_only_fields = fields
+
+
+class ResultSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = OptimizationResult
+        fields = [
+            "id",
+            "program",
+            "program_version",
+            "optimizer_type",
+            "parameters",
+            "variables",
+            "performance_metrics",
+            "training_data_hash",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+
+class RollbackSerializer(StrictSerializer):
+    result = serializers.UUIDField(
+        allow_null=True, help_text="An earlier result of this program, or null for none."
+    )
+
+
+class ScheduleSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = OptimizationSchedule
+        fields = [
+            "id",
+            "name",
+            "program",
+            "dataset",
+            "optimizer",
+            "metric",
+            "config",
+            "split",
+            "apply",
+            "cron",
+            "interval_s",
+            "enabled",
+            "created_at",
+        ]
+        read_only_fields = ["created_at"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        from optimization import runner, schedules
+
+        cron, interval = attrs.get("cron", ""), attrs.get("interval_s")
+        if bool(cron) == bool(interval):
+            raise serializers.ValidationError({"cron": ["Give exactly one of cron and interval_s."]})
+        if cron and schedules.cron_errors(cron):
+            raise serializers.ValidationError({"cron": schedules.cron_errors(cron)})
+        try:
+            runner.check_request(
+                attrs["program"],
+                attrs["dataset"],
+                attrs["optimizer"],
+                attrs["metric"],
+                attrs.get("config") or {},
+                attrs.get("split") or {},
+            )
+        except runner.RunRequestError as exc:
+            raise serializers.ValidationError({e["path"]: [e["message"]] for e in exc.errors}) from exc
+        return attrs

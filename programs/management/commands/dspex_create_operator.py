@@ -1,0 +1,71 @@
+"""`manage.py dspex_create_operator <username>`: a console login in the Operators group."""
+
+import secrets
+import sys
+from typing import Any
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
+from django.contrib.auth.password_validation import validate_password
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+from rest_framework.authtoken.models import Token
+
+from monitoring import audit
+
+OPERATORS = "Operators"
+
+
+class Command(BaseCommand):
+    help = (
+        "Create a staff user in the Operators group (runs and edits programs; not a superuser). "
+        "Prints a generated password once, unless --password-stdin; --token also issues an API token."
+    )
+
+    def add_arguments(self, parser: Any) -> None:
+        parser.add_argument("username")
+        parser.add_argument("--email", default="")
+        parser.add_argument(
+            "--password-stdin", action="store_true", help="read the password from standard input"
+        )
+        parser.add_argument("--token", action="store_true", help="also issue an API token (printed once)")
+
+    def handle(
+        self, *args: Any, username: str, email: str, password_stdin: bool, token: bool, **options: Any
+    ) -> None:
+        user_model = get_user_model()
+        username = username.strip()
+        try:
+            user_model._meta.get_field("username").run_validators(username)
+        except ValidationError as exc:
+            raise CommandError(f"Invalid username '{username}': {' '.join(exc.messages)}") from exc
+        if not username:
+            raise CommandError("The username must not be empty.")
+        group = Group.objects.filter(name=OPERATORS).first()
+        if group is None:
+            raise CommandError(f"The '{OPERATORS}' group does not exist: run `manage.py migrate` first.")
+        password = sys.stdin.readline().rstrip("\n") if password_stdin else secrets.token_urlsafe(12)
+        user = user_model(username=username, email=email, is_staff=True)
+        try:
+            validate_password(password, user)
+        except ValidationError as exc:
+            raise CommandError("Password rejected: " + " ".join(exc.messages)) from exc
+        with transaction.atomic():
+            if user_model.objects.filter(username=username).exists():
+                raise CommandError(f"A user named '{username}' already exists.")
+            user.set_password(password)
+            user.save()
+            user.groups.add(group)
+            key = Token.objects.create(user=user).key if token else None
+            audit.record(
+                "create_operator",
+                user,
+                channel="command",
+                changes={"username": username, "groups": [OPERATORS], "token_issued": bool(key)},
+            )
+        self.stdout.write(self.style.SUCCESS(f"Operator '{username}' created (group {OPERATORS})."))
+        if not password_stdin:
+            self.stdout.write(f"  password : {password}   (shown once)")
+        if key:
+            self.stdout.write(f"  API token: {key}   (shown once)")

@@ -1,0 +1,126 @@
+"""API access by role, throttling per token, CORS, CSRF and `check --deploy` (subprocess)."""
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from rest_framework.test import APIClient
+
+from dspex_site.permissions import TokenRateThrottle
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.django_db
+
+READS = ["/api/v1/programs/", "/api/v1/executions/", "/api/v1/datasets/", "/api/v1/providers/"]
+
+
+@pytest.mark.parametrize("path", READS)
+def test_viewers_and_operators_read_outsiders_and_anonymous_do_not(actors, anonymous, path):
+    assert actors["viewer"].client.get(path).status_code == 200
+    assert actors["operator"].client.get(path).status_code == 200
+    refused = actors["outsider"].client.get(path)
+    assert refused.status_code == 403 and refused.json()["code"] == "permission_denied"
+    assert anonymous.get(path).status_code == 401
+
+
+def test_operators_create_and_run_programs_viewers_cannot(actors, make_program):
+    body = {"name": "by-operator", "pipeline": {"signature": "question -> answer"}, "status": "active"}
+    assert actors["viewer"].client.post("/api/v1/programs/", body, format="json").status_code == 403
+    created = actors["operator"].client.post("/api/v1/programs/", body, format="json")
+    assert created.status_code == 201, created.content
+    program_id = created.json()["id"]
+    run = {"input": {"question": "2+2?"}, "wait": True}
+    url = f"/api/v1/programs/{program_id}/execute/"
+    assert actors["viewer"].client.post(url, run, format="json").status_code == 403
+    assert actors["outsider"].client.post(url, run, format="json").status_code == 403
+    assert actors["operator"].client.post(url, run, format="json").status_code == 200
+    patch = {"description": "edited"}
+    assert (
+        actors["viewer"].client.patch(f"/api/v1/programs/{program_id}/", patch, format="json").status_code
+        == 403
+    )
+    assert (
+        actors["operator"].client.patch(f"/api/v1/programs/{program_id}/", patch, format="json").status_code
+        == 200
+    )
+
+
+def test_health_and_metrics_need_no_token(anonymous):
+    assert anonymous.get("/health/live").status_code == 200
+    assert anonymous.get("/metrics").status_code == 200
+
+
+def test_requests_are_throttled_per_token(actors, monkeypatch):
+    monkeypatch.setattr(TokenRateThrottle, "THROTTLE_RATES", {"user": "3/min"})
+    viewer = actors["viewer"].client
+    assert [viewer.get("/api/v1/programs/").status_code for _ in range(3)] == [200, 200, 200]
+    throttled = viewer.get("/api/v1/programs/")
+    assert throttled.status_code == 429 and throttled.json()["code"] == "throttled"
+    assert "Retry-After" in throttled
+    assert actors["operator"].client.get("/api/v1/programs/").status_code == 200  # its own budget
+
+
+def test_cors_allows_only_configured_origins(actors, settings):
+    settings.CORS_ALLOWED_ORIGINS = ["https://app.example.com"]
+    client = actors["viewer"].client
+    allowed = client.get("/api/v1/programs/", HTTP_ORIGIN="https://app.example.com")
+    assert allowed["Access-Control-Allow-Origin"] == "https://app.example.com"
+    other = client.get("/api/v1/programs/", HTTP_ORIGIN="https://evil.example.net")
+    assert "Access-Control-Allow-Origin" not in other
+    preflight = client.options(
+        "/api/v1/programs/",
+        HTTP_ORIGIN="https://app.example.com",
+        HTTP_ACCESS_CONTROL_REQUEST_METHOD="POST",
+        HTTP_ACCESS_CONTROL_REQUEST_HEADERS="authorization,content-type",
+    )
+    assert "authorization" in preflight["Access-Control-Allow-Headers"]
+
+
+def test_session_writes_need_a_csrf_token_token_writes_do_not(actors):
+    session = APIClient(enforce_csrf_checks=True)
+    session.force_login(actors["operator"].user)
+    body = {"name": "csrf", "pipeline": {"signature": "question -> answer"}}
+    refused = session.post("/api/v1/programs/", body, format="json")
+    assert refused.status_code == 403 and "CSRF" in refused.json()["detail"]
+    assert actors["operator"].client.post("/api/v1/programs/", body, format="json").status_code == 201
+
+
+def _production_env(**extra: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "DSPEX_"))}
+    return {
+        **env,
+        "DJANGO_SETTINGS_MODULE": "dspex_site.settings",
+        "DJANGO_DEBUG": "0",
+        "DJANGO_SECRET_KEY": secrets.token_urlsafe(64),
+        "DJANGO_ALLOWED_HOSTS": "dspex.example.com",
+        **extra,
+    }
+
+
+def test_check_deploy_has_no_warnings_under_production_settings():
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT,
+        env=_production_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "System check identified no issues" in result.stdout
+
+
+def test_local_plain_http_runs_turn_the_https_settings_off():
+    probe = "from django.conf import settings as s; print(s.SECURE_SSL_REDIRECT, s.SECURE_HSTS_SECONDS)"
+    result = subprocess.run(
+        [sys.executable, "-c", f"import django; django.setup(); {probe}"],
+        cwd=ROOT,
+        env=_production_env(DJANGO_HTTPS="0", DJANGO_SECURE_COOKIES="0"),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout.split() == ["False", "0"], result.stderr

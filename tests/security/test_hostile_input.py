@@ -1,0 +1,75 @@
+"""Hostile input: schemathesis generates requests for every operation of /api/schema/ (with a
+token) and checks there is no 500 and no response that violates the schema.
+
+Bounded: `EXAMPLES` per operation keeps the whole run to a few minutes on a loaded 2-core box.
+"""
+
+import pytest
+import schemathesis
+from hypothesis import HealthCheck, given, settings
+from schemathesis.checks import not_a_server_error
+from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance
+
+from dspex_site.permissions import TokenRateThrottle
+from dspex_site.wsgi import application
+
+EXAMPLES = 25
+CHECKS = [not_a_server_error, response_schema_conformance, content_type_conformance]
+
+
+@pytest.fixture
+def wsgi_in_test_transaction() -> object:
+    """Call the WSGI app directly, as Django's test client does: without closing the test's
+    database connection at each request (it is inside the test transaction)."""
+    from django.core import signals
+    from django.db import close_old_connections
+
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    yield application
+    signals.request_started.connect(close_old_connections)
+    signals.request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def seeded(make_program, db: None) -> None:
+    """Something for generated ids to sometimes hit, besides the 404s of random UUIDs."""
+    make_program(name="hostile-target")
+
+
+def exercise(operation: object, token: str, failures: list[str]) -> None:
+    """Run one operation's generated cases; record the first failure found."""
+
+    @settings(
+        max_examples=EXAMPLES,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(case=operation.as_strategy())
+    def run(case: object) -> None:
+        response = case.call(headers={"Authorization": token})
+        case.validate_response(response, checks=CHECKS)
+
+    try:
+        run()
+    except BaseException as exc:  # collect every operation's failure, report them together
+        failures.append(f"{operation.label}: {str(exc)[:800]}")
+
+
+@pytest.mark.slow
+def test_no_operation_answers_500_or_violates_its_schema(
+    transactional_db, api, seeded, wsgi_in_test_transaction, monkeypatch
+):
+    # transactional_db: each request commits on its own, as in production, so one failing request
+    # cannot poison the others' transaction.
+    monkeypatch.setattr(TokenRateThrottle, "THROTTLE_RATES", {"user": "100000/min"})
+    token = api._credentials["HTTP_AUTHORIZATION"]
+    schema = schemathesis.openapi.from_wsgi("/api/schema/", wsgi_in_test_transaction)
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) > 20
+    failures: list[str] = []
+    for operation in operations:
+        exercise(operation, token, failures)
+    assert not failures, "\n\n".join(failures)
