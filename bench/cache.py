@@ -97,6 +97,9 @@ def start_web(base_url: str, workers: int) -> tuple[subprocess.Popen, int]:
     env = {
         **os.environ,
         "DJANGO_DEBUG": "0",
+        # Plain http on loopback and no per-token throttle: a load benchmark, not a deployment.
+        "DJANGO_HTTPS": "0",
+        "DSPEX_API_THROTTLE_RATE": "",
         "DJANGO_SECRET_KEY": "bench-" + "k" * 50,
         "DSPEX_LM": "openai/gpt-4o-mini",
         "DSPEX_LM_API_BASE": base_url,

@@ -34,7 +34,7 @@ SELECT gen_random_uuid(), %(program)s, 1, '{"question": "q"}', '{}', '{"answer":
             CASE WHEN i %% 4 = 0 THEN 'openai/gpt-4o-mini' ELSE 'sim/default' END,
             jsonb_build_object('lm_calls', 2, 'cache_hits', i %% 3, 'prompt_tokens', 300,
                 'completion_tokens', 40, 'cost_usd', 0.0001, 'saved_cost_usd', 0.00005 * (i %% 3)))),
-    20 + (i * 7919) %% 4000,
+    20 + (i::bigint * 7919) %% 4000,
     CASE WHEN i %% 50 = 0 THEN 'failed' ELSE 'succeeded' END, NULL, 1, 'normal', true,
     now() - (i %% 720) * interval '1 hour' - (i %% 3600) * interval '1 second',
     now() - (i %% 720) * interval '1 hour' - (i %% 3600) * interval '1 second',

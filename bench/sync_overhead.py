@@ -106,6 +106,9 @@ def bench_dspex(base_url: str, n: int, model: str) -> dict:
     env = {
         **os.environ,
         "DJANGO_DEBUG": "0",
+        # Plain http on loopback and no per-token throttle: a load benchmark, not a deployment.
+        "DJANGO_HTTPS": "0",
+        "DSPEX_API_THROTTLE_RATE": "",
         "DJANGO_SECRET_KEY": "bench-" + "k" * 50,
         "DSPEX_LM": model,
         "DSPEX_LM_API_BASE": base_url,

@@ -135,6 +135,9 @@ def main() -> None:
     env = {
         **os.environ,
         "DJANGO_DEBUG": "0",
+        # Plain http on loopback and no per-token throttle: a load benchmark, not a deployment.
+        "DJANGO_HTTPS": "0",
+        "DSPEX_API_THROTTLE_RATE": "",
         "REDIS_URL": redis_url,
         "DSPEX_LM": "openai/sim-default",
         "DSPEX_LM_API_BASE": f"http://127.0.0.1:{sim_port}/v1",

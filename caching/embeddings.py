@@ -61,14 +61,27 @@ class LiteLLMEmbedder:
     def embed(self, texts: list[str]) -> list[list[float]]:
         import litellm
 
-        response = litellm.embedding(
-            model=self.model,
-            input=texts,
-            api_base=self.api_base,
-            api_key=self._api_key or "not-set",
-            encoding_format="float",
-            timeout=self.timeout_s,
-        )
+        from llm import resilience
+
+        # Through the gateway's admission like every provider call: the embeddings backend has its
+        # own breaker policy (3 failures, 30 s reset, 120 s timeout).
+        provider = self.model.partition("/")[0] if "/" in self.model else "openai"
+        ticket = resilience.admit(provider, self.api_base or "default", kind="embeddings")
+        try:
+            response = litellm.embedding(
+                model=self.model,
+                input=texts,
+                api_base=self.api_base,
+                api_key=self._api_key or "not-set",
+                encoding_format="float",
+                timeout=min(self.timeout_s, ticket.policy.call_timeout_s),
+            )
+        except Exception as exc:
+            transient = not isinstance(exc, litellm.BadRequestError | litellm.AuthenticationError)
+            ticket.finish(failure=f"{type(exc).__name__}: {exc}"[:300] if transient else None)
+            raise
+        usage = getattr(response, "usage", None)
+        ticket.finish(failure=None, tokens=(_field(usage, "total_tokens") or 0) if usage else 0)
         rows = sorted(response.data, key=lambda row: _field(row, "index"))
         return [list(_field(row, "embedding")) for row in rows]
 

@@ -18,7 +18,7 @@ import dspy
 from django.conf import settings
 from django.db import transaction
 
-from llm import gateway
+from llm import gateway, resilience
 from optimization import datasets, metrics, optimizers, variable_search
 from optimization.models import Dataset, OptimizationResult, OptimizationRun
 from optimization.progress import COST_BUDGET, TIME_LIMIT, Heartbeat, RunMonitor, RunStopped
@@ -171,7 +171,12 @@ class Optimization:
         baseline: Scored | None = None
         try:
             self.prepare()
-            with dspy.context(lm=gateway.lm_for(None), callbacks=[monitor]):
+            # Optimization traffic: its own concurrency pool, and it never takes the rate-limit
+            # reserve kept for interactive calls (llm.resilience).
+            with (
+                resilience.traffic(resilience.OPTIMIZATION, program_id=run.program_id),
+                dspy.context(lm=gateway.lm_for(None), callbacks=[monitor]),
+            ):
                 monitor.phase = "baseline"
                 baseline = self.score(self.student)
                 monitor.baseline_score = baseline.score

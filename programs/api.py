@@ -88,7 +88,11 @@ class ProgramViewSet(viewsets.ModelViewSet):
             return Response(QueuedExecutionSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
         with resilience.traffic(resilience.INTERACTIVE):  # a caller is waiting: served first
             outcome = runner.run_execution(execution)
-        return Response(ExecutionSerializer(outcome.execution).data, status=http_status_for(outcome))
+        response = Response(ExecutionSerializer(outcome.execution).data, status=http_status_for(outcome))
+        retry_after = (outcome.execution.error or {}).get("retry_after")
+        if response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE and retry_after:
+            response["Retry-After"] = f"{float(retry_after):g}"
+        return response
 
 
 def publish(execution: object, unpublished: list[str]) -> None:
@@ -103,13 +107,18 @@ def publish(execution: object, unpublished: list[str]) -> None:
 
 
 def http_status_for(outcome: runner.Outcome) -> int:
-    """200 when it succeeded; 502 when the provider failed; 422 when the program failed on this input."""
+    """200 succeeded; 502 the provider failed; 503 refused for now (breaker open, rate limit,
+    bulkhead); 402 budget spent; 422 the program failed on this input."""
     execution = outcome.execution
     if execution.status == execution.Status.SUCCEEDED:
         return status.HTTP_200_OK
     if execution.status == execution.Status.CANCELLED:
         return status.HTTP_409_CONFLICT
     error_type = (execution.error or {}).get("type", "")
-    if error_type.startswith("provider") or error_type in {"rate_limited", "circuit_open"}:
+    if error_type in {"rate_limited", "circuit_open", "bulkhead_full"}:
+        return status.HTTP_503_SERVICE_UNAVAILABLE  # refused or throttled: try again later
+    if error_type == "budget_exceeded":
+        return status.HTTP_402_PAYMENT_REQUIRED
+    if error_type.startswith("provider"):
         return status.HTTP_502_BAD_GATEWAY
     return status.HTTP_422_UNPROCESSABLE_ENTITY

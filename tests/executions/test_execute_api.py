@@ -161,11 +161,15 @@ def test_provider_faults_become_failed_executions(
     gateway.reset()
     http_provider.configure(**fault)
     response = execute(api, make_program(), {"input": {"question": "q"}, "wait": True, "cache": False})
-    assert response.status_code == 502
     body = response.json()
     assert body["status"] == "failed" and body["error"]["type"] == error_type
     if error_type == "rate_limited":
+        # Throttled, not broken: 503 with the provider's Retry-After passed on.
+        assert response.status_code == 503
         assert body["error"]["retry_after"] > 0
+        assert float(response["Retry-After"]) == body["error"]["retry_after"]
+    else:
+        assert response.status_code == 502
     lm = [e for e in body["trace"] if e["kind"] == "lm"]
     assert lm and lm[0]["error"] is not None
 

@@ -209,7 +209,7 @@ def test_redis_killed_and_restarted_fails_open_and_recovers(api, make_program, h
 
 
 def test_a_worker_killed_mid_batch_loses_nothing_and_frees_its_bulkhead_slots(
-    api, make_program, sim, settings
+    api, make_program, sim, settings, tmp_path
 ):
     sim.configure(latency_ms=1500)
     settings.DSPEX_REAP_INTERVAL_S = 2
@@ -236,7 +236,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_frees_its_bulkhead_slots(
         doomed.kill()  # mid-call, holding bulkhead slots it will never release
         survivor = worker_for(sim, limits, **extra)
         env = process_env(**sim_env(sim, **extra))
-        beat = start_beat(env)
+        beat = start_beat(env, tmp_path)
         reaper = start_worker(queues="cleanup", env=env)
         try:
             ids = list(CognitiveExecution.objects.filter(batch_id=batch_id).values_list("id", flat=True))
