@@ -55,7 +55,6 @@ QUEUE_GROUPS = {
     "background": ["default", "embeddings", "cleanup"],
     "optimization": ["optimization"],
 }
-BEAT_STALE_S = 180
 
 
 def worker_status() -> dict[str, dict]:
@@ -81,24 +80,18 @@ def check_workers() -> dict:
 
 
 def check_beat() -> dict:
-    """Beat is alive when some periodic task was sent recently (django-celery-beat records it)."""
+    """Beat is alive when its own heartbeat (monitoring.heartbeat) is fresh."""
     if settings.CELERY_TASK_ALWAYS_EAGER:
         return {"mode": "no beat in embedded mode"}
-    from django.utils import timezone
-    from django_celery_beat.models import PeriodicTask
+    from monitoring.heartbeat import BEAT_STALE_S, beat_alive_at
 
-    last = (
-        PeriodicTask.objects.filter(enabled=True)
-        .order_by("-last_run_at")
-        .values_list("last_run_at", flat=True)
-    )
-    last_run = last.first()
-    if last_run is None:
-        raise RuntimeError("beat has never sent a periodic task")
-    age = (timezone.now() - last_run).total_seconds()
+    last = beat_alive_at()
+    if last is None:
+        raise RuntimeError("beat has never sent a heartbeat")
+    age = time.time() - last
     if age > BEAT_STALE_S:
-        raise RuntimeError(f"beat's last periodic task was sent {age:.0f} s ago")
-    return {"last_sent_s_ago": round(age, 1)}
+        raise RuntimeError(f"beat's last heartbeat was {age:.0f} s ago")
+    return {"last_heartbeat_s_ago": round(age, 1)}
 
 
 # Critical checks make /health/ready answer 503 (take this web process out of rotation);

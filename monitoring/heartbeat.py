@@ -68,3 +68,31 @@ class HeartbeatStep(bootsteps.StartStopStep):
     def stop(self, worker: Any) -> None:
         if self.tref is not None:
             self.tref.cancel()
+
+
+# --- beat --------------------------------------------------------------------------------------
+BEAT_KEY = "dspex:beat:heartbeat"
+BEAT_STALE_S = 60.0
+
+
+def beat_alive_at() -> float | None:
+    """Unix time of beat's last heartbeat, or None if it never wrote one."""
+    value = _client().get(BEAT_KEY)
+    return float(value) if value is not None else None
+
+
+def _beat_loop() -> None:
+    while True:
+        try:
+            _client().set(BEAT_KEY, time.time(), ex=int(BEAT_STALE_S * 10))
+        except redis.RedisError as exc:
+            logger.warning("beat heartbeat not written: %s", type(exc).__name__)
+        time.sleep(HEARTBEAT_EVERY_S)
+
+
+def start_beat_heartbeat(**kwargs: Any) -> None:
+    """Connected to Celery's beat_init: beat itself says it is alive (django-celery-beat only
+    saves `last_run_at` every few minutes, too late for readiness)."""
+    import threading
+
+    threading.Thread(target=_beat_loop, name="dspex-beat-heartbeat", daemon=True).start()

@@ -107,15 +107,13 @@ class Liveness:
         except Exception as exc:
             logger.warning("worker liveness unavailable: %s", type(exc).__name__)
         yield workers
-        beat = GaugeMetricFamily(
-            "dspex_beat_last_run_timestamp_seconds", "When beat last sent a periodic task"
-        )
+        beat = GaugeMetricFamily("dspex_beat_heartbeat_timestamp_seconds", "When beat last said it was alive")
         try:
-            from django_celery_beat.models import PeriodicTask
+            from monitoring.heartbeat import beat_alive_at
 
-            last = PeriodicTask.objects.exclude(last_run_at=None).order_by("-last_run_at").first()
+            last = beat_alive_at()
             if last is not None:
-                beat.add_metric([], last.last_run_at.timestamp())
+                beat.add_metric([], last)
         except Exception as exc:
             logger.warning("beat liveness unavailable: %s", type(exc).__name__)
         yield beat

@@ -2,8 +2,9 @@
 
 from typing import Any
 
-from celery.signals import task_postrun, task_prerun
+from celery.signals import beat_init, task_postrun, task_prerun
 
+from monitoring.heartbeat import start_beat_heartbeat
 from monitoring.logs import bind, unbind
 
 _tokens: dict[str, Any] = {}
@@ -20,3 +21,6 @@ def _unbind_task(task_id: str | None = None, **kwargs: Any) -> None:
     token = _tokens.pop(task_id, None) if task_id else None
     if token is not None:
         unbind(token)
+
+
+beat_init.connect(start_beat_heartbeat)

@@ -43,6 +43,25 @@ def test_ready_sees_a_live_worker_per_queue(client, transactional_db):
     assert groups["llm"]["llm_calls"] and groups["optimization"]["optimization"]
 
 
+def test_ready_sees_beat_alive(client, transactional_db, tmp_path):
+    from monitoring.heartbeat import BEAT_KEY, _client
+    from tests.worker.support import process_env, start_beat, stop, wait_for
+
+    _client().delete(BEAT_KEY)
+    assert client.get("/health/ready").json()["checks"]["beat"]["status"] == "error"
+    beat = start_beat(process_env(), tmp_path)
+    try:
+        wait_for(
+            lambda: client.get("/health/ready").json()["checks"]["beat"]["status"] == "ok",
+            60,
+            "beat heartbeat",
+        )
+    finally:
+        stop(beat)
+    metrics = client.get("/metrics").content.decode()
+    assert "dspex_beat_heartbeat_timestamp_seconds " in metrics
+
+
 def test_ready_answers_within_a_second_when_a_dependency_hangs(client, settings):
     import socket
     import time
