@@ -2,7 +2,8 @@
 
 Each named cache (`llm`, `embeddings`, `optimizations`) keeps, next to its entries:
 
-* `cache:{name}:lru`  sorted set: entry key -> last use (ms); the eviction order;
+* `cache:{name}:lru`  sorted set: entry key -> last-use sequence number (a counter in the stats
+  hash, not a clock: two uses in one millisecond must still be ordered); the eviction order;
 * `cache:{name}:exp`  sorted set: entry key -> expiry (ms), so expired entries leave the index;
 * `cache:{name}:meta` hash: entry key -> "size cost tokens" (bytes stored, USD and tokens a hit
   saves; cost "-" when unknown);
@@ -44,7 +45,7 @@ for i, v in ipairs(vals) do
   local k = KEYS[i + 4]
   if v then
     hits = hits + 1
-    redis.call('ZADD', KEYS[1], 'XX', ARGV[1], k)
+    redis.call('ZADD', KEYS[1], 'XX', redis.call('HINCRBY', KEYS[4], 'lru_seq', 1), k)
     local m = redis.call('HGET', KEYS[3], k)
     metas[i] = m or ''
     if m then
@@ -88,7 +89,7 @@ for i = 5, #KEYS do
   local v, m = ARGV[3 + (i - 4) * 2], ARGV[4 + (i - 4) * 2]
   forget(k)
   redis.call('SET', k, v, 'PX', ttl)
-  redis.call('ZADD', KEYS[1], now, k)
+  redis.call('ZADD', KEYS[1], redis.call('HINCRBY', KEYS[4], 'lru_seq', 1), k)
   redis.call('ZADD', KEYS[2], now + ttl, k)
   redis.call('HSET', KEYS[3], k, m)
   redis.call('HINCRBY', KEYS[4], 'bytes', #v)
