@@ -10,7 +10,8 @@ redis-server (broker and cache) and the Postgres backends connected to the bench
 Usage: `python bench/throughput.py [--n 3000] [--workers 2] [--concurrency 32] [--web-workers 2]
 [--clients 32] [--latency-ms 200] [--profile]` (needs Postgres; uses the `dspex_bench` database,
 created and migrated if missing, and starts its own redis-server on a free port).
-`--profile` also runs one worker under cProfile and prints where its CPU goes.
+`--profile N` instead runs N executions' API request and worker task in this process under
+cProfile and prints where their CPU goes.
 """
 
 import argparse
@@ -168,11 +169,11 @@ def main() -> None:
         [py, "-m", "gunicorn", "dspex_site.wsgi", "-b", f"127.0.0.1:{web_port}", "-k", "gthread", *web_args],
         env,
     )
-    for i in range(args.workers):
-        prefix = [py, "-m", "cProfile", "-o", str(tmp / "worker0.prof")] if args.profile and i == 0 else [py]
+    # Profiling runs both halves in this process: a worker would take the tasks it publishes.
+    for i in range(0 if args.profile else args.workers):
         procs[f"worker{i}"] = start(
             [
-                *prefix,
+                py,
                 "-m",
                 "celery",
                 "-A",
@@ -252,6 +253,7 @@ def profile(n: int, program_id: str, env: dict) -> None:
         print(f"\n== {name}: {cpu:.2f} ms CPU each (this process only; Postgres and Redis not included)")
         if step is None:
             print("outcomes:", {s: statuses.count(s) for s in set(statuses)})
+        prof.dump_stats(f"/tmp/prof-{name.split()[0]}.prof")
         pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
 

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import models
+from django.db import connections, models
 from django.utils import timezone
 
 
@@ -27,6 +27,34 @@ class ExecutionQuerySet(models.QuerySet):
             attempts=models.F("attempts") + 1,
         )
         return now if won == 1 else None
+
+    def claim_row(self, execution_id: uuid.UUID) -> "CognitiveExecution | None":
+        """`claim()` for the worker: the claimed row and its program's name come back from the
+        same statement (UPDATE … RETURNING), saving the read that would follow; None if another
+        caller won or the execution is no longer pending."""
+        from programs.models import CognitiveProgram
+
+        now = timezone.now()
+        quote = connections[self.db].ops.quote_name
+        table, programs = quote(self.model._meta.db_table), quote(CognitiveProgram._meta.db_table)
+        # Identifiers come from model metadata, quoted; every value is a parameter.
+        sql = (
+            f"WITH claimed AS (UPDATE {table} SET status = %s, started_at = %s, heartbeat_at = %s, "  # noqa: S608
+            "worker = %s, attempts = attempts + 1 WHERE id = %s AND status = %s RETURNING *) "
+            f"SELECT claimed.*, p.name AS program_name FROM claimed JOIN {programs} p "
+            "ON p.id = claimed.program_id"
+        )
+        params = [
+            CognitiveExecution.Status.RUNNING,
+            now,
+            now,
+            worker_name()[:200],
+            execution_id,
+            CognitiveExecution.Status.PENDING,
+        ]
+        # A RawQuerySet runs its statement once per iteration: iterate exactly once.
+        rows = list(self.model.objects.raw(sql, params).using(self.db))
+        return rows[0] if rows else None
 
     def heartbeat(self, ids: list) -> int:
         """Say the executions this process runs are alive (the reaper re-queues silent ones)."""

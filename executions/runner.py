@@ -197,18 +197,18 @@ def run_execution(execution: UUID | str | CognitiveExecution, *, retry: RetryPol
     layer's), a failure it wants retried puts the row back to `pending` and the outcome says
     when to run it again; without one (synchronous runs) every failure is final.
     """
-    execution_id = execution.id if isinstance(execution, CognitiveExecution) else execution
-    started_at = CognitiveExecution.objects.claim(execution_id)
-    if started_at is None:
-        return Outcome(CognitiveExecution.objects.get(id=execution_id), ran=False)
     if isinstance(execution, CognitiveExecution):
+        started_at = CognitiveExecution.objects.claim(execution.id)
+        if started_at is None:
+            return Outcome(CognitiveExecution.objects.get(id=execution.id), ran=False)
         execution.refresh_claimed(started_at)
+        program_name = execution.program.name
     else:
-        # Claimed: from here a database blip must not strand the row in `running`.
-        execution = _with_db_retry(
-            lambda: CognitiveExecution.objects.select_related("program").get(id=execution_id)
-        )
-    meta = {"program": execution.program.name}
+        execution_id, execution = execution, CognitiveExecution.objects.claim_row(execution)
+        if execution is None:
+            return Outcome(CognitiveExecution.objects.get(id=execution_id), ran=False)
+        program_name = execution.program_name
+    meta = {"program": program_name}
     with log_context(execution_id=execution.id, program_id=execution.program_id):
         telemetry.emit("execution.start", {}, meta)
         started = time.perf_counter()

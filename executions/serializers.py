@@ -45,11 +45,16 @@ class ExecutionSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class QueuedExecutionSerializer(serializers.ModelSerializer):
-    class Meta:
-        model = CognitiveExecution
-        fields = ["id", "status", "program", "program_version", "priority", "created_at"]
-        read_only_fields = fields
+class QueuedExecutionSerializer(serializers.Serializer):
+    """The 202 answer to a queued execute. Declared fields, not a ModelSerializer: it is on the
+    hottest path there is, and building a ModelSerializer's fields costs more than the rest."""
+
+    id = serializers.UUIDField(read_only=True)
+    status = serializers.ChoiceField(choices=CognitiveExecution.Status.choices, read_only=True)
+    program = serializers.UUIDField(source="program_id", read_only=True)
+    program_version = serializers.IntegerField(read_only=True)
+    priority = serializers.ChoiceField(choices=CognitiveExecution.Priority.choices, read_only=True)
+    created_at = serializers.DateTimeField(read_only=True)
 
 
 class BatchCreateSerializer(serializers.Serializer):

@@ -32,6 +32,10 @@ class ProgramViewSet(viewsets.ModelViewSet):
     filterset_class = ProgramFilter
     parser_classes = [LimitedJSONParser]
 
+    def filter_queryset(self, queryset: Any) -> Any:
+        # The filters select lists; a detail route (execute, the hot path) needs none of their work.
+        return queryset if self.detail else super().filter_queryset(queryset)
+
     def perform_create(self, serializer: ProgramSerializer) -> None:
         with transaction.atomic():
             program = serializer.save()

@@ -4,65 +4,16 @@ Tests run against the machine's real PostgreSQL (pytest-django creates `test_dsp
 (database 15, flushed per test so tests never see each other's cache entries).
 """
 
-import os
-import socket
-import subprocess
-import sys
-import time
+import shutil
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-import requests
 from django.core.cache import caches
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from bench.common import free_port, wait_http
 from programs.models import CognitiveProgram
-
-ROOT = Path(__file__).resolve().parent.parent
-
-
-class SimServer:
-    """A `manage.py simlm` process; `configure()` changes its fault injection at runtime."""
-
-    def __init__(self, proc: subprocess.Popen, port: int):
-        self.proc, self.port = proc, port
-        self.base_url = f"http://127.0.0.1:{port}/v1"
-
-    def configure(self, **config: object) -> None:
-        requests.post(f"http://127.0.0.1:{self.port}/_sim/config", json=config, timeout=5).raise_for_status()
-
-    def reset(self) -> None:
-        self.configure(
-            latency_ms=0,
-            error_rate=0,
-            rate_limit_rpm=0,
-            rate_limit_rate=0,
-            timeout_rate=0,
-            malformed_rate=0,
-            spike_rate=0,
-        )
-
-    def stats(self) -> dict:
-        return requests.get(f"http://127.0.0.1:{self.port}/_sim/stats", timeout=5).json()
-
-
-def start_simlm(*args: str) -> SimServer:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "manage.py", "simlm", "--host", "127.0.0.1", "--port", str(port), *args],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/health")
-    except RuntimeError:
-        proc.kill()
-        raise RuntimeError(f"simlm did not start: {proc.stderr.read().decode()[-2000:]}") from None
-    return SimServer(proc, port)
+from tests.support import RedisServer, SimServer, WorkerProcess, start_simlm, start_worker
 
 
 @pytest.fixture(scope="session")
@@ -131,87 +82,19 @@ def make_program(db: None):
     return make
 
 
-class WorkerProcess:
-    """A real `celery worker` subprocess on the test database and the tests' Redis."""
-
-    def __init__(self, proc: subprocess.Popen, name: str):
-        self.proc, self.name = proc, name
-
-    def stop(self, timeout: float = 20) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-    def kill(self) -> None:
-        """SIGKILL, as a crashed machine would."""
-        self.proc.kill()
-        self.proc.wait()
-
-
-def start_worker(
-    queues: str = "default,llm_calls,priority",
-    pool: str = "threads",
-    concurrency: int = 4,
-    env: dict | None = None,
-    name: str | None = None,
-) -> WorkerProcess:
-    """Start a Celery worker bound to the test database. Tests using it need `transactional_db`
-    (the worker only sees committed rows)."""
-    from django.db import connection
-
-    name = name or f"test-{free_port()}"
-    worker_env = {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": f"postgres://localhost:5432/{connection.settings_dict['NAME']}",
-        **(env or {}),
-    }
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "dspex_site",
-            "worker",
-            "-Q",
-            queues,
-            "-P",
-            pool,
-            "-c",
-            str(concurrency),
-            "-n",
-            f"{name}@%h",
-            "--without-mingle",
-            "--without-gossip",
-            "-l",
-            "WARNING",
-        ],
-        cwd=ROOT,
-        env=worker_env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    from dspex_site.celery import app
-
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        replies = app.control.ping(destination=[f"{name}@{socket.gethostname()}"], timeout=0.5) or []
-        if replies:
-            return WorkerProcess(proc, name)
-        if proc.poll() is not None:
-            raise RuntimeError(f"celery worker exited with {proc.returncode}")
-    proc.kill()
-    raise RuntimeError("celery worker did not answer a ping within 60 s")
-
-
 @pytest.fixture
 def worker(transactional_db: None) -> Iterator[WorkerProcess]:
     """A real Celery worker for the execution queues, stopped after the test."""
     proc = start_worker()
     yield proc
     proc.stop()
+
+
+@pytest.fixture
+def private_redis() -> Iterator[RedisServer]:
+    """A redis-server of the test's own on a free port: stopping or pausing it touches nothing else."""
+    if shutil.which("redis-server") is None:
+        pytest.fail("redis-server is required for the Redis fault tests")
+    server = RedisServer()
+    yield server
+    server.close()

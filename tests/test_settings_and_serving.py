@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from bench.common import free_port, wait_http
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 
 def django_check(env: dict) -> subprocess.CompletedProcess:

@@ -1,7 +1,6 @@
 """The console's manage.py commands: run, export/import, create an operator; all audited as "command"."""
 
 import json
-import os
 import subprocess
 import sys
 from io import StringIO
@@ -10,7 +9,6 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
-from django.db import connection
 from rest_framework.authtoken.models import Token
 
 from executions.models import CognitiveExecution
@@ -18,6 +16,7 @@ from monitoring.models import AuditEvent
 from optimization.models import OptimizationResult
 from programs.models import CognitiveProgram
 from programs.spec import compile_program
+from tests.support import process_env
 
 pytestmark = pytest.mark.django_db
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,16 +29,6 @@ PIPELINE = {
     "lm": {"model": "$var.model", "temperature": "$var.temperature"},
     "signature": "question -> answer",
 }
-
-
-def command_env() -> dict[str, str]:
-    """`manage.py` in a subprocess, on the test database (as tests/conftest.py starts workers)."""
-    name = connection.settings_dict["NAME"]
-    return {
-        **os.environ,
-        "DJANGO_SETTINGS_MODULE": "tests.settings",
-        "DATABASE_URL": f"postgres://localhost:5432/{name}",
-    }
 
 
 def optimized_state(pipeline: dict, variables: dict) -> dict:
@@ -76,7 +65,7 @@ def test_a_bad_input_exits_non_zero_with_a_clear_message():
         capture_output=True,
         text=True,
         timeout=120,
-        env=command_env(),
+        env=process_env(),
     )
     assert result.returncode != 0
     assert "Traceback" not in result.stderr

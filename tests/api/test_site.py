@@ -26,7 +26,7 @@ def test_ready_reports_each_dependency(client):
 
 
 def test_ready_sees_a_live_worker_per_queue(client, transactional_db):
-    from tests.conftest import start_worker
+    from tests.support import start_worker
 
     workers = [
         start_worker(queues="llm_calls,priority"),
@@ -45,7 +45,7 @@ def test_ready_sees_a_live_worker_per_queue(client, transactional_db):
 
 def test_ready_sees_beat_alive(client, transactional_db, tmp_path):
     from monitoring.heartbeat import BEAT_KEY, _client
-    from tests.worker.support import process_env, start_beat, stop, wait_for
+    from tests.support import process_env, start_beat, stop, wait_for
 
     _client().delete(BEAT_KEY)
     assert client.get("/health/ready").json()["checks"]["beat"]["status"] == "error"

@@ -9,7 +9,7 @@ from django.core.management import call_command
 from caching.tasks import embed_corpus, warm_embeddings
 from programs.models import Corpus, Document
 from programs.retrieval import corpora_needing_embeddings, retrieve, search
-from tests.conftest import ROOT, start_worker
+from tests.support import ROOT, start_worker
 
 HANDBOOK = ROOT / "programs" / "demo" / "handbook.jsonl"
 QUESTIONS = {

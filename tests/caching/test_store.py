@@ -8,7 +8,7 @@ import time
 import pytest
 
 from caching.registry import EMBEDDINGS, LLM
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 RECORD = {
     "_dspy_format": "dspy-lm15-result-v1",

@@ -10,7 +10,7 @@ import pytest
 from executions.models import CognitiveExecution
 from llm.simulated import SimEngine
 from optimization.models import OptimizationResult
-from tests.conftest import ROOT
+from tests.support import ROOT, process_env
 
 pytestmark = pytest.mark.django_db
 
@@ -139,7 +139,7 @@ def test_the_provider_key_is_never_stored(api, make_program, http_provider):
     assert "sk-test-not-a-real-key" not in json.dumps(body)
 
 
-def test_http_calls_stay_on_dspys_native_engine_without_litellm(simlm):
+def test_http_calls_stay_on_dspys_native_engine_without_litellm(db, simlm):
     """DSPY_NOTES: a setting lm15 cannot serve moves calls to litellm (~4 ms CPU each)."""
     code = f"""
 import sys, django
@@ -161,7 +161,7 @@ print("litellm imported:", "litellm" in sys.modules)
         capture_output=True,
         text=True,
         timeout=120,
-        env={**__import__("os").environ, "DJANGO_SETTINGS_MODULE": "tests.settings"},
+        env=process_env(),
     )
     assert result.returncode == 0, result.stderr
     assert "litellm imported: False" in result.stdout

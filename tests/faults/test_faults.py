@@ -12,8 +12,7 @@ import requests
 from executions.housekeeping import ensure_schedules
 from executions.models import CognitiveExecution
 from llm import resilience
-from tests.conftest import start_worker
-from tests.worker.support import RedisServer, process_env, sim_env, start_beat, stop, wait_for
+from tests.support import RedisServer, process_env, sim_env, start_beat, start_worker, stop, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from bench.common import free_port, wait_http
-from tests.conftest import ROOT, start_worker
+from tests.support import ROOT, process_env, start_worker
 
 pytestmark = pytest.mark.django_db
 
@@ -114,7 +114,6 @@ def test_metrics_can_be_limited_to_addresses(client, settings):
 @pytest.mark.e2e
 def test_web_and_worker_processes_appear_in_one_scrape(transactional_db, api, make_program, tmp_path):
     """prometheus_client multiprocess mode: gunicorn workers and a Celery worker share one scrape."""
-    from django.db import connection
     from rest_framework.authtoken.models import Token
 
     from executions.models import CognitiveExecution
@@ -139,12 +138,7 @@ def test_web_and_worker_processes_appear_in_one_scrape(transactional_db, api, ma
             "2",
         ],
         cwd=ROOT,
-        env={
-            **__import__("os").environ,
-            **env,
-            "DJANGO_SETTINGS_MODULE": "tests.settings",
-            "DATABASE_URL": f"postgres://localhost:5432/{connection.settings_dict['NAME']}",
-        },
+        env=process_env(**env),
         stdout=subprocess.DEVNULL,
         stderr=open(tmp_path / "web.log", "w"),  # noqa: SIM115 - read on failure
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 DOCKER = ROOT / "docker"
 promtool = pytest.mark.skipif(

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from monitoring.sentry import before_send
-from tests.conftest import start_worker
+from tests.support import start_worker
 
 FAKE_KEY = "sk-fake-provider-key-0123456789"
 

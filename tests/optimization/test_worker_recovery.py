@@ -8,7 +8,7 @@ from django.core.cache import caches
 
 from optimization.models import OptimizationRun
 from optimization.tasks import reap_stale_runs
-from tests.conftest import start_worker
+from tests.support import start_worker
 
 
 def kill_tree(worker) -> None:

@@ -21,7 +21,7 @@ from django.urls import reverse
 from executions.models import CognitiveExecution
 from llm import gateway
 from tests.monitoring.test_sentry import Receiver, events
-from tests.worker.support import process_env, sim_env, stop, wait_for
+from tests.support import process_env, sim_env, stop, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = f"sk-canary-{uuid.uuid4().hex}"

@@ -7,8 +7,7 @@ import pytest
 from django.core.management import call_command
 
 from executions.models import Batch, CognitiveExecution
-from tests.conftest import start_worker
-from tests.worker.support import sim_env, wait_for
+from tests.support import sim_env, start_worker, wait_for
 
 
 def create(api, program, **body):

@@ -9,8 +9,7 @@ import pytest
 
 from executions.housekeeping import ensure_schedules
 from executions.models import CognitiveExecution
-from tests.conftest import start_worker
-from tests.worker.support import process_env, sim_env, start_beat, stop, wait_for
+from tests.support import process_env, sim_env, start_beat, start_worker, stop, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

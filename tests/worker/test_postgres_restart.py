@@ -13,13 +13,13 @@ import pytest
 import requests
 from rest_framework.authtoken.models import Token
 
-from tests.conftest import start_worker
-from tests.worker.support import (
+from tests.support import (
     PostgresServer,
     database_url_of_tests,
     process_env,
     sim_env,
     start_web,
+    start_worker,
     stop,
     wait_for,
 )

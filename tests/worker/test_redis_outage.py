@@ -11,7 +11,7 @@ import requests
 from rest_framework.authtoken.models import Token
 
 from executions.models import CognitiveExecution
-from tests.worker.support import RedisServer, process_env, start_web, start_worker_process, stop, wait_for
+from tests.support import RedisServer, process_env, start_web, start_worker_process, stop, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

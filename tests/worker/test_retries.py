@@ -4,8 +4,7 @@ import pytest
 import requests
 
 from executions.models import CognitiveExecution
-from tests.conftest import start_worker
-from tests.worker.support import sim_env, wait_for
+from tests.support import sim_env, start_worker, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

@@ -1,4 +1,5 @@
-"""Helpers for the worker tests: polling with deadlines, and private Redis/beat/web processes.
+"""Helpers for tests that start processes: simlm, Celery workers, beat, gunicorn, private Redis
+and Postgres servers, and polling with deadlines.
 
 Fault tests never touch the machine's Redis (6379) or Postgres (5432): they start their own
 server on a free port and stop only that one.
@@ -6,6 +7,8 @@ server on a free port and stop only that one.
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -15,11 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import redis
+import requests
 from django.db import connection
 
 from bench.common import free_port, wait_http
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def spawn(argv: list[str], env: dict | None = None) -> subprocess.Popen:
+    """A background process in the project directory, its output discarded."""
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -63,7 +72,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
+        self.proc = spawn(
             [
                 "redis-server",
                 "--port",
@@ -74,15 +83,21 @@ class RedisServer:
                 "",
                 "--dir",
                 self.dir,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            ]
         )
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         wait_for(lambda: _pings(client), 10, f"redis-server on port {self.port}")
 
+    def pause(self) -> None:
+        """SIGSTOP: the port accepts connections but nothing answers (a stalled Redis)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a paused server cannot act on SIGTERM
             self.proc.terminate()
             self.proc.wait(timeout=10)
 
@@ -110,7 +125,7 @@ def process_env(**extra: str) -> dict:
 def start_beat(env: dict, workdir: Path) -> subprocess.Popen:
     """celery beat with the database scheduler, on the test database (its state file in `workdir`)."""
     schedule = workdir / "celerybeat-schedule"
-    return subprocess.Popen(
+    return spawn(
         [
             sys.executable,
             "-m",
@@ -125,17 +140,14 @@ def start_beat(env: dict, workdir: Path) -> subprocess.Popen:
             "-l",
             "WARNING",
         ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        env,
     )
 
 
 def start_web(env: dict) -> tuple[subprocess.Popen, str]:
     """gunicorn serving the API on the test database; returns (process, base URL)."""
     port = free_port()
-    proc = subprocess.Popen(
+    proc = spawn(
         [
             sys.executable,
             "-m",
@@ -150,10 +162,7 @@ def start_web(env: dict) -> tuple[subprocess.Popen, str]:
             "--threads",
             "4",
         ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        env,
     )
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/health/live", timeout=60)
@@ -177,12 +186,9 @@ def start_worker_process(
     the test process's own broker, so it cannot start one on a private Redis)."""
     name = f"private-{free_port()}@%h"
     args = ["worker", "-Q", queues, "-P", "threads", "-c", str(concurrency), "-n", name]
-    return subprocess.Popen(
+    return spawn(
         [sys.executable, "-m", "celery", "-A", "dspex_site", *args, "--without-mingle", "--without-gossip"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        env,
     )
 
 
@@ -244,3 +250,113 @@ class PostgresServer:
             self._ctl("stop", "-m", "immediate")
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class SimServer:
+    """A `manage.py simlm` process; `configure()` changes its fault injection at runtime."""
+
+    def __init__(self, proc: subprocess.Popen, port: int):
+        self.proc, self.port = proc, port
+        self.base_url = f"http://127.0.0.1:{port}/v1"
+
+    def configure(self, **config: object) -> None:
+        requests.post(f"http://127.0.0.1:{self.port}/_sim/config", json=config, timeout=5).raise_for_status()
+
+    def reset(self) -> None:
+        self.configure(
+            latency_ms=0,
+            error_rate=0,
+            rate_limit_rpm=0,
+            rate_limit_rate=0,
+            timeout_rate=0,
+            malformed_rate=0,
+            spike_rate=0,
+        )
+
+    def stats(self) -> dict:
+        return requests.get(f"http://127.0.0.1:{self.port}/_sim/stats", timeout=5).json()
+
+
+def start_simlm(*args: str) -> SimServer:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "simlm", "--host", "127.0.0.1", "--port", str(port), *args],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+    except RuntimeError:
+        proc.kill()
+        raise RuntimeError(f"simlm did not start: {proc.stderr.read().decode()[-2000:]}") from None
+    return SimServer(proc, port)
+
+
+class WorkerProcess:
+    """A real `celery worker` subprocess on the test database and the tests' Redis."""
+
+    def __init__(self, proc: subprocess.Popen, name: str):
+        self.proc, self.name = proc, name
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed machine would."""
+        self.proc.kill()
+        self.proc.wait()
+
+
+def start_worker(
+    queues: str = "default,llm_calls,priority",
+    pool: str = "threads",
+    concurrency: int = 4,
+    env: dict | None = None,
+    name: str | None = None,
+) -> WorkerProcess:
+    """Start a Celery worker bound to the test database. Tests using it need `transactional_db`
+    (the worker only sees committed rows)."""
+
+    name = name or f"test-{free_port()}"
+    worker_env = process_env(**(env or {}))
+    proc = spawn(
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "dspex_site",
+            "worker",
+            "-Q",
+            queues,
+            "-P",
+            pool,
+            "-c",
+            str(concurrency),
+            "-n",
+            f"{name}@%h",
+            "--without-mingle",
+            "--without-gossip",
+            "-l",
+            "WARNING",
+        ],
+        worker_env,
+    )
+    from dspex_site.celery import app
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        replies = app.control.ping(destination=[f"{name}@{socket.gethostname()}"], timeout=0.5) or []
+        if replies:
+            return WorkerProcess(proc, name)
+        if proc.poll() is not None:
+            raise RuntimeError(f"celery worker exited with {proc.returncode}")
+    proc.kill()
+    raise RuntimeError("celery worker did not answer a ping within 60 s")
