@@ -253,7 +253,6 @@ def profile(n: int, program_id: str, env: dict) -> None:
         print(f"\n== {name}: {cpu:.2f} ms CPU each (this process only; Postgres and Redis not included)")
         if step is None:
             print("outcomes:", {s: statuses.count(s) for s in set(statuses)})
-        prof.dump_stats(f"/tmp/prof-{name.split()[0]}.prof")
         pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
 
