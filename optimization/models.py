@@ -206,6 +206,25 @@ class OptimizationRun(models.Model):
     def is_finished(self) -> bool:
         return self.status in self.FINISHED
 
+    @classmethod
+    def sync_program_status(cls, program_id: uuid.UUID) -> None:
+        """An active program reads `optimizing` while one of its runs is in progress (running, or
+        released for another attempt after its worker died), and `active` again once none is.
+        Drafts and archived programs keep their status; each direction is one conditional UPDATE."""
+        from programs.models import CognitiveProgram
+
+        in_progress = cls.objects.filter(program_id=models.OuterRef("id")).filter(
+            Q(status=cls.Status.RUNNING) | Q(status=cls.Status.PENDING, attempts__gt=0)
+        )
+        programs = CognitiveProgram.objects.filter(id=program_id)
+        Status = CognitiveProgram.Status
+        programs.filter(status=Status.ACTIVE).filter(models.Exists(in_progress)).update(
+            status=Status.OPTIMIZING
+        )
+        programs.filter(status=Status.OPTIMIZING).exclude(models.Exists(in_progress)).update(
+            status=Status.ACTIVE
+        )
+
     def beat(self, attempt: int, progress: dict[str, Any]) -> bool:
         """Write progress and heartbeat; False when the run is no longer ours (cancelled or taken over)."""
         return (
@@ -230,6 +249,7 @@ class OptimizationRun(models.Model):
             id=self.id, status__in=[self.Status.PENDING, self.Status.RUNNING]
         ).update(status=self.Status.CANCELLED, finished_at=timezone.now(), message="Cancelled by request.")
         self.refresh_from_db()
+        OptimizationRun.sync_program_status(self.program_id)
         return updated == 1
 
 

@@ -140,10 +140,12 @@ def run_optimization(run_id: Any) -> OptimizationRun | None:
         functools.partial(_beat, run, attempt), monitor, _setting("DSPEX_OPTIMIZATION_HEARTBEAT_S", 2.0)
     )
     heartbeat.start()
+    OptimizationRun.sync_program_status(run.program_id)
     try:
         Optimization(run, attempt, monitor).execute()
     finally:
         heartbeat.stop()
+        OptimizationRun.sync_program_status(run.program_id)
     run.refresh_from_db()
     return run
 

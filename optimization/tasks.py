@@ -47,6 +47,7 @@ def reap_stale_runs() -> int:
                 message=f"Worker lost on attempt {run.attempts} of {run.max_attempts}; giving up.",
                 error={"type": "worker_lost", "message": "no heartbeat"},
             )
+            OptimizationRun.sync_program_status(run.program_id)
             continue
         # Back to pending (still conditional on the stale heartbeat): the next claim is then
         # decided by the row, not by each worker's own idea of "stale".

@@ -80,6 +80,13 @@ class ProgramForm(forms.ModelForm):
         value = self.cleaned_data.get("variables")
         return {} if value in (None, "") else value
 
+    def clean_status(self) -> str:
+        status = self.cleaned_data["status"]
+        problem = self.instance.status_change_error(status)
+        if problem:
+            raise forms.ValidationError(problem)
+        return status
+
     def clean(self) -> dict[str, Any]:
         data = super().clean()
         if "pipeline" in data and "variables" in data:

@@ -86,6 +86,16 @@ class CognitiveProgram(models.Model):
     def spec_errors(self) -> list[SpecError]:
         return validate_program(self.pipeline, self.variables)
 
+    def status_change_error(self, status: str) -> str | None:
+        """Why `status` cannot be chosen by a person, if it cannot: `optimizing` is the service's
+        to set (while an optimization of the program runs), never a person's."""
+        if status == self.Status.OPTIMIZING and (self._state.adding or self.status != status):
+            return (
+                "'optimizing' is set by the service while an optimization runs; "
+                "choose draft, active or archived."
+            )
+        return None
+
     @property
     def is_runnable(self) -> bool:
         return self.status != self.Status.ARCHIVED

@@ -56,6 +56,10 @@ class ProgramSerializer(serializers.ModelSerializer):
         errors = validate_program(pipeline, variables)
         if errors:
             raise ProgramSpecError(errors)
+        if "status" in attrs:
+            problem = (instance or CognitiveProgram()).status_change_error(attrs["status"])
+            if problem:
+                raise serializers.ValidationError({"status": [problem]})
         return attrs
 
 

@@ -163,3 +163,18 @@ def test_a_version_that_no_longer_validates_is_not_restored(superuser_client, ma
     assert "does not validate" in response.content.decode()
     program.refresh_from_db()
     assert program.pipeline == {"signature": "question -> reply"}
+
+
+def test_operators_cannot_set_optimizing_but_can_save_a_program_that_is(superuser_client, make_program):
+    program = make_program("qa")
+    response = superuser_client.post(change_url(program), form(status="optimizing"))
+    assert response.status_code == 200
+    assert "set by the service while an optimization runs" in response.content.decode()
+    program.refresh_from_db()
+    assert program.status == "active"
+    # A program the service marked `optimizing` can still be edited with its status unchanged.
+    CognitiveProgram.objects.filter(id=program.id).update(status="optimizing")
+    response = superuser_client.post(change_url(program), form(status="optimizing", description="edited"))
+    assert response.status_code == 302
+    program.refresh_from_db()
+    assert (program.status, program.description) == ("optimizing", "edited")

@@ -4,6 +4,7 @@ import dspy
 
 from llm.simulated import sim_lm
 from optimization import runner
+from optimization.models import OptimizationRun
 from programs.spec import compile_program
 
 SPLIT = {"seed": 0, "dev_fraction": 0.5}
@@ -134,3 +135,72 @@ def test_the_optimize_command_shows_a_progress_bar(classifier, tickets, capsys, 
     )
     out = capsys.readouterr().out
     assert "[" in out and "] 1/1" in out and "succeeded: baseline=" in out
+
+
+def test_a_program_reads_optimizing_while_a_run_runs_then_active(api, classifier, tickets, monkeypatch):
+    seen = []
+    prepare = runner.Optimization.prepare
+
+    def observed(self):
+        seen.append(type(classifier).objects.get(id=classifier.id).status)
+        prepare(self)
+
+    monkeypatch.setattr(runner.Optimization, "prepare", observed)
+    run = optimize(api, classifier, tickets, "LabeledFewShot", {"k": 2})
+    assert run.status == "succeeded"
+    assert seen == ["optimizing"]
+    assert api.get(f"/api/v1/programs/{classifier.id}/").json()["status"] == "active"
+    # Executions still run while a program is being optimized.
+    classifier.status = "optimizing"
+    classifier.save(update_fields=["status"])
+    body = {"input": {"ticket": "My invoice is wrong"}, "wait": True}
+    assert api.post(f"/api/v1/programs/{classifier.id}/execute/", body, format="json").status_code == 200
+
+
+def test_a_failed_run_and_a_cancelled_run_put_the_program_back(api, classifier, tickets):
+    run = running_run(classifier, tickets)
+    classifier.refresh_from_db()
+    assert classifier.status == "optimizing"
+    # The worker died and the reaper released the run for another attempt: still in progress.
+    OptimizationRun.objects.filter(id=run.id).update(status="pending")
+    OptimizationRun.sync_program_status(classifier.id)
+    classifier.refresh_from_db()
+    assert classifier.status == "optimizing"
+    assert api.post(f"/api/v1/optimizations/{run.id}/cancel/").status_code == 200
+    classifier.refresh_from_db()
+    assert classifier.status == "active"
+
+
+def test_drafts_stay_drafts_and_nobody_sets_optimizing_by_hand(api, classifier, tickets):
+    classifier.status = "draft"
+    classifier.save(update_fields=["status"])
+    running_run(classifier, tickets)
+    classifier.refresh_from_db()
+    assert classifier.status == "draft"
+    response = api.patch(f"/api/v1/programs/{classifier.id}/", {"status": "optimizing"}, format="json")
+    assert response.status_code == 400
+    assert [e["path"] for e in response.json()["errors"]] == ["status"]
+    assert "set by the service" in response.json()["errors"][0]["message"]
+    classifier.refresh_from_db()
+    assert classifier.status == "draft"
+    created = api.post(
+        "/api/v1/programs/",
+        {"name": "born-optimizing", "pipeline": {"signature": "q -> a"}, "status": "optimizing"},
+        format="json",
+    )
+    assert created.status_code == 400 and created.json()["errors"][0]["path"] == "status"
+
+
+def running_run(program, dataset) -> OptimizationRun:
+    """A run as a worker holds it (claimed, first attempt), with the program's status synced."""
+    run = OptimizationRun.objects.create(
+        program=program,
+        program_version=program.version,
+        dataset=dataset,
+        optimizer="LabeledFewShot",
+        metric="exact_match",
+        status="running",
+        attempts=1,
+    )
+    OptimizationRun.sync_program_status(program.id)
+    return run
