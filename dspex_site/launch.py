@@ -18,7 +18,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 BASE_DIR = Path(__file__).resolve().parent.parent
-VAR_DIR = BASE_DIR / "var"
+VAR_DIR = Path(os.environ.get("DSPEX_VAR_DIR") or BASE_DIR / "var")  # as settings.VAR_DIR
 PY = sys.executable
 
 
@@ -28,7 +28,7 @@ def say(message: str) -> None:
 
 def secret_key_file() -> Path:
     """A per-checkout secret key kept under var/ (0600), so sessions survive restarts."""
-    VAR_DIR.mkdir(exist_ok=True)
+    VAR_DIR.mkdir(parents=True, exist_ok=True)
     path = VAR_DIR / "secret_key"
     if not path.exists():
         path.write_text(secrets.token_urlsafe(50))
@@ -103,8 +103,18 @@ def worker_commands(env: dict) -> dict[str, list[str]]:
 
 
 def start(name: str, cmd: list[str], env: dict) -> subprocess.Popen:
+    # A session of its own: Ctrl-C in the terminal (or a TERM to the whole group) reaches this
+    # launcher only, which then stops each process once. A second signal in the middle of a
+    # Celery shutdown kills the worker outright or, seen with beat, hangs it.
     proc = subprocess.Popen(
-        cmd, cwd=BASE_DIR, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        cmd,
+        cwd=BASE_DIR,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        start_new_session=True,
     )
     threading.Thread(target=pipe_output, args=(name, proc), daemon=True).start()
     return proc
@@ -155,9 +165,12 @@ def main() -> int:
             procs.append(start(name, command, env))
     say(f"DSPex is serving on http://{host}:{port}/ (admin: /admin/, API docs: /api/docs/). Ctrl-C stops it.")
 
+    stopping: set[int] = set()
+
     def stop(*_: object) -> None:
         for proc in procs:
-            if proc.poll() is None:
+            if proc.poll() is None and proc.pid not in stopping:
+                stopping.add(proc.pid)
                 proc.terminate()
 
     signal.signal(signal.SIGTERM, stop)
