@@ -19,7 +19,7 @@ from django.utils import timezone
 
 from executions.models import Batch, CognitiveExecution
 from programs.models import CognitiveProgram
-from programs.spec import ProgramSpecError, SpecError, resolve_variables
+from programs.spec import ProgramSpecError, SpecError
 from programs.spec.inputs import check_inputs
 from programs.spec.validate import analyze
 
@@ -84,15 +84,10 @@ def create_batch(
 ) -> Batch:
     """Validate and store a batch with one pending execution per input; dispatch on commit
     (unless the caller runs the items itself: `dspex_batch --in-process`)."""
-    from executions.runner import ProgramNotRunnable
+    from executions.runner import prepare_run
 
-    if not program.is_runnable:
-        raise ProgramNotRunnable(f"Program '{program.name}' is archived and cannot be executed.")
-    errors = program.spec_errors()
-    if errors:
-        raise ProgramSpecError(errors)
+    run = prepare_run(program, variables, use_cache)
     cleaned = validate_batch_inputs(program, inputs)
-    resolved = resolve_variables(program.variables, variables or {})
     owner = user if getattr(user, "is_authenticated", False) else None
     with transaction.atomic():
         batch = Batch.objects.create(
@@ -109,9 +104,9 @@ def create_batch(
                     program_version=program.version,
                     optimization_result_id=program.active_result_id,
                     input=item,
-                    variables=resolved,
+                    variables=run.variables,
                     priority=priority,
-                    use_cache=use_cache,
+                    use_cache=run.use_cache,
                     batch=batch,
                     batch_index=index,
                     created_by=owner,

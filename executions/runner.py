@@ -73,6 +73,32 @@ def create_execution(
     Raises ProgramNotRunnable (archived) or ProgramSpecError with `input.*` / `variables.*` paths;
     nothing is written unless everything is valid.
     """
+    run = prepare_run(program, variables, use_cache)
+    cleaned = validate_inputs(program.pipeline, input_data)
+    return CognitiveExecution.objects.create(
+        program=program,
+        program_version=program.version,
+        optimization_result_id=program.active_result_id,
+        input=cleaned,
+        variables=run.variables,
+        priority=priority,
+        use_cache=run.use_cache,
+        batch=batch,
+        queued_at=timezone.now(),
+        created_by=user if getattr(user, "is_authenticated", False) else None,
+    )
+
+
+@dataclass
+class RunSettings:
+    variables: dict
+    use_cache: bool
+
+
+def prepare_run(program: CognitiveProgram, variables: Any, use_cache: bool) -> RunSettings:
+    """What every new execution of a program needs before it is stored, one or a batch of them:
+    the program may run now (not archived, a valid spec, within its spend limits), its variable
+    values, and whether its policy lets it use the LLM cache."""
     if not program.is_runnable:
         raise ProgramNotRunnable(f"Program '{program.name}' is archived and cannot be executed.")
     errors = program.spec_errors()
@@ -82,25 +108,13 @@ def create_execution(
         from programs.spec import SpecError
 
         raise ProgramSpecError([SpecError("variables", "must be an object of variable overrides")])
-    cleaned = validate_inputs(program.pipeline, input_data)
     # An applied variable-search result sets the program's variable values; the request's own
     # overrides still win.
     tuned = program.active_result.variables if program.active_result_id and program.active_result else {}
     resolved = resolve_variables(program.variables, {**(tuned or {}), **(variables or {})})
     # Spend limits (llm.budgets): refuse new work with `budget_exceeded` (HTTP 402) once reached.
     budgets.check(providers=budgets.program_providers(program), program_id=program.id)
-    return CognitiveExecution.objects.create(
-        program=program,
-        program_version=program.version,
-        optimization_result_id=program.active_result_id,
-        input=cleaned,
-        variables=resolved,
-        priority=priority,
-        use_cache=use_cache and ProgramCachePolicy.allows_llm_cache(program.id),
-        batch=batch,
-        queued_at=timezone.now(),
-        created_by=user if getattr(user, "is_authenticated", False) else None,
-    )
+    return RunSettings(resolved, use_cache and ProgramCachePolicy.allows_llm_cache(program.id))
 
 
 @functools.lru_cache(maxsize=256)

@@ -128,3 +128,40 @@ def test_dspex_batch_command_writes_results_in_input_order(make_program, tmp_pat
     assert [line["input"]["question"] for line in lines] == [f"what is {i} + {i}?" for i in range(12)]
     assert all(line["status"] == "succeeded" for line in lines)
     assert "12/12" in err.getvalue()  # the progress bar reached the end
+
+
+@pytest.mark.django_db
+def test_batch_items_get_what_a_single_execute_gets(api, make_program, settings):
+    """Applied variable-search values, the program's cache policy and its spend limit apply to a
+    batch exactly as to `execute`."""
+    from caching.models import ProgramCachePolicy
+    from llm import budgets
+    from optimization.models import OptimizationResult
+
+    variables = {"temperature": {"type": "float", "default": 0.0, "min": 0, "max": 1}}
+    program = make_program(
+        pipeline={"lm": {"model": "sim/default", "temperature": "$var.temperature"}, "signature": "q -> a"},
+        variables=variables,
+    )
+    program.active_result = OptimizationResult.objects.create(
+        program=program,
+        program_version=1,
+        optimizer_type="VariableSearch",
+        parameters={},
+        variables={"temperature": 0.7},
+    )
+    program.save()
+    ProgramCachePolicy.objects.create(program=program, llm_cache=False)
+    response = create(api, program, inputs=[{"q": "one"}, {"q": "two"}], cache=True)
+    assert response.status_code == 202, response.json()
+    items = CognitiveExecution.objects.filter(batch_id=response.json()["id"])
+    single = api.post(f"/api/v1/programs/{program.id}/execute/", {"input": {"q": "solo"}}, format="json")
+    expected = CognitiveExecution.objects.values("variables", "use_cache").get(id=single.json()["id"])
+    assert expected == {"variables": {"temperature": 0.7}, "use_cache": False}
+    assert list(items.values("variables", "use_cache")) == [expected, expected]
+
+    settings.DSPEX_BUDGETS = {"programs": {str(program.id): {"daily": 0.0}}}
+    budgets.invalidate()
+    refused = create(api, program, inputs=[{"q": "over budget"}])
+    assert (refused.status_code, refused.json()["code"]) == (402, "budget_exceeded")
+    assert CognitiveExecution.objects.filter(program=program).count() == 3  # nothing written
