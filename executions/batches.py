@@ -99,18 +99,7 @@ def create_batch(
         )
         CognitiveExecution.objects.bulk_create(
             (
-                CognitiveExecution(
-                    program=program,
-                    program_version=program.version,
-                    optimization_result_id=program.active_result_id,
-                    input=item,
-                    variables=run.variables,
-                    priority=priority,
-                    use_cache=run.use_cache,
-                    batch=batch,
-                    batch_index=index,
-                    created_by=owner,
-                )
+                run.execution(item, priority=priority, user=owner, batch=batch, batch_index=index)
                 for index, item in enumerate(cleaned)
             ),
             batch_size=1000,

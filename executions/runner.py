@@ -75,24 +75,31 @@ def create_execution(
     """
     run = prepare_run(program, variables, use_cache)
     cleaned = validate_inputs(program.pipeline, input_data)
-    return CognitiveExecution.objects.create(
-        program=program,
-        program_version=program.version,
-        optimization_result_id=program.active_result_id,
-        input=cleaned,
-        variables=run.variables,
-        priority=priority,
-        use_cache=run.use_cache,
-        batch=batch,
-        queued_at=timezone.now(),
-        created_by=user if getattr(user, "is_authenticated", False) else None,
-    )
+    execution = run.execution(cleaned, priority=priority, user=user, batch=batch, queued_at=timezone.now())
+    execution.save(force_insert=True)
+    return execution
 
 
 @dataclass
 class RunSettings:
+    program: CognitiveProgram
     variables: dict
     use_cache: bool
+
+    def execution(self, input_data: dict, *, priority: str, user: Any, **fields: Any) -> CognitiveExecution:
+        """An unsaved pending execution of the program's current version, with these settings."""
+        program = self.program
+        return CognitiveExecution(
+            program=program,
+            program_version=program.version,
+            optimization_result_id=program.active_result_id,
+            input=input_data,
+            variables=self.variables,
+            priority=priority,
+            use_cache=self.use_cache,
+            created_by=user if getattr(user, "is_authenticated", False) else None,
+            **fields,
+        )
 
 
 def prepare_run(program: CognitiveProgram, variables: Any, use_cache: bool) -> RunSettings:
@@ -114,7 +121,7 @@ def prepare_run(program: CognitiveProgram, variables: Any, use_cache: bool) -> R
     resolved = resolve_variables(program.variables, {**(tuned or {}), **(variables or {})})
     # Spend limits (llm.budgets): refuse new work with `budget_exceeded` (HTTP 402) once reached.
     budgets.check(providers=budgets.program_providers(program), program_id=program.id)
-    return RunSettings(resolved, use_cache and ProgramCachePolicy.allows_llm_cache(program.id))
+    return RunSettings(program, resolved, use_cache and ProgramCachePolicy.allows_llm_cache(program.id))
 
 
 @functools.lru_cache(maxsize=256)
