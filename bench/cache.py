@@ -33,7 +33,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dspex_site.settings")
 os.environ.setdefault("DJANGO_DEBUG", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from bench.common import free_port, wait_http  # noqa: E402
+from bench.common import free_port, server_env, start_web, wait_http  # noqa: E402
 from bench.sync_overhead import percentile, postgres_cpu_s, tree_cpu_s  # noqa: E402
 
 QUESTION = {"question": "What does a fully cached execution cost?"}
@@ -92,27 +92,6 @@ def setup_objects() -> tuple[str, str]:
     return token.key, str(program.id)
 
 
-def start_web(base_url: str, workers: int) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "DJANGO_DEBUG": "0",
-        # Plain http on loopback and no per-token throttle: a load benchmark, not a deployment.
-        "DJANGO_HTTPS": "0",
-        "DSPEX_API_THROTTLE_RATE": "",
-        "DJANGO_SECRET_KEY": "bench-" + "k" * 50,
-        "DSPEX_LM": "openai/gpt-4o-mini",
-        "DSPEX_LM_API_BASE": base_url,
-        "DSPEX_LM_API_KEY": "sk-bench",
-        "LOG_LEVEL": "WARNING",
-    }
-    command = [sys.executable, "-m", "gunicorn", "dspex_site.wsgi", "-b", f"127.0.0.1:{port}"]
-    command += ["-w", str(workers), "-k", "gthread", "--threads", "4"]
-    web = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_http(f"http://127.0.0.1:{port}/health/live", timeout=60)
-    return web, port
-
-
 def caller(port: int, token: str, program_id: str) -> Callable[[], dict]:
     session = requests.Session()
     session.headers["Authorization"] = f"Token {token}"
@@ -169,7 +148,7 @@ def main() -> None:
     web = None
     try:
         wait_http(f"http://127.0.0.1:{sim_port}/health")
-        web, port = start_web(f"http://127.0.0.1:{sim_port}/v1", args.workers)
+        web, port = start_web(server_env(f"http://127.0.0.1:{sim_port}/v1"), args.workers)
         call = caller(port, token, program_id)
         call()  # the one real LM call; everything after it is a cache hit
         for _ in range(50):

@@ -30,7 +30,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dspex_site.settings")
 os.environ.setdefault("DJANGO_DEBUG", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from bench.common import free_port, wait_http  # noqa: E402
+from bench.common import free_port, server_env, start_web, wait_http  # noqa: E402
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -102,41 +102,8 @@ def setup_django_objects() -> tuple[str, str]:
 
 def bench_dspex(base_url: str, n: int, model: str) -> dict:
     token, program_id = setup_django_objects()
-    port = free_port()
-    env = {
-        **os.environ,
-        "DJANGO_DEBUG": "0",
-        # Plain http on loopback and no per-token throttle: a load benchmark, not a deployment.
-        "DJANGO_HTTPS": "0",
-        "DSPEX_API_THROTTLE_RATE": "",
-        "DJANGO_SECRET_KEY": "bench-" + "k" * 50,
-        "DSPEX_LM": model,
-        "DSPEX_LM_API_BASE": base_url,
-        "DSPEX_LM_API_KEY": "sk-bench",
-        "LOG_LEVEL": "WARNING",
-    }
-    web = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "dspex_site.wsgi",
-            "-b",
-            f"127.0.0.1:{port}",
-            "-w",
-            "1",
-            "-k",
-            "gthread",
-            "--threads",
-            "4",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    web, port = start_web(server_env(base_url, model))
     try:
-        wait_http(f"http://127.0.0.1:{port}/health/live", timeout=60)
         session = requests.Session()
         session.headers["Authorization"] = f"Token {token}"
         url = f"http://127.0.0.1:{port}/api/v1/programs/{program_id}/execute/"

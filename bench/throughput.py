@@ -38,7 +38,7 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "bench-" + "k" * 50)
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("DJANGO_HTTPS", "0")  # plain http on 127.0.0.1
 
-from bench.common import free_port, wait_http  # noqa: E402
+from bench.common import free_port, server_env, wait_http  # noqa: E402
 
 
 def cpu_s(procs: list[psutil.Process]) -> float:
@@ -133,19 +133,9 @@ def main() -> None:
         {},
     )
     token, program_id = setup(redis_url)
-    env = {
-        **os.environ,
-        "DJANGO_DEBUG": "0",
-        # Plain http on loopback and no per-token throttle: a load benchmark, not a deployment.
-        "DJANGO_HTTPS": "0",
-        "DSPEX_API_THROTTLE_RATE": "",
-        "REDIS_URL": redis_url,
-        "DSPEX_LM": "openai/sim-default",
-        "DSPEX_LM_API_BASE": f"http://127.0.0.1:{sim_port}/v1",
-        "DSPEX_LM_API_KEY": "sk-bench",
-        "LOG_LEVEL": "WARNING",
-        "LOG_JSON": "0",
-    }
+    env = server_env(
+        f"http://127.0.0.1:{sim_port}/v1", "openai/sim-default", REDIS_URL=redis_url, LOG_JSON="0"
+    )
     py = sys.executable
     procs["simlm"] = start(
         [

@@ -9,10 +9,11 @@ from django.http import HttpRequest
 from caching import operations
 from caching.models import NamedCache, ProgramCachePolicy
 from caching.registry import CACHES
+from dspex_site.console import ReadOnlyAdmin
 
 
 @admin.register(NamedCache)
-class NamedCacheAdmin(admin.ModelAdmin):
+class NamedCacheAdmin(ReadOnlyAdmin):
     """One row per cache with its shared counters; purge is for holders of `purge_namedcache`."""
 
     list_display = [
@@ -73,15 +74,6 @@ class NamedCacheAdmin(admin.ModelAdmin):
 
     def has_purge_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm("caching.purge_namedcache")
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 @admin.register(ProgramCachePolicy)

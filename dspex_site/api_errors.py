@@ -8,8 +8,9 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
+from django.db.models import Model, QuerySet
 from django.http import Http404
-from rest_framework import exceptions, status
+from rest_framework import exceptions, serializers, status
 from rest_framework.parsers import JSONParser
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -25,6 +26,25 @@ class APIError(exceptions.APIException):
         self.status_code = status_code
         self.error_code = code
         self.errors = errors or []
+
+
+def referenced_row(queryset: QuerySet, pk: Any, *, path: str, code: str, detail: str, problem: str) -> Model:
+    """The row a request body names by id at `path`, or a 400 pointing at that path."""
+    row = queryset.filter(id=pk).first()
+    if row is None:
+        raise APIError(status.HTTP_400_BAD_REQUEST, code, detail, [{"path": path, "message": problem}])
+    return row
+
+
+class StrictSerializer(serializers.Serializer):
+    """Refuses unknown body fields, so a typo is an error rather than a silent default."""
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
+        return super().to_internal_value(data)
 
 
 class PayloadTooLarge(APIError):

@@ -11,6 +11,7 @@ from django.http import HttpRequest
 from django.urls import reverse
 from django.utils.html import format_html
 
+from dspex_site.console import ReadOnlyAdmin
 from executions.models import Batch, CognitiveExecution
 
 # A message longer than this is shown collapsed, with its first line as the summary.
@@ -142,7 +143,7 @@ class CreatedFilter(admin.DateFieldListFilter):
 
 
 @admin.register(CognitiveExecution)
-class ExecutionAdmin(admin.ModelAdmin):
+class ExecutionAdmin(ReadOnlyAdmin):
     """Read-only: executions are written by the runner only."""
 
     list_display = [
@@ -201,15 +202,6 @@ class ExecutionAdmin(admin.ModelAdmin):
         ),
     ]
     readonly_fields = [name for _, options in fieldsets for name in options["fields"]]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
         queryset = super().get_queryset(request)
@@ -299,17 +291,8 @@ class ExecutionAdmin(admin.ModelAdmin):
 
 
 @admin.register(Batch)
-class BatchAdmin(admin.ModelAdmin):
+class BatchAdmin(ReadOnlyAdmin):
     list_display = ["id", "program", "created_at", "cancelled_at"]
     list_select_related = ["program"]
     list_filter = ["program"]
     show_full_result_count = False
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False

@@ -12,7 +12,7 @@ from rest_framework.parsers import JSONParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from dspex_site.api_errors import APIError, LimitedJSONParser, PayloadTooLarge
+from dspex_site.api_errors import APIError, LimitedJSONParser, PayloadTooLarge, referenced_row
 from executions import batches
 from executions.filters import ExecutionFilter
 from executions.models import Batch, CognitiveExecution
@@ -80,14 +80,14 @@ class BatchViewSet(viewsets.GenericViewSet):
         body = BatchCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        program = CognitiveProgram.objects.filter(id=data["program"]).first()
-        if program is None:
-            raise APIError(
-                status.HTTP_400_BAD_REQUEST,
-                "invalid",
-                f"No program {data['program']}.",
-                [{"path": "program", "message": "no such program"}],
-            )
+        program = referenced_row(
+            CognitiveProgram.objects.all(),
+            data["program"],
+            path="program",
+            code="invalid",
+            detail=f"No program {data['program']}.",
+            problem="no such program",
+        )
         inputs = batches.parse_jsonl(data["file"]) if "file" in data else data["inputs"]
         try:
             batch = batches.create_batch(

@@ -12,6 +12,7 @@ from django.utils.html import format_html
 from rest_framework.authtoken.admin import TokenAdmin as DRFTokenAdmin
 from rest_framework.authtoken.models import TokenProxy
 
+from dspex_site.console import ReadOnlyAdmin
 from monitoring import audit
 from monitoring.models import AuditEvent
 from programs.models import CognitiveProgram
@@ -58,7 +59,7 @@ post_migrate.connect(sync_console_groups, dispatch_uid="dspex-console-groups")
 
 
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(ReadOnlyAdmin):
     """Read-only for everyone, superusers included: the trail is append-only."""
 
     list_display = ["created_at", "who", "action", "target", "origin", "change"]
@@ -80,15 +81,6 @@ class AuditEventAdmin(admin.ModelAdmin):
         "changes_json",
     ]
     readonly_fields = fields
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
     def get_actions(self, request: HttpRequest) -> dict:
         return {}

@@ -11,7 +11,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from dspex_site.api_errors import APIError, LimitedJSONParser
+from dspex_site.api_errors import APIError, LimitedJSONParser, referenced_row
 from monitoring import audit
 from optimization import datasets, results, runner, schedules
 from optimization.models import Dataset, OptimizationResult, OptimizationRun, OptimizationSchedule
@@ -100,14 +100,14 @@ class OptimizeView(APIView):
         body = OptimizeSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        dataset = Dataset.objects.filter(id=data["dataset"]).first()
-        if dataset is None:
-            raise APIError(
-                status.HTTP_400_BAD_REQUEST,
-                "unknown_dataset",
-                f"No dataset {data['dataset']}.",
-                [{"path": "dataset", "message": "no such dataset"}],
-            )
+        dataset = referenced_row(
+            Dataset.objects.all(),
+            data["dataset"],
+            path="dataset",
+            code="unknown_dataset",
+            detail=f"No dataset {data['dataset']}.",
+            problem="no such dataset",
+        )
         try:
             with transaction.atomic():
                 run = runner.create_run(
@@ -143,16 +143,14 @@ class RollbackView(APIView):
         body.is_valid(raise_exception=True)
         result = None
         if body.validated_data["result"] is not None:
-            result = OptimizationResult.objects.filter(
-                id=body.validated_data["result"], program=program
-            ).first()
-            if result is None:
-                raise APIError(
-                    status.HTTP_400_BAD_REQUEST,
-                    "unknown_result",
-                    "Not a result of this program.",
-                    [{"path": "result", "message": "not a result of this program"}],
-                )
+            result = referenced_row(
+                OptimizationResult.objects.filter(program=program),
+                body.validated_data["result"],
+                path="result",
+                code="unknown_result",
+                detail="Not a result of this program.",
+                problem="not a result of this program",
+            )
         apply_or_409(program, result, request)
         return Response({"program": str(program.id), "active_result": str(result.id) if result else None})
 

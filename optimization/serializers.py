@@ -4,19 +4,9 @@ from typing import Any
 
 from rest_framework import serializers
 
+from dspex_site.api_errors import StrictSerializer
 from optimization.models import Dataset, OptimizationResult, OptimizationRun, OptimizationSchedule
 from optimization.optimizers import OPTIMIZERS
-
-
-class StrictSerializer(serializers.Serializer):
-    """Refuses unknown body fields, so a typo is an error rather than a silent default."""
-
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-        return super().to_internal_value(data)
 
 
 class ExampleRowSerializer(serializers.Serializer):

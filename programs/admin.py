@@ -18,6 +18,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
+from dspex_site.console import ReadOnlyAdmin
 from executions import runner
 from executions.admin import summary, trace_rows
 from executions.models import CognitiveExecution
@@ -517,22 +518,13 @@ def _ago(at: Any) -> str:
 
 
 @admin.register(ProgramVersion)
-class ProgramVersionAdmin(admin.ModelAdmin):
+class ProgramVersionAdmin(ReadOnlyAdmin):
     """Read-only: versions are snapshots written by the program's save()."""
 
     list_display = ["program", "version", "created_by", "created_at"]
     list_select_related = ["program", "created_by"]
     list_filter = ["program"]
     search_fields = ["program__name"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
 
 
 # --- Retrieval corpora (owned by the caching/retrieval work; kept as one separate block) ------

@@ -4,6 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from dspex_site.api_errors import StrictSerializer
 from programs.models import CognitiveProgram
 from programs.spec import ProgramSpecError, program_input_fields, program_output_fields, validate_program
 
@@ -63,7 +64,7 @@ class ProgramSerializer(serializers.ModelSerializer):
         return attrs
 
 
-class ExecuteSerializer(serializers.Serializer):
+class ExecuteSerializer(StrictSerializer):
     """Body of POST /programs/{id}/execute/."""
 
     input = serializers.JSONField(help_text='The program\'s input fields, e.g. {"question": "..."}.')
@@ -71,10 +72,3 @@ class ExecuteSerializer(serializers.Serializer):
     wait = serializers.BooleanField(default=False, help_text="Run in the request and return the result.")
     priority = serializers.ChoiceField(choices=["normal", "high"], default="normal")
     cache = serializers.BooleanField(default=True, help_text="Use the LLM response cache.")
-
-    def to_internal_value(self, data: Any) -> dict[str, Any]:
-        if isinstance(data, dict):
-            unknown = sorted(set(data) - set(self.fields))
-            if unknown:
-                raise serializers.ValidationError({name: ["Unknown field."] for name in unknown})
-        return super().to_internal_value(data)

@@ -22,6 +22,7 @@ import requests
 from django.db import connection
 
 from bench.common import free_port, wait_http
+from bench.common import start_web as bench_start_web
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -146,27 +147,8 @@ def start_beat(env: dict, workdir: Path) -> subprocess.Popen:
 
 def start_web(env: dict) -> tuple[subprocess.Popen, str]:
     """gunicorn serving the API on the test database; returns (process, base URL)."""
-    port = free_port()
-    proc = spawn(
-        [
-            sys.executable,
-            "-m",
-            "gunicorn",
-            "dspex_site.wsgi",
-            "-b",
-            f"127.0.0.1:{port}",
-            "-k",
-            "gthread",
-            "-w",
-            "1",
-            "--threads",
-            "4",
-        ],
-        env,
-    )
-    base = f"http://127.0.0.1:{port}"
-    wait_http(f"{base}/health/live", timeout=60)
-    return proc, base
+    proc, port = bench_start_web(env)
+    return proc, f"http://127.0.0.1:{port}"
 
 
 def stop(proc: subprocess.Popen) -> None:
