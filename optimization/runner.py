@@ -1,6 +1,6 @@
 """The optimization workflow: create a run, then claim it and optimize (baseline, compile, score, save).
 
-A run is claimed by one worker at a time (conditional UPDATE, see RunQuerySet.claim). Every LM
+A run is claimed by one worker at a time (conditional UPDATE, dspex_site.jobs). Every LM
 call goes through the gateway with the LLM cache on, and every source of randomness is seeded,
 so an attempt that restarts after its worker died sends the same requests again and the finished
 ones are replayed from the cache instead of being paid for twice.
