@@ -19,6 +19,7 @@ A model opts in by subclassing `Job` (fields and fenced writes) with a `JobQuery
 overriding the few hooks that differ (its claimable rows, its attempt limit, how it is published).
 """
 
+import functools
 import logging
 import os
 import socket
@@ -67,28 +68,15 @@ class JobQuerySet(models.QuerySet):
         parameters, for a caller that reads the claimed row in the same round trip (a CTE).
 
         Built from the same `claim_values` as `claim()`; only models whose claim writes plain values
-        (plus `attempts + 1`) can use it."""
-        model = self.model
-        now = timezone.now()
-        quote = connections[self.db].ops.quote_name
-        assignments, params = [], []
-        for name, value in model.claim_values(now).items():
-            column = quote(model._meta.get_field(name).column)
-            if name == "attempts":
-                assignments.append(f"{column} = {column} + 1")
-                continue
+        (plus `attempts + 1`) can use it. The statement's text is built once per model and
+        database: this is the worker's hot path."""
+        values = self.model.claim_values(timezone.now())
+        values.pop("attempts")
+        for name, value in values.items():
             if hasattr(value, "resolve_expression"):
-                raise TypeError(f"{model.__name__}.claim_values: {name} is an expression")
-            assignments.append(f"{column} = %s")
-            params.append(value)
-        table, pk_column = quote(model._meta.db_table), quote(model._meta.pk.column)
-        status = quote(model._meta.get_field("status").column)
-        # Identifiers come from model metadata, quoted; every value is a parameter.
-        sql = (
-            f"UPDATE {table} SET {', '.join(assignments)} "  # noqa: S608
-            f"WHERE {pk_column} = %s AND {status} = %s RETURNING *"
-        )
-        return sql, [*params, pk, PENDING]
+                raise TypeError(f"{self.model.__name__}.claim_values: {name} is an expression")
+        sql = _claim_sql(self.model, self.db, tuple(values))
+        return sql, [*values.values(), pk, PENDING]
 
     def stale(self, stale_after_s: float, now: datetime | None = None) -> "JobQuerySet":
         """Running rows whose heartbeat is older than `stale_after_s`: their worker is gone."""
@@ -104,6 +92,20 @@ class JobQuerySet(models.QuerySet):
         if not held_q:
             return 0
         return self.filter(held_q, status=RUNNING).update(heartbeat_at=timezone.now())
+
+
+@functools.cache
+def _claim_sql(model: type["Job"], db: str, names: tuple[str, ...]) -> str:
+    quote = connections[db].ops.quote_name
+    column = {name: quote(model._meta.get_field(name).column) for name in (*names, "attempts", "status")}
+    assignments = [f"{column[name]} = %s" for name in names]
+    assignments.append(f"{column['attempts']} = {column['attempts']} + 1")
+    table, pk_column = quote(model._meta.db_table), quote(model._meta.pk.column)
+    # Identifiers come from model metadata, quoted; every value is a parameter.
+    return (
+        f"UPDATE {table} SET {', '.join(assignments)} "  # noqa: S608
+        f"WHERE {pk_column} = %s AND {column['status']} = %s RETURNING *"
+    )
 
 
 class Job(models.Model):
