@@ -295,8 +295,11 @@ class Heartbeat:
         with self._lock:
             self._held[id(holding)] = holding
             model = type(job)
-            if model not in self._due:
-                self._due[model] = time.monotonic() + model.heartbeat_every_s()
+            # A new row is beaten within one interval (as the setting says now, which may have
+            # changed since this model's last beat was planned).
+            due = time.monotonic() + model.heartbeat_every_s()
+            if due < self._due.get(model, float("inf")):
+                self._due[model] = due
                 self._wake.set()
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._loop, name="dspex-heartbeat", daemon=True)

@@ -1,6 +1,7 @@
 """The one job lifecycle (dspex_site.jobs) as both job models use it: claim, fenced writes, the
 process heartbeat and the reaper."""
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -157,3 +158,27 @@ def test_the_reaper_does_not_undo_a_worker_that_came_back(make_program, settings
     loaded.__dict__["_fence_also"] = {"heartbeat_at__lt": ago(30)}
     assert loaded.release(loaded.lost_error(30)) is False
     assert CognitiveExecution.objects.get(id=row.id).status == "running"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_heartbeat_thread_beats_a_new_row_within_its_current_interval(make_program, settings):
+    settings.DSPEX_OPTIMIZATION_HEARTBEAT_S = 300
+    program = make_program()
+    beat = jobs.Heartbeat()
+    slow, fast = run(program), run(program)
+    beats: list = []
+    slow.hold(OptimizationRun.objects.claim(slow.id))
+    first = beat.hold(slow)
+    settings.DSPEX_OPTIMIZATION_HEARTBEAT_S = 0.2  # e.g. changed by a test or an operator
+    fast.hold(OptimizationRun.objects.claim(fast.id))
+    OptimizationRun.objects.filter(id__in=[slow.id, fast.id]).update(heartbeat_at=ago(60))
+    second = beat.hold(fast, on_beat=lambda: beats.append(fast.id))
+    try:
+        deadline = time.monotonic() + 10
+        while len(beats) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(beats) >= 2  # beaten by the thread, not 300 s later
+        assert not OptimizationRun.objects.filter(heartbeat_at__lt=ago(5)).exists()  # both rows
+    finally:
+        beat.release(first)
+        beat.release(second)
