@@ -158,6 +158,10 @@ class Job(models.Model):
         """Remember the claim this instance runs under (reloading the row never changes it)."""
         self.__dict__["_claim_token"] = token
 
+    def fence_also(self, **conditions: Any) -> None:
+        """Narrow this instance's fence further (the reaper: only while the heartbeat is still stale)."""
+        self.__dict__["_fence_also"] = conditions
+
     def fenced(self) -> models.QuerySet:
         """This run's row, only while it is running under this run's claim (and, for the reaper,
         only while its heartbeat is still stale)."""
@@ -225,7 +229,7 @@ def reap_lost(model: type[Job], now: datetime | None = None) -> int:
     cutoff = (now or timezone.now()) - timedelta(seconds=stale_s)
     requeued = 0
     for job in model.objects.stale(stale_s, now):
-        job.__dict__["_fence_also"] = {"heartbeat_at__lt": cutoff}
+        job.fence_also(heartbeat_at__lt=cutoff)
         error = job.lost_error(stale_s)
         if job.attempts >= job.attempt_limit():
             job.give_up(error)

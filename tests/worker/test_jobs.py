@@ -155,7 +155,7 @@ def test_the_reaper_does_not_undo_a_worker_that_came_back(make_program, settings
     row = execution(program, status="running", attempts=1, started_at=ago(60), heartbeat_at=ago(40))
     loaded = CognitiveExecution.objects.stale(30).get(id=row.id)
     CognitiveExecution.objects.filter(id=row.id).update(heartbeat_at=timezone.now())  # it beat just now
-    loaded.__dict__["_fence_also"] = {"heartbeat_at__lt": ago(30)}
+    loaded.fence_also(heartbeat_at__lt=ago(30))
     assert loaded.release(loaded.lost_error(30)) is False
     assert CognitiveExecution.objects.get(id=row.id).status == "running"
 
