@@ -1,5 +1,5 @@
-"""Celery tasks of the caching app (routes in dspex_site.celery: `caching.embed*` and
-`caching.warm*` run on the `embeddings` queue). Thin: load by id, call the runner."""
+"""Celery tasks of the caching app (queues, limits and retries in dspex_site.celery.TASKS: both
+run on the `embeddings` queue). Thin: load by id, call the runner."""
 
 import logging
 
@@ -8,14 +8,7 @@ from celery import shared_task
 logger = logging.getLogger(__name__)
 
 
-@shared_task(
-    name="caching.embed_corpus",
-    bind=True,
-    acks_late=True,
-    max_retries=3,
-    soft_time_limit=3300,
-    time_limit=3600,
-)
+@shared_task(name="caching.embed_corpus", bind=True, acks_late=True)
 def embed_corpus(self, corpus_id: int) -> int:
     """Embed a corpus' new and changed documents, reporting progress as task state."""
     from programs.models import Corpus
@@ -35,7 +28,7 @@ def embed_corpus(self, corpus_id: int) -> int:
         raise self.retry(exc=exc, countdown=30) from exc
 
 
-@shared_task(name="caching.warm_embeddings", soft_time_limit=240, time_limit=300)
+@shared_task(name="caching.warm_embeddings")
 def warm_embeddings() -> int:
     """Beat: queue embedding of every corpus with new or changed documents."""
     from programs.retrieval import corpora_needing_embeddings

@@ -1,15 +1,20 @@
-"""The one Celery app, configured from Django settings (CELERY_ namespace).
+"""The one Celery app, configured from Django settings (CELERY_ namespace), and its wiring.
 
-Queue names live in `Queue` so producers, routes and the Procfile agree on them. Time limits
-are explicit per task (`task_annotations`), and the broker's visibility timeout is longer than
-the longest hard limit (4 h optimizations), so Redis never re-delivers a task that is still
-running. Recovery from a killed worker therefore does not wait for the visibility timeout: the
-execution rows carry heartbeats and `executions.reap` re-queues the ones whose worker went
-silent (README "Background work").
+Queue names live in `Queue` so producers, routes and the Procfile agree on them. `TASKS` is the
+one table of every task: its queue, its soft and hard time limits and, for periodic ones, its beat
+schedule. Routes (`task_routes`) and limits (`task_annotations`) are derived from it here; the beat
+rows are synced from it by `dspex_site.beat.sync_schedules` (after every `migrate`, and by
+`manage.py dspex_schedules`). The broker's visibility timeout is longer than the longest hard
+limit (4 h optimizations), so Redis never re-delivers a task that is still running. Recovery from
+a killed worker therefore does not wait for the visibility timeout: job rows carry heartbeats and
+the reapers re-queue the ones whose worker went silent (dspex_site.jobs).
 """
 
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from celery import Celery
 from kombu import Queue as KombuQueue
@@ -58,24 +63,82 @@ OPTIMIZATION_HARD_LIMIT_S = 4 * 3600
 # surely gone; earlier recovery is the reaper's job.
 VISIBILITY_TIMEOUT_S = OPTIMIZATION_HARD_LIMIT_S + 3600
 
+
+@dataclass(frozen=True)
+class Every:
+    """A beat interval: `seconds`, or the name of the setting that holds them (read at sync time)."""
+
+    seconds: float = 0
+    setting: str = ""
+
+
+@dataclass(frozen=True)
+class Cron:
+    """A beat crontab, UTC."""
+
+    minute: str
+    hour: str = "*"
+    day_of_month: str = "*"
+    month_of_year: str = "*"
+    day_of_week: str = "*"
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """How one task runs: its queue, soft/hard time limits (s), other task options, and its beat
+    schedule (`schedule_name` is the beat row's name, kept stable across releases)."""
+
+    queue: Queue
+    soft_s: int
+    hard_s: int
+    schedule: Every | Cron | None = None
+    schedule_name: str = ""
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _execution_limit_s() -> int:
+    # Read from the environment like settings.DSPEX_EXECUTION_TIME_LIMIT_S: this module is
+    # imported while the settings module itself is still loading.
+    return env_int("DSPEX_EXECUTION_TIME_LIMIT_S", 300)
+
+
+# Every task of the project. The thread pool cannot enforce time limits, so for executions the
+# same limit is also enforced by the reaper (executions.reap), whatever the pool. Periodic tasks
+# that recover or clean up run on `cleanup`, so they run even when every other worker is busy.
+TASKS: dict[str, Wiring] = {
+    "executions.run": Wiring(Queue.LLM_CALLS, _execution_limit_s(), _execution_limit_s() + 60),
+    "executions.dispatch_batch": Wiring(Queue.DEFAULT, 50, 60),
+    "executions.reap": Wiring(
+        Queue.CLEANUP, 50, 60, Every(setting="DSPEX_REAP_INTERVAL_S"), "dspex: reap stuck executions"
+    ),
+    "executions.prune": Wiring(Queue.CLEANUP, 240, 300, Cron("17"), "dspex: prune old executions"),
+    "executions.analyze": Wiring(Queue.CLEANUP, 540, 600, Cron("40", "3"), "dspex: analyze big tables"),
+    "optimization.run": Wiring(
+        Queue.OPTIMIZATION,
+        OPTIMIZATION_HARD_LIMIT_S - 300,
+        OPTIMIZATION_HARD_LIMIT_S,
+        options={"max_retries": 2},
+    ),
+    "optimization.reap_stale": Wiring(
+        Queue.CLEANUP, 50, 60, Every(30), "optimization: re-queue runs of lost workers"
+    ),
+    # A schedule's tick only creates (or skips) a run, quickly: on `default`, not behind 4-hour
+    # runs. Its beat rows are made per OptimizationSchedule (optimization.schedules).
+    "optimization.scheduled": Wiring(Queue.DEFAULT, 300, 360),
+    "caching.embed_corpus": Wiring(Queue.EMBEDDINGS, 3300, 3600, options={"max_retries": 3}),
+    "caching.warm_embeddings": Wiring(Queue.EMBEDDINGS, 240, 300, Every(600), "dspex: warm embeddings"),
+    "monitoring.rollup": Wiring(Queue.CLEANUP, 50, 60, Every(60), "dspex: usage rollups"),
+    "monitoring.selftest_error": Wiring(Queue.DEFAULT, 10, 20),
+}
+
 app = Celery("dspex")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_default_queue = Queue.DEFAULT.value
 app.conf.task_queues = [KombuQueue(q.value, routing_key=q.value) for q in Queue]
-app.conf.task_routes = {
-    "executions.run": {"queue": Queue.LLM_CALLS.value},
-    # Specific optimization housekeeping first: routes match in order.
-    "optimization.reap*": {"queue": Queue.CLEANUP.value},
-    "optimization.scheduled": {"queue": Queue.DEFAULT.value},
-    "optimization.*": {"queue": Queue.OPTIMIZATION.value},
-    "caching.embed*": {"queue": Queue.EMBEDDINGS.value},
-    "caching.warm*": {"queue": Queue.EMBEDDINGS.value},
-    "*.prune*": {"queue": Queue.CLEANUP.value},
-    "*.reap*": {"queue": Queue.CLEANUP.value},
-    "*.analyze*": {"queue": Queue.CLEANUP.value},
-    "caching.trim*": {"queue": Queue.CLEANUP.value},
-    "caching.snapshot*": {"queue": Queue.CLEANUP.value},
-    "monitoring.rollup": {"queue": Queue.CLEANUP.value},
+app.conf.task_routes = {name: {"queue": wiring.queue.value} for name, wiring in TASKS.items()}
+app.conf.task_annotations = {
+    name: {"soft_time_limit": wiring.soft_s, "time_limit": wiring.hard_s, **wiring.options}
+    for name, wiring in TASKS.items()
 }
 app.conf.broker_transport_options = {
     "visibility_timeout": VISIBILITY_TIMEOUT_S,
@@ -89,32 +152,17 @@ app.conf.task_publish_retry_policy = {
     "interval_step": 0.2,
     "interval_max": 0.5,
 }
-
-
-def _limits(soft: int, hard: int, **extra: object) -> dict:
-    return {"soft_time_limit": soft, "time_limit": hard, **extra}
-
-
-def _execution_limits() -> dict:
-    # Read from the environment like settings.DSPEX_EXECUTION_TIME_LIMIT_S: this module is
-    # imported while the settings module itself is still loading.
-    limit = env_int("DSPEX_EXECUTION_TIME_LIMIT_S", 300)
-    return _limits(limit, limit + 60)
-
-
-# Explicit limits per task. The thread pool cannot enforce time limits, so for executions the
-# same limit is also enforced by the reaper (executions.reap), whatever the pool.
-app.conf.task_annotations = {
-    "executions.run": _execution_limits(),
-    "executions.reap": _limits(50, 60),
-    "executions.prune": _limits(240, 300),
-    "executions.analyze": _limits(540, 600),
-    "executions.dispatch_batch": _limits(50, 60),
-    "optimization.run": _limits(
-        OPTIMIZATION_HARD_LIMIT_S - 300, OPTIMIZATION_HARD_LIMIT_S, max_retries=2, acks_late=True
-    ),
-}
 app.autodiscover_tasks()
+
+
+def publish(name: str, *args: Any, queue: str | None = None, countdown: float | None = None) -> None:
+    """Publish task `name` from domain code, which never imports a tasks module (tasks import the
+    domain, not the reverse). Through the registered task, so the embedded mode's eager setting
+    applies; raises kombu's OperationalError when the broker is unreachable, after about a second."""
+    if name not in app.tasks:
+        app.loader.import_default_modules()  # autodiscovery: registers every app's tasks module
+    options: dict[str, Any] = {"queue": queue} if queue else {}
+    app.tasks[name].apply_async(args=list(args), countdown=countdown or None, **options)
 
 
 # Every worker reports which queues it serves (readiness, queues dashboard): monitoring.heartbeat.

@@ -18,6 +18,7 @@ from django.db.models import Count, Q
 from django.utils import timezone
 
 from executions.models import Batch, CognitiveExecution
+from executions.runner import prepare_run
 from programs.models import CognitiveProgram
 from programs.spec import ProgramSpecError, SpecError
 from programs.spec.inputs import check_inputs
@@ -84,8 +85,6 @@ def create_batch(
 ) -> Batch:
     """Validate and store a batch with one pending execution per input; dispatch on commit
     (unless the caller runs the items itself: `dspex_batch --in-process`)."""
-    from executions.runner import prepare_run
-
     run = prepare_run(program, variables, use_cache)
     cleaned = validate_batch_inputs(program, inputs)
     owner = user if getattr(user, "is_authenticated", False) else None
@@ -118,8 +117,6 @@ def _lock(batch_id: Any) -> None:
 
 def dispatch(batch_id: Any) -> int:
     """Publish the next items of a batch until `concurrency` are in flight; how many were published."""
-    from executions.tasks import enqueue_execution
-
     with transaction.atomic():
         _lock(batch_id)
         batch = Batch.objects.filter(id=batch_id, cancelled_at__isnull=True).first()
@@ -137,7 +134,7 @@ def dispatch(batch_id: Any) -> int:
         CognitiveExecution.objects.filter(id__in=[i for i, _ in chosen]).update(queued_at=timezone.now())
     for position, (execution_id, priority) in enumerate(chosen):
         try:
-            enqueue_execution(CognitiveExecution(id=execution_id, priority=priority))
+            CognitiveExecution(id=execution_id, priority=priority).publish()
         except Exception:
             # Broker down: give the rest back, so the next dispatch (or the reaper) publishes them.
             rest = [i for i, _ in chosen[position:]]

@@ -1,7 +1,5 @@
 """Executions: one run of one program version on one input, with its full trace."""
 
-import os
-import socket
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -10,68 +8,40 @@ from django.conf import settings
 from django.db import connections, models
 from django.utils import timezone
 
+from dspex_site.celery import Queue
+from dspex_site.jobs import Job, JobQuerySet
 
-class ExecutionQuerySet(models.QuerySet):
-    def claim(self, execution_id: uuid.UUID) -> datetime | None:
-        """Move a pending execution to running; the start time only for the one caller that won.
 
-        A conditional UPDATE rather than read-then-write, so a redelivered task or a second
-        worker can never run the same execution twice at the same time.
-        """
-        now = timezone.now()
-        won = self.filter(id=execution_id, status=CognitiveExecution.Status.PENDING).update(
-            status=CognitiveExecution.Status.RUNNING,
-            started_at=now,
-            heartbeat_at=now,
-            worker=worker_name()[:200],
-            attempts=models.F("attempts") + 1,
-        )
-        return now if won == 1 else None
-
+class ExecutionQuerySet(JobQuerySet):
     def claim_row(self, execution_id: uuid.UUID) -> "CognitiveExecution | None":
         """`claim()` for the worker: the claimed row and its program's name come back from the
-        same statement (UPDATE … RETURNING), saving the read that would follow; None if another
-        caller won or the execution is no longer pending."""
+        same statement (the claim's UPDATE … RETURNING in a CTE), saving the read that would
+        follow; None if another caller won or the execution is no longer pending."""
         from programs.models import CognitiveProgram
 
-        now = timezone.now()
-        quote = connections[self.db].ops.quote_name
-        table, programs = quote(self.model._meta.db_table), quote(CognitiveProgram._meta.db_table)
-        # Identifiers come from model metadata, quoted; every value is a parameter.
+        claim, params = self.claim_statement(execution_id)
+        programs = connections[self.db].ops.quote_name(CognitiveProgram._meta.db_table)
         sql = (
-            f"WITH claimed AS (UPDATE {table} SET status = %s, started_at = %s, heartbeat_at = %s, "  # noqa: S608
-            "worker = %s, attempts = attempts + 1 WHERE id = %s AND status = %s RETURNING *) "
-            f"SELECT claimed.*, p.name AS program_name FROM claimed JOIN {programs} p "
-            "ON p.id = claimed.program_id"
+            f"WITH claimed AS ({claim}) SELECT claimed.*, p.name AS program_name "  # noqa: S608
+            f"FROM claimed JOIN {programs} p ON p.id = claimed.program_id"
         )
-        params = [
-            CognitiveExecution.Status.RUNNING,
-            now,
-            now,
-            worker_name()[:200],
-            execution_id,
-            CognitiveExecution.Status.PENDING,
-        ]
         # A RawQuerySet runs its statement once per iteration: iterate exactly once.
         rows = list(self.model.objects.raw(sql, params).using(self.db))
-        return rows[0] if rows else None
-
-    def heartbeat(self, ids: list) -> int:
-        """Say the executions this process runs are alive (the reaper re-queues silent ones)."""
-        if not ids:
-            return 0
-        return self.filter(id__in=ids, status=CognitiveExecution.Status.RUNNING).update(
-            heartbeat_at=timezone.now()
-        )
+        if not rows:
+            return None
+        rows[0].hold(rows[0].started_at)
+        return rows[0]
 
 
-def worker_name() -> str:
-    """Which process holds an execution: host and pid (operators read it; nothing parses it)."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+class CognitiveExecution(Job):
+    """One execution of a program. `trace` lists module and LM-call entries (docs/architecture.md).
 
+    A job (dspex_site.jobs): claimed by one worker, every later write fenced by its claim's
+    `started_at`, kept alive by the process heartbeat, recovered by `executions.reap`.
+    """
 
-class CognitiveExecution(models.Model):
-    """One execution of a program. `trace` lists module and LM-call entries (DESIGN.md)."""
+    TASK = "executions.run"
+    NOUN = "execution"
 
     class Status(models.TextChoices):
         PENDING = "pending"
@@ -102,7 +72,6 @@ class CognitiveExecution(models.Model):
     duration_ms = models.PositiveIntegerField(null=True, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
     error = models.JSONField(null=True, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
     priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.NORMAL)
     use_cache = models.BooleanField(default=True)
     batch = models.ForeignKey(
@@ -112,14 +81,10 @@ class CognitiveExecution(models.Model):
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(default=timezone.now)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
     # Background runs: `queued_at` is when the last task message was published (null: a batch
-    # item not dispatched yet); `heartbeat_at`/`worker` let the reaper tell a live run from one
-    # whose worker died; `errors` keeps every failed attempt, `error` only the final one.
+    # item not dispatched yet); `errors` keeps every failed attempt, `error` only the final one.
+    # `attempts`, `worker`, `heartbeat_at`, `started_at`, `finished_at` come from Job.
     queued_at = models.DateTimeField(null=True, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    worker = models.CharField(max_length=200, blank=True, default="")
     errors = models.JSONField(default=list, blank=True, help_text="Every failed attempt, oldest first.")
     batch_index = models.PositiveIntegerField(null=True, blank=True)
 
@@ -151,12 +116,36 @@ class CognitiveExecution(models.Model):
         self.status = self.Status.RUNNING
         self.attempts += 1
         self.started_at = started_at
+        self.hold(started_at)
 
-    def _mine(self) -> models.QuerySet:
-        """This run's row, fenced by its claim: `started_at` is unique per claim, so a worker the
-        reaper gave up on can never overwrite the run that replaced it."""
-        running = CognitiveExecution.objects.filter(id=self.id, status=self.Status.RUNNING)
-        return running.filter(started_at=self.started_at)
+    # --- job hooks (dspex_site.jobs) ------------------------------------------------------------
+    @classmethod
+    def heartbeat_every_s(cls) -> float:
+        return settings.DSPEX_HEARTBEAT_S
+
+    @classmethod
+    def stale_after_s(cls) -> float:
+        return settings.DSPEX_HEARTBEAT_STALE_S
+
+    @classmethod
+    def overdue_after_s(cls) -> float:
+        return settings.DSPEX_EXECUTION_TIME_LIMIT_S + 60
+
+    def overdue_message(self) -> str:
+        return f"The execution ran longer than its {settings.DSPEX_EXECUTION_TIME_LIMIT_S} s time limit."
+
+    def attempt_limit(self) -> int:
+        return settings.DSPEX_MAX_ATTEMPTS
+
+    def queue_name(self) -> str:
+        return Queue.PRIORITY if self.priority == self.Priority.HIGH else Queue.LLM_CALLS
+
+    def release(self, error: dict) -> bool:
+        return self.requeue_after_failure(error, 0, spend_attempt=True)
+
+    def give_up(self, error: dict) -> bool:
+        self.finish(self.Status.FAILED, error=error)
+        return self.status == self.Status.FAILED
 
     def finish(self, status: str, *, output: Any = None, error: dict | None = None, **fields: Any) -> None:
         """Record the outcome of a run; only the run holding the claim can finish it."""
@@ -164,7 +153,7 @@ class CognitiveExecution(models.Model):
         values = {"status": status, "output": output, "error": error, "finished_at": now, **fields}
         if error is not None:
             values["errors"] = [*self.errors, self._stamped(error)]
-        if self._mine().update(**values):
+        if self.fenced().update(**values):
             for key, value in values.items():
                 setattr(self, key, value)
         else:
@@ -187,7 +176,7 @@ class CognitiveExecution(models.Model):
         }
         if not spend_attempt:
             values["attempts"] = models.F("attempts") - 1
-        if not self._mine().update(**values):
+        if not self.fenced().update(**values):
             self.refresh_from_db()
             return False
         self.refresh_from_db()

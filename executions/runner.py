@@ -8,7 +8,6 @@ gateway LM and a TraceRecorder, and records output, trace, metrics, duration and
 
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,12 +15,12 @@ from typing import Any
 from uuid import UUID
 
 import dspy
-from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 from django.utils import timezone
 
 from caching.models import ProgramCachePolicy
 from caching.optimizations import optimization_state
+from dspex_site.jobs import heartbeat
 from executions.models import CognitiveExecution
 from executions.tracing import ExecutionCancelled, TraceRecorder, jsonable
 from llm import budgets, gateway, resilience
@@ -163,54 +162,6 @@ def _cancel_checker(execution_id: UUID, started_at: Any = None, every_s: float =
     return check
 
 
-class Heartbeat:
-    """Keeps the `heartbeat_at` of the executions this process is running fresh.
-
-    One daemon thread per process, started with the first run; one UPDATE per interval for all
-    of them. A run whose heartbeat goes stale (its process was killed) is re-queued by the
-    reaper long before the broker's 5 h visibility timeout would bring its message back.
-    """
-
-    def __init__(self) -> None:
-        self._ids: dict[UUID | str, int] = {}
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-
-    def add(self, execution_id: UUID | str) -> None:
-        with self._lock:
-            self._ids[execution_id] = self._ids.get(execution_id, 0) + 1
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._loop, name="dspex-heartbeat", daemon=True)
-                self._thread.start()
-
-    def discard(self, execution_id: UUID | str) -> None:
-        with self._lock:
-            left = self._ids.pop(execution_id, 1) - 1
-            if left > 0:
-                self._ids[execution_id] = left
-
-    def beat(self) -> int:
-        with self._lock:
-            ids = list(self._ids)
-        if not ids:
-            connection.close()  # idle: hold no database session between runs
-            return 0
-        return CognitiveExecution.objects.heartbeat(ids)
-
-    def _loop(self) -> None:
-        while True:
-            time.sleep(settings.DSPEX_HEARTBEAT_S)
-            try:
-                self.beat()
-            except Exception:
-                # The database restarting must not kill the thread: drop the connection, retry.
-                logger.warning("execution heartbeat failed; retrying", exc_info=True)
-                connection.close()
-
-
-heartbeat = Heartbeat()
-
-
 def run_execution(execution: UUID | str | CognitiveExecution, *, retry: RetryPolicy | None = None) -> Outcome:
     """Claim and run a pending execution (by id, or the row the caller already holds).
 
@@ -237,7 +188,7 @@ def run_execution(execution: UUID | str | CognitiveExecution, *, retry: RetryPol
         recorder = TraceRecorder(cancel_check=check, telemetry_meta=meta)
         failure: Failure | None = None
         output = None
-        heartbeat.add(execution.id)
+        holding = heartbeat.hold(execution)
         try:
             output = _run(execution, recorder)
         except ExecutionCancelled:
@@ -249,7 +200,7 @@ def run_execution(execution: UUID | str | CognitiveExecution, *, retry: RetryPol
             failure = classify(exc)
             logger.warning("execution failed: %s: %s", failure.type, failure.message)
         finally:
-            heartbeat.discard(execution.id)
+            heartbeat.release(holding)
         duration_ms = int((time.perf_counter() - started) * 1000)
         delay = retry(failure, execution) if failure is not None and retry is not None else None
         # A database restart must not lose a finished run: the outcome write is retried.

@@ -1,5 +1,5 @@
 """Celery tasks for executions. Thin: load by id, call the runner or housekeeping, apply the
-retry policy (DESIGN.md "Retries"):
+retry policy (README "Retries"):
 
 - provider 429 → back to `pending`, run again after its Retry-After (or 60 s); the attempt is
   given back, because the provider refused it before doing any work;
@@ -9,6 +9,9 @@ retry policy (DESIGN.md "Retries"):
 The task layer is the only one that retries: the gateway builds every `dspy.LM` with
 `num_retries=0`, and Celery's own `autoretry` is not used, so one attempt is one provider call
 per LM call of the program.
+
+Tasks import the domain modules, never the reverse: domain code publishes a run with
+`execution.publish()` (dspex_site.jobs). Queues and time limits are in dspex_site.celery.TASKS.
 """
 
 import logging
@@ -17,26 +20,11 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
-from dspex_site.celery import Queue
 from executions import batches, housekeeping, runner
 from executions.models import CognitiveExecution
 from llm.errors import RATE_LIMIT, TRANSIENT, Failure
 
 logger = logging.getLogger(__name__)
-
-
-def queue_for(execution: CognitiveExecution) -> str:
-    return Queue.PRIORITY if execution.priority == CognitiveExecution.Priority.HIGH else Queue.LLM_CALLS
-
-
-def enqueue_execution(execution: CognitiveExecution, countdown: float | None = None) -> None:
-    """Publish the task for a pending execution (`queued_at` is already set on the row).
-
-    Raises kombu's OperationalError when the broker is unreachable, after about a second.
-    """
-    run_execution_task.apply_async(
-        args=[str(execution.id)], queue=queue_for(execution), countdown=countdown or None
-    )
 
 
 def retry_delay(failure: Failure, execution: CognitiveExecution) -> float | None:
@@ -68,7 +56,7 @@ def run_execution_task(self: Task, execution_id: str) -> str:
     if outcome.requeue_in is not None:
         logger.info("execution %s re-queued in %.1f s", execution_id, outcome.requeue_in)
         # If the broker is down now, the row stays pending and the reaper publishes it later.
-        enqueue_execution(execution, countdown=outcome.requeue_in)
+        execution.publish(countdown=outcome.requeue_in)
     elif outcome.ran and execution.batch_id is not None:
         batches.dispatch_next(execution.batch_id)
     return execution.status

@@ -24,7 +24,6 @@ from optimization.serializers import (
     RunSerializer,
     ScheduleSerializer,
 )
-from optimization.tasks import enqueue_run
 from programs.models import CognitiveProgram
 
 
@@ -125,7 +124,7 @@ class OptimizeView(APIView):
                 audit.record(
                     "optimize", program, channel="api", request=request, changes={"run": str(run.id)}
                 )
-                transaction.on_commit(lambda: enqueue_run(run))
+                transaction.on_commit(run.publish)
         except runner.RunRequestError as exc:
             raise APIError(status.HTTP_400_BAD_REQUEST, exc.code, str(exc), exc.errors) from exc
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)

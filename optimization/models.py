@@ -1,13 +1,16 @@
 """Optimization: datasets, runs (long background jobs) and their results (DSPy state per program version)."""
 
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import models, transaction
+from django.db import models
 from django.db.models import Q
+from django.db.models.functions import Coalesce
 from django.utils import timezone
+
+from dspex_site.jobs import Job, JobQuerySet
 
 
 class Dataset(models.Model):
@@ -101,44 +104,19 @@ class OptimizationResult(models.Model):
         }
 
 
-class RunQuerySet(models.QuerySet):
-    def claim(self, run_id: uuid.UUID, worker: str, stale_after_s: float) -> int | None:
-        """Take a run for this worker: pending, or running with a heartbeat older than `stale_after_s`
-        (its worker died). One conditional UPDATE, so only one worker can win; returns the attempt
-        number won, or None."""
-        now = timezone.now()
-        stale = now - timedelta(seconds=stale_after_s)
-        runnable = Q(status=OptimizationRun.Status.PENDING) | Q(
-            status=OptimizationRun.Status.RUNNING, heartbeat_at__lt=stale
-        )
-        with transaction.atomic():
-            won = (
-                self.filter(runnable, id=run_id)
-                .filter(attempts__lt=models.F("max_attempts"))
-                .update(
-                    status=OptimizationRun.Status.RUNNING,
-                    attempts=models.F("attempts") + 1,
-                    heartbeat_at=now,
-                    started_at=models.functions.Coalesce("started_at", now),
-                    worker=worker[:200],
-                )
-            )
-            if won != 1:
-                return None
-            return self.filter(id=run_id).values_list("attempts", flat=True).first()
-
-    def stale(self, stale_after_s: float) -> "RunQuerySet":
-        cutoff = timezone.now() - timedelta(seconds=stale_after_s)
-        return self.filter(status=OptimizationRun.Status.RUNNING, heartbeat_at__lt=cutoff)
-
-
-class OptimizationRun(models.Model):
+class OptimizationRun(Job):
     """One optimization job: a program version, a dataset split, an optimizer and a metric.
 
-    `progress` is rewritten by the worker every few seconds (with `heartbeat_at`); a run whose
-    heartbeat stops is taken over by another worker (`claim`), which replays the finished LM
-    calls from the LLM cache.
+    A job (dspex_site.jobs), fenced by its attempt number: `started_at` is the first attempt's
+    start (the time limit covers every attempt), so it cannot tell claims apart. `progress` is
+    rewritten by the worker at every heartbeat; a run whose heartbeat stops is released by the
+    reaper (`optimization.reap_stale`) or taken over by another worker's claim, which replays the
+    finished LM calls from the LLM cache.
     """
+
+    FENCE = "attempts"
+    TASK = "optimization.run"
+    NOUN = "optimization run"
 
     class Status(models.TextChoices):
         PENDING = "pending"
@@ -177,18 +155,13 @@ class OptimizationRun(models.Model):
         on_delete=models.SET_NULL,
         related_name="runs",
     )
-    attempts = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=3)
-    worker = models.CharField(max_length=200, blank=True)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
     created_at = models.DateTimeField(default=timezone.now)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
-    objects = RunQuerySet.as_manager()
+    objects = JobQuerySet.as_manager()
 
     class Meta:
         db_table = "optimization_runs"
@@ -225,23 +198,55 @@ class OptimizationRun(models.Model):
             status=Status.ACTIVE
         )
 
-    def beat(self, attempt: int, progress: dict[str, Any]) -> bool:
-        """Write progress and heartbeat; False when the run is no longer ours (cancelled or taken over)."""
-        return (
-            OptimizationRun.objects.filter(id=self.id, status=self.Status.RUNNING, attempts=attempt).update(
-                progress=progress, heartbeat_at=timezone.now()
-            )
-            == 1
-        )
+    # --- job hooks (dspex_site.jobs) ------------------------------------------------------------
+    @classmethod
+    def claimable(cls, now: datetime) -> Q:
+        """Pending, or running with a heartbeat older than DSPEX_OPTIMIZATION_STALE_S (its worker
+        died: taken over without waiting for the reaper), while attempts remain."""
+        stale = now - timedelta(seconds=cls.stale_after_s())
+        runnable = Q(status=cls.Status.PENDING) | Q(status=cls.Status.RUNNING, heartbeat_at__lt=stale)
+        return runnable & Q(attempts__lt=models.F("max_attempts"))
 
-    def finish(self, attempt: int, status: str, **fields: Any) -> bool:
-        """Record the outcome of this attempt; only the attempt that owns a running run can finish it."""
-        values = {"status": status, "finished_at": timezone.now(), **fields}
-        updated = OptimizationRun.objects.filter(
-            id=self.id, status=self.Status.RUNNING, attempts=attempt
-        ).update(**values)
+    @classmethod
+    def claim_values(cls, now: datetime) -> dict[str, Any]:
+        # The first attempt's start stays: the run's time limit covers all its attempts.
+        return {**super().claim_values(now), "started_at": Coalesce("started_at", now)}
+
+    @classmethod
+    def heartbeat_every_s(cls) -> float:
+        return settings.DSPEX_OPTIMIZATION_HEARTBEAT_S
+
+    @classmethod
+    def stale_after_s(cls) -> float:
+        return settings.DSPEX_OPTIMIZATION_STALE_S
+
+    def attempt_limit(self) -> int:
+        return self.max_attempts
+
+    def release(self, error: dict) -> bool:
+        # Back to pending: the next claim is then decided by the row, not by each worker's own
+        # idea of "stale". The program keeps reading `optimizing` (a released run is in progress).
+        return self.fenced_update(status=self.Status.PENDING, worker="")
+
+    def give_up(self, error: dict) -> bool:
+        given_up = self.fenced_update(
+            status=self.Status.FAILED,
+            finished_at=timezone.now(),
+            message=f"Worker lost on attempt {self.attempts} of {self.max_attempts}; giving up.",
+            error=error,
+        )
+        OptimizationRun.sync_program_status(self.program_id)
+        return given_up
+
+    def beat(self, progress: dict[str, Any]) -> bool:
+        """Write progress; False when the run is no longer this attempt's (cancelled or taken over)."""
+        return self.fenced_update(progress=progress)
+
+    def finish(self, status: str, **fields: Any) -> bool:
+        """Record the outcome of this attempt; only the attempt that holds the run can finish it."""
+        updated = self.fenced_update(status=status, finished_at=timezone.now(), **fields)
         self.refresh_from_db()
-        return updated == 1
+        return updated
 
     def cancel(self) -> bool:
         """Cancel unless finished. A running run notices at its next heartbeat and stops."""

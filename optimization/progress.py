@@ -4,8 +4,8 @@
 per-call log), tokens and cost, counts trials (evaluations or metric calls), remembers the best
 candidate program an optimizer evaluated, and stops the run from `on_lm_start` — by raising a
 BaseException, the only kind DSPy does not swallow — when it is cancelled, taken over, out of
-time or over its cost budget. A heartbeat thread writes the progress to the run row every few
-seconds and learns there whether the run is still ours.
+time or over its cost budget. The process heartbeat (dspex_site.jobs) writes the progress to the
+run row every few seconds and learns there whether the run is still ours.
 """
 
 import copy
@@ -14,7 +14,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from django.db import close_old_connections, connection
 from dspy.utils.callback import BaseCallback
 
 from llm import gateway
@@ -144,25 +143,3 @@ class RunMonitor(BaseCallback):
             "best_score": self.best_score,
             "elapsed_s": round(time.monotonic() - self.started, 2),
         }
-
-
-class Heartbeat(threading.Thread):
-    """Writes the monitor's progress to the run every `every_s`; stops the run when it is no longer ours."""
-
-    def __init__(self, write: Callable[[dict], bool], monitor: RunMonitor, every_s: float) -> None:
-        super().__init__(daemon=True, name="optimization-heartbeat")
-        self.write, self.monitor, self.every_s = write, monitor, every_s
-        self._stop_event = threading.Event()
-
-    def run(self) -> None:
-        try:
-            while not self._stop_event.wait(self.every_s):
-                close_old_connections()
-                if not self.write(self.monitor.snapshot()):
-                    self.monitor.request_stop(CANCELLED)
-        finally:
-            connection.close()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=10)

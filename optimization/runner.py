@@ -1,6 +1,6 @@
 """The optimization workflow: create a run, then claim it and optimize (baseline, compile, score, save).
 
-A run is claimed by one worker at a time (conditional UPDATE, see RunQuerySet.claim). Every LM
+A run is claimed by one worker at a time (conditional UPDATE, dspex_site.jobs). Every LM
 call goes through the gateway with the LLM cache on, and every source of randomness is seeded,
 so an attempt that restarts after its worker died sends the same requests again and the finished
 ones are replayed from the cache instead of being paid for twice.
@@ -8,8 +8,6 @@ ones are replayed from the cache instead of being paid for twice.
 
 import functools
 import logging
-import os
-import socket
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -18,10 +16,12 @@ import dspy
 from django.conf import settings
 from django.db import transaction
 
+from dspex_site.celery import TASKS
+from dspex_site.jobs import heartbeat
 from llm import gateway, resilience
 from optimization import datasets, metrics, optimizers, variable_search
 from optimization.models import Dataset, OptimizationResult, OptimizationRun
-from optimization.progress import COST_BUDGET, TIME_LIMIT, Heartbeat, RunMonitor, RunStopped
+from optimization.progress import CANCELLED, COST_BUDGET, TIME_LIMIT, RunMonitor, RunStopped
 from programs.models import CognitiveProgram, ProgramVersion
 from programs.spec import ProgramSpecError, StateMismatchError, compile_program
 
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 # The Celery hard limit of `optimization.run` (4 h): a run never plans to outlive it. The margin
 # puts our own deadline before Celery's soft limit (hard - 300 s), so a run that hits it is stopped
 # by us, keeping its best candidate, rather than interrupted by Celery.
-HARD_LIMIT_S = 4 * 3600
+HARD_LIMIT_S = TASKS["optimization.run"].hard_s
 SAVE_MARGIN_S = 600
 
 
@@ -116,17 +116,13 @@ def create_run(
 # --- running ----------------------------------------------------------------------------------
 
 
-def worker_name() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}"
-
-
 def run_optimization(run_id: Any) -> OptimizationRun | None:
     """Claim and run an optimization; None when another worker holds it (or it is finished)."""
-    stale_s = _setting("DSPEX_OPTIMIZATION_STALE_S", 60)
-    attempt = OptimizationRun.objects.claim(run_id, worker_name(), stale_s)
+    attempt = OptimizationRun.objects.claim(run_id)
     if attempt is None:
         return None
     run = OptimizationRun.objects.select_related("program", "dataset").get(id=run_id)
+    run.hold(attempt)
     elapsed = 0.0 if run.started_at is None else time.time() - run.started_at.timestamp()
     budget = min(run.time_limit_s, HARD_LIMIT_S - SAVE_MARGIN_S) - elapsed
     unit = optimizers.TRIAL_UNITS.get(run.optimizer, "evaluations")
@@ -136,22 +132,22 @@ def run_optimization(run_id: Any) -> OptimizationRun | None:
         trials_total=None,
         unit=unit,
     )
-    heartbeat = Heartbeat(
-        functools.partial(_beat, run, attempt), monitor, _setting("DSPEX_OPTIMIZATION_HEARTBEAT_S", 2.0)
-    )
-    heartbeat.start()
+
+    def write_progress() -> None:
+        # Each heartbeat that finds the run still ours also records how far it got.
+        if not run.beat({**monitor.snapshot(), "attempt": attempt}):
+            monitor.request_stop(CANCELLED)
+
+    # Cancelled, or released/taken over by another attempt: stop at the next LM call.
+    holding = heartbeat.hold(run, on_lost=lambda: monitor.request_stop(CANCELLED), on_beat=write_progress)
     OptimizationRun.sync_program_status(run.program_id)
     try:
         Optimization(run, attempt, monitor).execute()
     finally:
-        heartbeat.stop()
+        heartbeat.release(holding)
         OptimizationRun.sync_program_status(run.program_id)
     run.refresh_from_db()
     return run
-
-
-def _beat(run: OptimizationRun, attempt: int, progress: dict) -> bool:
-    return run.beat(attempt, {**progress, "attempt": attempt})
 
 
 @dataclass
@@ -340,7 +336,6 @@ class Optimization:
                     else "Not applied: it does not beat the baseline."
                 )
             finished = run.finish(
-                self.attempt,
                 OptimizationRun.Status.SUCCEEDED,
                 result=result,
                 progress=progress,
@@ -378,7 +373,6 @@ class Optimization:
     def fail(self, kind: str, message: str) -> None:
         progress = {**self.monitor.snapshot(), "attempt": self.attempt}
         self.run.finish(
-            self.attempt,
             OptimizationRun.Status.FAILED,
             error={"type": kind, "message": message},
             message=message[:2000],

@@ -5,9 +5,11 @@ from typing import Any
 
 from django.db import transaction
 from django.utils import timezone
-from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
+from django_celery_beat.models import PeriodicTask
 
-from optimization import datasets
+from dspex_site.beat import save_periodic_task, schedule_fields
+from dspex_site.celery import TASKS, Cron, Every
+from optimization import datasets, runner
 from optimization.models import OptimizationResult, OptimizationRun, OptimizationSchedule
 
 TASK = "optimization.scheduled"
@@ -19,39 +21,24 @@ def cron_errors(cron: str) -> list[str]:
 
 
 def sync_periodic_task(schedule: OptimizationSchedule) -> PeriodicTask:
-    """Create or update the beat entry that fires this schedule (cron or interval)."""
-    # The tick only creates (or skips) a run, quickly: on the default queue, not behind 4-hour runs.
+    """Create or update the beat entry that fires this schedule (cron or interval); its task and
+    queue come from the task table (dspex_site.celery.TASKS), like every other beat row."""
+    if schedule.cron:
+        minute, hour, day, month, weekday = schedule.cron.split()
+        when: Every | Cron = Cron(minute, hour, day, month, weekday)
+    else:
+        when = Every(schedule.interval_s or 0)
     fields: dict[str, Any] = {
         "task": TASK,
         "args": json.dumps([str(schedule.id)]),
         "enabled": schedule.enabled,
-        "queue": "default",
+        "queue": TASKS[TASK].queue.value,
+        **schedule_fields(when),
     }
-    if schedule.cron:
-        minute, hour, day, month, weekday = schedule.cron.split()
-        crontab, _ = CrontabSchedule.objects.get_or_create(
-            minute=minute,
-            hour=hour,
-            day_of_month=day,
-            month_of_year=month,
-            day_of_week=weekday,
-            timezone="UTC",
-        )
-        fields.update(crontab=crontab, interval=None)
-    else:
-        interval, _ = IntervalSchedule.objects.get_or_create(
-            every=schedule.interval_s, period=IntervalSchedule.SECONDS
-        )
-        fields.update(interval=interval, crontab=None)
-    task = schedule.periodic_task
-    if task is None:
-        task = PeriodicTask.objects.create(name=f"optimization:{schedule.id}", **fields)
+    task, _ = save_periodic_task(schedule.periodic_task, f"optimization:{schedule.id}", fields)
+    if schedule.periodic_task_id != task.id:
         OptimizationSchedule.objects.filter(id=schedule.id).update(periodic_task=task)
         schedule.periodic_task = task
-    else:
-        for key, value in fields.items():
-            setattr(task, key, value)
-        task.save()
     return task
 
 
@@ -67,8 +54,6 @@ def last_result(schedule: OptimizationSchedule) -> OptimizationResult | None:
 
 def start_scheduled_run(schedule_id: str) -> OptimizationRun | None:
     """Create this tick's run: pending, or skipped (saying why) when nothing changed since the last result."""
-    from optimization import runner
-
     schedule = (
         OptimizationSchedule.objects.select_related("program", "dataset").filter(id=schedule_id).first()
     )

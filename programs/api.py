@@ -11,8 +11,8 @@ from rest_framework.response import Response
 
 from dspex_site.api_errors import APIError, LimitedJSONParser
 from executions import runner
+from executions.models import CognitiveExecution
 from executions.serializers import ExecutionSerializer, QueuedExecutionSerializer
-from executions.tasks import enqueue_execution
 from llm import resilience
 from monitoring import audit
 from programs.filters import ProgramFilter
@@ -99,10 +99,10 @@ class ProgramViewSet(viewsets.ModelViewSet):
         return response
 
 
-def publish(execution: object, unpublished: list[str]) -> None:
+def publish(execution: CognitiveExecution, unpublished: list[str]) -> None:
     """Publish the execution's task after commit; a broker outage is reported, not raised."""
     try:
-        enqueue_execution(execution)
+        execution.publish()
     except Exception as exc:
         unpublished.append(
             "The execution queue is unavailable right now; nothing was queued, please retry "

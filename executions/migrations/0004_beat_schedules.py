@@ -1,17 +1,8 @@
-"""Create the housekeeping beat schedules (reap, prune, analyze); `manage.py dspex_schedules`
-does the same idempotently (e.g. after a test database flush or a settings change)."""
+"""Housekeeping beat schedules (reap, prune, analyze). Created by this migration once; they are
+now declared in dspex_site.celery.TASKS and synced after every `migrate` by dspex_site.beat, so
+this migration does nothing any more (kept for the migration graph)."""
 
 from django.db import migrations
-
-
-def create_schedules(apps, schema_editor):
-    from executions.housekeeping import ensure_schedules
-
-    ensure_schedules(
-        apps.get_model("django_celery_beat", "PeriodicTask"),
-        apps.get_model("django_celery_beat", "IntervalSchedule"),
-        apps.get_model("django_celery_beat", "CrontabSchedule"),
-    )
 
 
 class Migration(migrations.Migration):
@@ -20,4 +11,4 @@ class Migration(migrations.Migration):
         ("django_celery_beat", "0019_alter_periodictasks_options"),
     ]
 
-    operations = [migrations.RunPython(create_schedules, migrations.RunPython.noop)]
+    operations = [migrations.RunPython(migrations.RunPython.noop, migrations.RunPython.noop)]

@@ -1,20 +1,8 @@
-"""Beat runs the usage rollup every minute (monitoring.schedules)."""
+"""Beat schedule for the usage rollups. Created by this migration once; it is now declared in
+dspex_site.celery.TASKS and synced after every `migrate` by dspex_site.beat, so this migration
+does nothing any more (kept for the migration graph)."""
 
 from django.db import migrations
-
-
-def create_schedule(apps, schema_editor):
-    from monitoring.schedules import ensure_schedules
-
-    ensure_schedules(
-        apps.get_model("django_celery_beat", "PeriodicTask"), apps.get_model("django_celery_beat", "IntervalSchedule")
-    )
-
-
-def remove_schedule(apps, schema_editor):
-    from monitoring.schedules import ROLLUP_TASK_NAME
-
-    apps.get_model("django_celery_beat", "PeriodicTask").objects.filter(name=ROLLUP_TASK_NAME).delete()
 
 
 class Migration(migrations.Migration):
@@ -23,4 +11,4 @@ class Migration(migrations.Migration):
         ("django_celery_beat", "0019_alter_periodictasks_options"),
     ]
 
-    operations = [migrations.RunPython(create_schedule, remove_schedule)]
+    operations = [migrations.RunPython(migrations.RunPython.noop, migrations.RunPython.noop)]

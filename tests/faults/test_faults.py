@@ -9,7 +9,7 @@ import json
 import pytest
 import requests
 
-from executions.housekeeping import ensure_schedules
+from dspex_site.beat import sync_schedules
 from executions.models import CognitiveExecution
 from llm import resilience
 from tests.support import RedisServer, process_env, sim_env, start_beat, start_worker, stop, wait_for
@@ -212,7 +212,7 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_frees_its_bulkhead_slots(
 ):
     sim.configure(latency_ms=1500)
     settings.DSPEX_REAP_INTERVAL_S = 2
-    ensure_schedules()
+    sync_schedules()
     limits = {"max_concurrent": 2, "call_timeout_s": 3, "max_wait_s": 1}
     # A killed worker also loses the messages it had prefetched (back only after the broker's 5 h
     # visibility timeout): the reaper republishes pending rows older than DSPEX_PENDING_STALE_S.

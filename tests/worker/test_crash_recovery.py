@@ -7,7 +7,7 @@ execution's heartbeat going stale and the reaper (run by beat on `cleanup`) re-q
 
 import pytest
 
-from executions.housekeeping import ensure_schedules
+from dspex_site.beat import sync_schedules
 from executions.models import CognitiveExecution
 from tests.support import process_env, sim_env, start_beat, start_worker, stop, wait_for
 
@@ -22,7 +22,7 @@ def test_a_killed_worker_s_execution_succeeds_exactly_once_on_another_worker(
     simlm.reset()
     simlm.configure(latency_ms=4000)
     settings.DSPEX_REAP_INTERVAL_S = 2
-    ensure_schedules()
+    sync_schedules()
     env = sim_env(simlm, **FAST_RECOVERY)
     first = start_worker(queues="llm_calls,priority", env=env, name="doomed")
     survivor = beat = None

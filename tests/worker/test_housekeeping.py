@@ -6,7 +6,8 @@ import pytest
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from dspex_site.celery import VISIBILITY_TIMEOUT_S, app
+from dspex_site.beat import sync_schedules
+from dspex_site.celery import TASKS, VISIBILITY_TIMEOUT_S, app
 from executions import housekeeping
 from executions.models import CognitiveExecution
 
@@ -77,10 +78,11 @@ def test_prune_deletes_old_finished_executions_in_bounded_chunks(make_program, s
     assert set(CognitiveExecution.objects.values_list("id", flat=True)) == {stuck_old.id, recent.id}
 
 
-def test_beat_schedules_are_created_idempotently_on_the_cleanup_queue():
-    housekeeping.ensure_schedules()
-    housekeeping.ensure_schedules()
-    tasks = PeriodicTask.objects.filter(name__in=housekeeping.SCHEDULES)
+def test_housekeeping_beat_schedules_are_created_idempotently_on_the_cleanup_queue():
+    names = {TASKS[t].schedule_name for t in ("executions.reap", "executions.prune", "executions.analyze")}
+    sync_schedules()
+    sync_schedules()
+    tasks = PeriodicTask.objects.filter(name__in=names)
     assert {t.task for t in tasks} == {"executions.reap", "executions.prune", "executions.analyze"}
     assert tasks.count() == 3 and {t.queue for t in tasks} == {"cleanup"}
 

@@ -11,7 +11,6 @@ from django.db import connection, transaction
 from optimization import runner
 from optimization.models import Dataset, OptimizationRun
 from optimization.optimizers import OPTIMIZERS
-from optimization.tasks import enqueue_run
 from programs.models import CognitiveProgram
 
 
@@ -56,7 +55,7 @@ class Command(BaseCommand):
                     apply=options["apply"],
                 )
                 if not options["inline"]:
-                    transaction.on_commit(lambda: enqueue_run(run))
+                    transaction.on_commit(run.publish)
         except runner.RunRequestError as exc:
             raise CommandError("\n".join(f"{e['path']}: {e['message']}" for e in exc.errors)) from exc
         self.stdout.write(f"Run {run.id} queued.")
