@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from django.contrib.auth.models import Group, Permission
 from rest_framework.test import APIClient
 
 from tests.factories import OperatorFactory, SuperuserFactory, TokenFactory, UserFactory, ViewerFactory
@@ -22,20 +23,37 @@ READ, RUN, EDIT = "read", "run", "edit"
 
 @dataclass(frozen=True)
 class Role:
-    make_user: Callable[..., Any] | None  # None: no credentials at all
+    make_user: Callable[..., Any] | None  # None: no account (no credentials, or bad ones)
     grants: frozenset[str] = field(default_factory=frozenset)
+    credentials: str | None = None  # an Authorization header for an actor without an account
+
+
+def runner(**fields: Any) -> Any:
+    """A member of a test-only group that may read and run but not edit: no shipped role has
+    exactly that, and without it a request classified as RUN instead of EDIT (or back) would
+    pass unnoticed."""
+    group, _ = Group.objects.get_or_create(name="Runners (tests)")
+    group.permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="programs", codename__in=["view_cognitiveprogram", "run_cognitiveprogram"]
+        )
+    )
+    return UserFactory(groups=[group.name], **fields)
 
 
 ROLES: dict[str, Role] = {
     "anonymous": Role(None),
+    "bad_token": Role(None, credentials="Token not-a-token"),
     # Authenticated, in no group: refused everywhere.
     "outsider": Role(UserFactory),
     # The API client with limited rights: reads only.
     "viewer": Role(ViewerFactory, frozenset({READ})),
+    "runner": Role(runner, frozenset({READ, RUN})),
     "operator": Role(OperatorFactory, frozenset({READ, RUN, EDIT})),
     "superuser": Role(SuperuserFactory, frozenset({READ, RUN, EDIT})),
 }
 ACTOR_NAMES = list(ROLES)
+REFUSED_CODES = {"anonymous": "not_authenticated", "bad_token": "authentication_failed"}
 
 
 @dataclass
@@ -53,10 +71,11 @@ class Actor:
         return kind in self.grants
 
     def assert_refused(self, response: Any) -> None:
-        """As the API refuses today: 401 without credentials, 403 `permission_denied` with them."""
+        """As the API refuses today: 401 without valid credentials, 403 `permission_denied` with them."""
         body = response.content.decode()[:300]
         if not self.authenticated:
             assert response.status_code == 401, (self.name, response.status_code, body)
+            assert response.json()["code"] == REFUSED_CODES[self.name], body
             return
         assert response.status_code == 403, (self.name, response.status_code, body)
         assert response.json()["code"] == "permission_denied", body
@@ -67,6 +86,8 @@ def make_actor(name: str) -> Actor:
     role = ROLES[name]
     client = APIClient()
     user = None
+    if role.credentials:
+        client.credentials(HTTP_AUTHORIZATION=role.credentials)
     if role.make_user is not None:
         user = role.make_user(username=name)
         client.credentials(HTTP_AUTHORIZATION=f"Token {TokenFactory(user=user).key}")

@@ -14,9 +14,19 @@ import pytest
 from django.core.cache import caches
 from rest_framework.test import APIClient
 
-from tests.actors import Actors
+from tests.actors import ACTOR_NAMES, Actors
 from tests.factories import ProgramFactory, SuperuserFactory, TokenFactory
 from tests.support import RedisServer, SimServer, WorkerProcess, start_simlm, start_worker
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`actor_name`: every actor of tests/actors.py; `endpoint_action`: every `Action` of the
+    test's class (tests/api/cases.py)."""
+    if "actor_name" in metafunc.fixturenames:
+        metafunc.parametrize("actor_name", ACTOR_NAMES)
+    if "endpoint_action" in metafunc.fixturenames:
+        actions = metafunc.cls.actions
+        metafunc.parametrize("endpoint_action", actions, ids=[action.name for action in actions])
 
 
 @pytest.fixture(scope="session")

@@ -254,7 +254,7 @@ class OptimizationRunFactory(factory.django.DjangoModelFactory):
 
     program = factory.SubFactory(ProgramFactory)
     program_version = factory.LazyAttribute(lambda r: r.program.version)
-    dataset = factory.SubFactory(DatasetFactory)
+    dataset = factory.SubFactory(DatasetFactory, examples=4)  # enough to split into train and dev
     optimizer = "LabeledFewShot"
     metric = "exact_match"
 
@@ -267,7 +267,7 @@ class OptimizationScheduleFactory(factory.django.DjangoModelFactory):
 
     name = factory.Sequence(lambda n: f"schedule-{n}")
     program = factory.SubFactory(ProgramFactory)
-    dataset = factory.SubFactory(DatasetFactory)
+    dataset = factory.SubFactory(DatasetFactory, examples=4)
     optimizer = "LabeledFewShot"
     metric = "exact_match"
     interval_s = 3600

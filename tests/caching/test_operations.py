@@ -63,10 +63,6 @@ def test_stats_list_every_cache(api):
     assert rows["llm"]["memory_bytes"] > 0 and rows["llm"]["max_entries"] == 10_000
 
 
-def test_stats_need_authentication(anonymous):
-    assert anonymous.get("/api/v1/cache/stats/").status_code in (401, 403)
-
-
 def test_operators_purge_a_cache_from_the_admin_and_it_is_audited(django_user_model):
     LLM.set("llm:m:0.0:a", {"x": 1})
     operator = console(OperatorFactory(username="olga"))
