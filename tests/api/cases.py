@@ -3,12 +3,15 @@
 An endpoint's test class combines the mixins of `APIViewTestCases` for what the endpoint
 offers and declares its paths, the factory of its rows and the bodies of its writes:
 
-    class TestPrograms(APIViewTestCases.APIViewTestCase):
+    class TestPrograms(APIViewTestCases.APIViewTestCase, APIViewTestCases.Actions):
         list_path, detail_path = "/api/v1/programs/", "/api/v1/programs/{pk}/"
         factory = ProgramFactory
         create_data = {"name": "created-by-api", "pipeline": {"signature": "question -> answer"}}
         update_data = {"description": "edited"}
-        actions = [Action("execute", "POST", "/api/v1/programs/{pk}/execute/", RUN, 202, body=...)]
+        actions = [Action("execute", "POST", "/api/v1/programs/{pk}/execute/", RUN, 200, body=...)]
+
+Adding an actor (a scoped API key, say) is one entry in `tests.actors.ROLES`; every test here
+then runs for it too.
 
 Every test a mixin contributes runs once per actor of tests/actors.py (the `actor_name`
 parameter, generated in tests/conftest.py): an actor whose role grants the operation's kind
@@ -103,7 +106,7 @@ class Endpoint:
     def operations(cls) -> set[tuple[str, str]]:
         covered = set(cls.extra_operations)
         for klass in cls.__mro__:
-            covered |= {(m, getattr(cls, p)) for m, p in getattr(klass, "covers", ())}
+            covered |= {(m, getattr(cls, p)) for m, p in vars(klass).get("covers", ())}
         covered |= {(a.method, a.path) for a in cls.actions}
         return covered
 
