@@ -124,19 +124,23 @@ class ScheduleSerializer(serializers.ModelSerializer):
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         from optimization import runner, schedules
 
-        cron, interval = attrs.get("cron", ""), attrs.get("interval_s")
+        # A PATCH carries only the changed fields: check the schedule they would make.
+        def value(name: str, default: Any = None) -> Any:
+            return attrs[name] if name in attrs else getattr(self.instance, name, default)
+
+        cron, interval = value("cron", ""), value("interval_s")
         if bool(cron) == bool(interval):
             raise serializers.ValidationError({"cron": ["Give exactly one of cron and interval_s."]})
         if cron and schedules.cron_errors(cron):
             raise serializers.ValidationError({"cron": schedules.cron_errors(cron)})
         try:
             runner.check_request(
-                attrs["program"],
-                attrs["dataset"],
-                attrs["optimizer"],
-                attrs["metric"],
-                attrs.get("config") or {},
-                attrs.get("split") or {},
+                value("program"),
+                value("dataset"),
+                value("optimizer"),
+                value("metric"),
+                value("config") or {},
+                value("split") or {},
             )
         except runner.RunRequestError as exc:
             raise serializers.ValidationError({e["path"]: [e["message"]] for e in exc.errors}) from exc

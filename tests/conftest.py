@@ -1,5 +1,8 @@
 """Shared fixtures: actors, API clients, programs, and the simulated provider over real HTTP.
 
+Rows are built with the factories of tests/factories.py; the permission actors are in
+tests/actors.py.
+
 Tests run against the machine's real PostgreSQL (pytest-django creates `test_dspex`) and Redis
 (database 15, flushed per test so tests never see each other's cache entries).
 """
@@ -9,11 +12,21 @@ from collections.abc import Iterator
 
 import pytest
 from django.core.cache import caches
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from programs.models import CognitiveProgram
+from tests.actors import ACTOR_NAMES, Actors
+from tests.factories import ProgramFactory, SuperuserFactory, TokenFactory
 from tests.support import RedisServer, SimServer, WorkerProcess, start_simlm, start_worker
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """`actor_name`: every actor of tests/actors.py; `endpoint_action`: every `Action` of the
+    test's class (tests/api/cases.py)."""
+    if "actor_name" in metafunc.fixturenames:
+        metafunc.parametrize("actor_name", ACTOR_NAMES)
+    if "endpoint_action" in metafunc.fixturenames:
+        actions = metafunc.cls.actions
+        metafunc.parametrize("endpoint_action", actions, ids=[action.name for action in actions])
 
 
 @pytest.fixture(scope="session")
@@ -51,16 +64,23 @@ def _isolated_caches() -> Iterator[None]:
 
 
 @pytest.fixture
-def operator(django_user_model: type) -> object:
-    return django_user_model.objects.create_superuser(username="op", password="op-password-123")
+def operator(db: None) -> object:
+    """A superuser (its name predates the Operators group; `actors["operator"]` is a member)."""
+    return SuperuserFactory(username="op", password="op-password-123")
 
 
 @pytest.fixture
 def api(operator: object) -> APIClient:
     client = APIClient()
-    token = Token.objects.create(user=operator)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    client.credentials(HTTP_AUTHORIZATION=f"Token {TokenFactory(user=operator).key}")
     return client
+
+
+@pytest.fixture
+def actors(db: None) -> Actors:
+    """The permission actors by name (anonymous, outsider, viewer, operator, superuser), each with
+    a token of its own, created on first use."""
+    return Actors()
 
 
 @pytest.fixture
@@ -70,12 +90,14 @@ def anonymous() -> APIClient:
 
 @pytest.fixture
 def make_program(db: None):
+    """`make_program("qa", pipeline=...)`: ProgramFactory with the name first (most tests name
+    their program; the default is "qa")."""
+
     def make(name: str = "qa", pipeline: dict | None = None, variables: dict | None = None, **fields: object):
-        return CognitiveProgram.objects.create(
+        return ProgramFactory(
             name=name,
-            pipeline=pipeline or {"signature": "question -> answer"},
-            variables=variables or {},
-            status=fields.pop("status", "active"),
+            **({"pipeline": pipeline} if pipeline else {}),
+            **({"variables": variables} if variables else {}),
             **fields,
         )
 

@@ -21,3 +21,7 @@ from dspex_site.settings import *  # noqa: E402, F403
 STORAGES = {**STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}  # noqa: F405
 WHITENOISE_USE_FINDERS = True
 WHITENOISE_AUTOREFRESH = True
+
+# Factories create users in most tests; the production hasher's million PBKDF2 rounds would make
+# each one cost a large fraction of a second. Password strength is not what the suite tests.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -13,9 +13,9 @@ from rest_framework.authtoken.models import Token
 
 from executions.models import CognitiveExecution
 from monitoring.models import AuditEvent
-from optimization.models import OptimizationResult
 from programs.models import CognitiveProgram
 from programs.spec import compile_program
+from tests.factories import OptimizationResultFactory
 from tests.support import process_env
 
 pytestmark = pytest.mark.django_db
@@ -122,9 +122,8 @@ def test_export_then_import_round_trips_exactly(make_program, tmp_path):
     program = make_program("qa", pipeline=PIPELINE, variables=VARIABLES, description="Answers questions.")
     program.pipeline = {**PIPELINE, "adapter": "json"}
     program.save()
-    result = OptimizationResult.objects.create(
+    result = OptimizationResultFactory(
         program=program,
-        program_version=program.version,
         optimizer_type="BootstrapFewShot",
         parameters=optimized_state(program.pipeline, VARIABLES),
         performance_metrics={"baseline_score": 40.0, "optimized_score": 80.0},
@@ -151,9 +150,8 @@ def test_export_then_import_round_trips_exactly(make_program, tmp_path):
 
 def test_an_imported_program_runs_with_its_optimized_parameters(make_program, tmp_path):
     program = make_program("qa")
-    program.active_result = OptimizationResult.objects.create(
+    program.active_result = OptimizationResultFactory(
         program=program,
-        program_version=1,
         optimizer_type="LabeledFewShot",
         parameters=optimized_state(program.pipeline, {}),
     )

@@ -7,6 +7,7 @@ from django.urls import reverse
 
 from monitoring.models import AuditEvent
 from programs.models import CognitiveProgram, ProgramVersion
+from tests.factories import ExecutionFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -42,17 +43,15 @@ def list_queries(client: object) -> int:
     return len(queries)
 
 
-def test_the_list_shows_activity_and_stays_at_a_fixed_number_of_queries(
-    superuser_client, make_program, make_execution
-):
+def test_the_list_shows_activity_and_stays_at_a_fixed_number_of_queries(superuser_client, make_program):
     first = make_program("p0")
-    make_execution(first)
-    make_execution(first)
+    ExecutionFactory(finished=True, program=first)
+    ExecutionFactory(finished=True, program=first)
     few = list_queries(superuser_client)
     for n in range(1, 30):
         program = make_program(f"p{n}")
         for _ in range(3):
-            make_execution(program)
+            ExecutionFactory(finished=True, program=program)
     many = list_queries(superuser_client)
     assert many == few, f"{few} queries for 1 program, {many} for 30"
     page = superuser_client.get(LIST).content.decode().lower()

@@ -4,7 +4,8 @@ import os
 import re
 
 import pytest
-from django.contrib.auth.models import Group
+
+from tests.factories import OperatorFactory
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -29,10 +30,8 @@ def console_settings(settings: object) -> None:
 
 
 @pytest.fixture
-def olga(django_user_model: type, console_settings: None) -> object:
-    user = django_user_model.objects.create_user(username="olga", password="olga-console-pw", is_staff=True)
-    user.groups.add(Group.objects.get(name="Operators"))
-    return user
+def olga(console_settings: None) -> object:
+    return OperatorFactory(username="olga", password="olga-console-pw")
 
 
 def test_an_operator_fixes_runs_and_reads_a_program(olga, browser_page):

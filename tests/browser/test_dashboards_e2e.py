@@ -6,13 +6,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from django.contrib.auth.models import Group
 from django.utils import timezone
 from PIL import Image
 
-from executions.models import CognitiveExecution
 from monitoring.charts import PALETTE, STATUS_COLORS
 from monitoring.rollups import rollup_hours
+from tests.factories import ExecutionFactory, OperatorFactory, usage_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.django_db(transaction=True)]
 
@@ -20,34 +19,31 @@ SCREENSHOTS = Path(os.environ.get("DSPEX_SCREENSHOT_DIR", "var/screenshots"))
 
 
 @pytest.fixture
-def operator_with_data(django_user_model: type, settings: object, make_program: object) -> object:
+def operator_with_data(settings: object, make_program: object) -> object:
     settings.SESSION_COOKIE_SECURE = settings.CSRF_COOKIE_SECURE = settings.SECURE_SSL_REDIRECT = False
     settings.SECURE_HSTS_SECONDS = 0
     os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
-    user = django_user_model.objects.create_user(username="dana", password="dana-dash-pw", is_staff=True)
-    user.groups.add(Group.objects.get(name="Operators"))
+    user = OperatorFactory(username="dana", password="dana-dash-pw")
     program = make_program(name="charted")
     now = timezone.now()
     for i in range(30):
         at = now - timedelta(hours=i % 20)
         status = "failed" if i % 7 == 0 else "succeeded"
-        sums = {
-            "lm_calls": 2,
-            "cache_hits": i % 2,
-            "prompt_tokens": 200,
-            "completion_tokens": 40,
-            "cost_usd": 0.002 * (1 + i % 3),
-            "saved_cost_usd": 0.001 * (i % 2),
-        }
-        CognitiveExecution.objects.create(
+        metrics = usage_metrics(
+            lm_calls=2,
+            cache_hits=i % 2,
+            prompt_tokens=200,
+            completion_tokens=40,
+            cost_usd=0.002 * (1 + i % 3),
+            saved_cost_usd=0.001 * (i % 2),
+        )
+        ExecutionFactory(
             program=program,
-            program_version=1,
-            input={"question": "q"},
             status=status,
             duration_ms=40 + 30 * i,
             created_at=at,
             finished_at=at,
-            metrics={**sums, "by_model": {"sim/default": sums}},
+            metrics=metrics,
         )
     rollup_hours([now - timedelta(hours=h) for h in range(21)])
     yield user

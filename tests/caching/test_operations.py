@@ -4,7 +4,6 @@ import io
 import json
 
 import pytest
-from django.contrib.auth.models import Group
 from django.core.management import call_command
 from django.test import Client
 
@@ -12,15 +11,12 @@ from caching.optimizations import key_for, optimization_state
 from caching.registry import LLM, OPTIMIZATIONS
 from monitoring.models import AuditEvent
 from optimization.models import OptimizationResult
+from tests.factories import OperatorFactory, OptimizationResultFactory, ViewerFactory
 
 pytestmark = pytest.mark.django_db
 
 
-def console(django_user_model, username, group):
-    user = django_user_model.objects.create_user(
-        username=username, password="pw-" + username * 3, is_staff=True
-    )
-    user.groups.add(Group.objects.get(name=group))
+def console(user: object) -> Client:
     client = Client()
     client.force_login(user)
     return client
@@ -29,9 +25,7 @@ def console(django_user_model, username, group):
 def test_optimized_state_comes_from_redis_and_falls_back_to_the_database(make_program):
     program = make_program()
     state = {"main.predict": {"demos": [], "signature": {"instructions": "Be brief."}}}
-    result = OptimizationResult.objects.create(
-        program=program, program_version=1, optimizer_type="manual", parameters=state
-    )
+    result = OptimizationResultFactory(program=program, parameters=state)
     assert OPTIMIZATIONS.get(key_for(result.id)) is None
     assert optimization_state(result.id) == state  # from the database, now cached
     OptimizationResult.objects.filter(id=result.id).update(parameters={"changed": True})
@@ -48,9 +42,7 @@ def test_an_optimized_program_runs_with_its_cached_state(api, make_program):
     state = {"main": {"demos": [], "signature": {"instructions": "Answer in one word.", "fields": []}}}
     from executions.runner import compiled_program
 
-    result = OptimizationResult.objects.create(
-        program=program, program_version=1, optimizer_type="manual", parameters=state
-    )
+    result = OptimizationResultFactory(program=program, parameters=state)
     program.active_result = result
     program.save()
     body = api.post(
@@ -71,13 +63,9 @@ def test_stats_list_every_cache(api):
     assert rows["llm"]["memory_bytes"] > 0 and rows["llm"]["max_entries"] == 10_000
 
 
-def test_stats_need_authentication(anonymous):
-    assert anonymous.get("/api/v1/cache/stats/").status_code in (401, 403)
-
-
 def test_operators_purge_a_cache_from_the_admin_and_it_is_audited(django_user_model):
     LLM.set("llm:m:0.0:a", {"x": 1})
-    operator = console(django_user_model, "olga", "Operators")
+    operator = console(OperatorFactory(username="olga"))
     page = operator.get("/admin/caching/namedcache/")
     assert page.status_code == 200 and b"Purge the selected caches" in page.content
     response = operator.post(
@@ -91,7 +79,7 @@ def test_operators_purge_a_cache_from_the_admin_and_it_is_audited(django_user_mo
 
 def test_viewers_see_the_stats_but_cannot_purge(django_user_model, api):
     LLM.set("llm:m:0.0:a", {"x": 1})
-    viewer = console(django_user_model, "victor", "Viewers")
+    viewer = console(ViewerFactory(username="victor"))
     page = viewer.get("/admin/caching/namedcache/")
     assert page.status_code == 200 and b"Purge the selected caches" not in page.content
     viewer.post("/admin/caching/namedcache/", {"action": "purge", "_selected_action": ["llm"]})
@@ -99,14 +87,9 @@ def test_viewers_see_the_stats_but_cannot_purge(django_user_model, api):
     assert not AuditEvent.objects.filter(action="purge").exists()
 
 
-def test_purge_over_the_api_needs_the_permission(api, django_user_model):
-    from rest_framework.authtoken.models import Token
-    from rest_framework.test import APIClient
-
+def test_purge_over_the_api_needs_the_permission(api, actors):
     LLM.set("llm:m:0.0:a", {"x": 1})
-    user = django_user_model.objects.create_user(username="client", password="pw-clientclient")
-    limited = APIClient()
-    limited.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
+    limited = actors["outsider"].client
     assert limited.post("/api/v1/cache/llm/purge/").status_code == 403
     assert api.post("/api/v1/cache/nope/purge/").status_code == 404
     assert api.post("/api/v1/cache/llm/purge/").json() == {"cache": "llm", "removed": 1}
@@ -128,7 +111,7 @@ def test_the_dspex_cache_command_shows_stats_and_clears():
 def test_operators_manage_corpora_in_the_admin(django_user_model, django_capture_on_commit_callbacks):
     from programs.models import Corpus
 
-    operator = console(django_user_model, "olga", "Operators")
+    operator = console(OperatorFactory(username="olga"))
     assert operator.get("/admin/programs/corpus/").status_code == 200
     assert operator.get("/admin/programs/corpus/add/").status_code == 200
     form = {

@@ -10,6 +10,7 @@ import pytest
 from executions.models import CognitiveExecution
 from llm.simulated import SimEngine
 from optimization.models import OptimizationResult
+from tests.factories import OptimizationResultFactory
 from tests.support import ROOT, process_env
 
 pytestmark = pytest.mark.django_db
@@ -89,9 +90,7 @@ def plain_classifier_state() -> dict:
 def test_a_plain_dspy_state_runs_as_the_programs_parameters(api, make_program):
     program = make_program(pipeline=CLASSIFIER)
     state = plain_classifier_state()
-    result = OptimizationResult.objects.create(
-        program=program, program_version=1, optimizer_type="manual", parameters=state
-    )
+    result = OptimizationResultFactory(program=program, parameters=state)
     program.active_result = result
     program.save()
 
@@ -105,9 +104,7 @@ def test_a_plain_dspy_state_runs_as_the_programs_parameters(api, make_program):
 
 def test_stored_parameters_load_into_plain_dspy_and_agree(api, make_program):
     program = make_program(pipeline=CLASSIFIER)
-    result = OptimizationResult.objects.create(
-        program=program, program_version=1, optimizer_type="manual", parameters=plain_classifier_state()
-    )
+    result = OptimizationResultFactory(program=program, parameters=plain_classifier_state())
     program.active_result = result
     program.save()
     served = execute(api, program, {"input": {"ticket": TICKET}, "wait": True, "cache": False}).json()

@@ -4,10 +4,10 @@ providers API, the admin page with its audited reset, Prometheus, and budget ref
 import re
 
 import pytest
-from django.contrib.auth.models import Group
 
 from llm import budgets, resilience
 from monitoring.models import AuditEvent
+from tests.factories import OperatorFactory, ViewerFactory
 
 pytestmark = pytest.mark.django_db
 
@@ -78,21 +78,17 @@ def test_metrics_export_breaker_state(client, api, make_program, http_provider):
     assert re.search(rf'dspex_circuit_breaker_failures\{{provider="{label}"\}} 2\.0', exposed)
 
 
-def test_operators_reset_a_breaker_from_the_admin_and_it_is_audited(
-    client, api, make_program, http_provider, django_user_model
-):
+def test_operators_reset_a_breaker_from_the_admin_and_it_is_audited(client, api, make_program, http_provider):
     open_breaker(api, make_program(), http_provider)
     name = breaker_name(http_provider)
-    viewer = django_user_model.objects.create_user("viewer", password="pw-viewer-123", is_staff=True)
-    viewer.groups.add(Group.objects.get(name="Viewers"))
+    viewer = ViewerFactory(username="viewer")
     client.force_login(viewer)
     page = client.get("/admin/providers/")
     assert page.status_code == 200 and name in page.content.decode()
     assert client.post("/admin/providers/", {"name": name}).status_code == 403
     assert resilience.status(name)["state"] == "open"
 
-    operator = django_user_model.objects.create_user("oper", password="pw-oper-123", is_staff=True)
-    operator.groups.add(Group.objects.get(name="Operators"))
+    operator = OperatorFactory(username="oper")
     client.force_login(operator)
     assert client.post("/admin/providers/", {"name": name}).status_code == 302
 

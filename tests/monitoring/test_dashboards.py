@@ -8,32 +8,37 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from executions.models import CognitiveExecution
 from monitoring.models import UsageRollup
 from monitoring.rollups import DURATION_BUCKETS_MS, percentile, rollup_hours
+from tests.factories import (
+    DatasetFactory,
+    ExecutionFactory,
+    OptimizationResultFactory,
+    OptimizationRunFactory,
+    usage_metrics,
+)
 
 pytestmark = pytest.mark.django_db
 
 
 def finished(program, hours_ago, status="succeeded", duration_ms=120, model="sim/default", cost=0.01, hits=0):
     at = timezone.now() - timedelta(hours=hours_ago)
-    sums = {
-        "lm_calls": 1,
-        "cache_hits": hits,
-        "prompt_tokens": 100,
-        "completion_tokens": 20,
-        "cost_usd": cost,
-        "saved_cost_usd": 0.005 * hits,
-    }
-    return CognitiveExecution.objects.create(
+    metrics = usage_metrics(
+        model,
+        lm_calls=1,
+        cache_hits=hits,
+        prompt_tokens=100,
+        completion_tokens=20,
+        cost_usd=cost,
+        saved_cost_usd=0.005 * hits,
+    )
+    return ExecutionFactory(
         program=program,
-        program_version=1,
-        input={"question": "q"},
         status=status,
         duration_ms=duration_ms,
         created_at=at,
         finished_at=at,
-        metrics={**sums, "by_model": {model: sums}},
+        metrics=metrics,
     )
 
 
@@ -137,20 +142,16 @@ def test_dashboard_queries_do_not_grow_with_data(admin_client, make_program):
 
 
 def test_optimizations_dashboard_shows_progress_and_scores(admin_client, make_program):
-    from optimization.models import Dataset, OptimizationResult, OptimizationRun
-
     program = make_program(name="tuned")
-    dataset = Dataset.objects.create(name="tickets")
-    result = OptimizationResult.objects.create(
+    dataset = DatasetFactory(name="tickets")
+    result = OptimizationResultFactory(
         program=program,
-        program_version=1,
         optimizer_type="BootstrapFewShot",
         parameters={},
         performance_metrics={"baseline_score": 0.325, "optimized_score": 0.45},
     )
-    OptimizationRun.objects.create(
+    OptimizationRunFactory(
         program=program,
-        program_version=1,
         dataset=dataset,
         optimizer="BootstrapFewShot",
         metric="exact_match",
@@ -164,9 +165,8 @@ def test_optimizations_dashboard_shows_progress_and_scores(admin_client, make_pr
             "cost_usd": 0.0123,
         },
     )
-    OptimizationRun.objects.create(
+    OptimizationRunFactory(
         program=program,
-        program_version=1,
         dataset=dataset,
         optimizer="BootstrapFewShot",
         metric="exact_match",

@@ -7,6 +7,7 @@ import pytest
 
 from optimization import datasets
 from optimization.models import Dataset
+from tests.factories import DatasetFactory
 
 DEMO = Path(__file__).resolve().parents[2] / "programs" / "demo"
 
@@ -25,7 +26,7 @@ def _slow_heartbeat(settings) -> None:
 
 @pytest.fixture
 def tickets(db: None) -> Dataset:
-    dataset = Dataset.objects.create(name="tickets")
+    dataset = DatasetFactory(name="tickets")
     datasets.import_rows(dataset, datasets.parse_jsonl((DEMO / "tickets.jsonl").read_text()))
     return dataset
 
@@ -38,7 +39,7 @@ def classifier(make_program):
 
 @pytest.fixture
 def qa(db: None) -> Dataset:
-    dataset = Dataset.objects.create(name="qa")
+    dataset = DatasetFactory(name="qa")
     datasets.import_rows(dataset, datasets.parse_jsonl((DEMO / "qa.jsonl").read_text()))
     return dataset
 

@@ -160,26 +160,13 @@ def test_a_schedule_creates_a_beat_task_and_skips_unchanged_inputs(api, make_pro
     assert schedules.start_scheduled_run(schedule_id).status == "pending"
 
 
-def client_in_group(django_user_model, group_name):
-    from django.contrib.auth.models import Group
-    from rest_framework.authtoken.models import Token
-    from rest_framework.test import APIClient
-
-    user = django_user_model.objects.create_user(username=group_name.lower(), password="x-password-123")
-    if group_name != "Outsider":
-        user.groups.add(Group.objects.get(name=group_name))
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=user).key}")
-    return client
-
-
-def test_viewers_read_runs_but_cannot_start_apply_or_import(api, make_program, django_user_model):
+def test_viewers_read_runs_but_cannot_start_apply_or_import(api, make_program, actors):
     program, dataset = make_program(), make_dataset(api)
     run_id = api.post(
         f"/api/v1/programs/{program.id}/optimize/", optimize_body(dataset), format="json"
     ).json()["id"]
     result = runner.run_optimization(run_id).result
-    viewer = client_in_group(django_user_model, "Viewers")
+    viewer = actors["viewer"].client
     assert viewer.get(f"/api/v1/optimizations/{run_id}/").status_code == 200
     assert (
         viewer.post(
@@ -192,9 +179,9 @@ def test_viewers_read_runs_but_cannot_start_apply_or_import(api, make_program, d
         viewer.post(f"/api/v1/datasets/{dataset.id}/import/", {"content": "{}"}, format="json").status_code
         == 403
     )
-    operator = client_in_group(django_user_model, "Operators")
+    operator = actors["operator"].client
     assert operator.post(f"/api/v1/optimization-results/{result.id}/apply/").status_code == 200
-    outsider = client_in_group(django_user_model, "Outsider")
+    outsider = actors["outsider"].client
     assert outsider.get(f"/api/v1/optimizations/{run_id}/").status_code == 403
 
 

@@ -6,6 +6,7 @@ from llm.simulated import sim_lm
 from optimization import runner
 from optimization.models import OptimizationRun
 from programs.spec import compile_program
+from tests.factories import OptimizationRunFactory
 
 SPLIT = {"seed": 0, "dev_fraction": 0.5}
 
@@ -193,9 +194,8 @@ def test_drafts_stay_drafts_and_nobody_sets_optimizing_by_hand(api, classifier, 
 
 def running_run(program, dataset) -> OptimizationRun:
     """A run as a worker holds it (claimed, first attempt), with the program's status synced."""
-    run = OptimizationRun.objects.create(
+    run = OptimizationRunFactory(
         program=program,
-        program_version=program.version,
         dataset=dataset,
         optimizer="LabeledFewShot",
         metric="exact_match",

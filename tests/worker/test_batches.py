@@ -7,6 +7,7 @@ import pytest
 from django.core.management import call_command
 
 from executions.models import Batch, CognitiveExecution
+from tests.factories import OptimizationResultFactory, ProgramCachePolicyFactory
 from tests.support import sim_env, start_worker, wait_for
 
 
@@ -134,24 +135,21 @@ def test_dspex_batch_command_writes_results_in_input_order(make_program, tmp_pat
 def test_batch_items_get_what_a_single_execute_gets(api, make_program, settings):
     """Applied variable-search values, the program's cache policy and its spend limit apply to a
     batch exactly as to `execute`."""
-    from caching.models import ProgramCachePolicy
     from llm import budgets
-    from optimization.models import OptimizationResult
 
     variables = {"temperature": {"type": "float", "default": 0.0, "min": 0, "max": 1}}
     program = make_program(
         pipeline={"lm": {"model": "sim/default", "temperature": "$var.temperature"}, "signature": "q -> a"},
         variables=variables,
     )
-    program.active_result = OptimizationResult.objects.create(
+    program.active_result = OptimizationResultFactory(
         program=program,
-        program_version=1,
         optimizer_type="VariableSearch",
         parameters={},
         variables={"temperature": 0.7},
     )
     program.save()
-    ProgramCachePolicy.objects.create(program=program, llm_cache=False)
+    ProgramCachePolicyFactory(program=program, llm_cache=False)
     response = create(api, program, inputs=[{"q": "one"}, {"q": "two"}], cache=True)
     assert response.status_code == 202, response.json()
     items = CognitiveExecution.objects.filter(batch_id=response.json()["id"])

@@ -10,14 +10,9 @@ from dspex_site.beat import sync_schedules
 from dspex_site.celery import TASKS, VISIBILITY_TIMEOUT_S, app
 from executions import housekeeping
 from executions.models import CognitiveExecution
+from tests.factories import ExecutionFactory
 
 pytestmark = pytest.mark.django_db
-
-
-def make_execution(program, **fields):
-    return CognitiveExecution.objects.create(
-        program=program, program_version=1, input={"question": "q"}, **fields
-    )
 
 
 def ago(seconds: float):
@@ -27,10 +22,17 @@ def ago(seconds: float):
 def test_reaper_requeues_a_run_whose_worker_went_silent(make_program, settings):
     settings.DSPEX_HEARTBEAT_STALE_S = 30
     program = make_program()
-    lost = make_execution(
-        program, status="running", attempts=1, started_at=ago(60), heartbeat_at=ago(40), worker="gone:1"
+    lost = ExecutionFactory(
+        program=program,
+        status="running",
+        attempts=1,
+        started_at=ago(60),
+        heartbeat_at=ago(40),
+        worker="gone:1",
     )
-    alive = make_execution(program, status="running", attempts=1, started_at=ago(60), heartbeat_at=ago(5))
+    alive = ExecutionFactory(
+        program=program, status="running", attempts=1, started_at=ago(60), heartbeat_at=ago(5)
+    )
     counts = housekeeping.reap()
     assert counts["requeued_lost"] == 1
     lost.refresh_from_db()
@@ -42,8 +44,8 @@ def test_reaper_requeues_a_run_whose_worker_went_silent(make_program, settings):
 
 def test_reaper_fails_a_lost_run_that_used_all_its_attempts(make_program, settings):
     program = make_program()
-    spent = make_execution(
-        program,
+    spent = ExecutionFactory(
+        program=program,
         status="running",
         attempts=settings.DSPEX_MAX_ATTEMPTS,
         started_at=ago(99),
@@ -57,7 +59,9 @@ def test_reaper_fails_a_lost_run_that_used_all_its_attempts(make_program, settin
 def test_reaper_fails_a_run_past_its_time_limit(make_program, settings):
     settings.DSPEX_EXECUTION_TIME_LIMIT_S = 60
     program = make_program()
-    overdue = make_execution(program, status="running", attempts=1, started_at=ago(600), heartbeat_at=ago(1))
+    overdue = ExecutionFactory(
+        program=program, status="running", attempts=1, started_at=ago(600), heartbeat_at=ago(1)
+    )
     housekeeping.reap()
     overdue.refresh_from_db()
     assert overdue.status == "failed" and overdue.error["type"] == "time_limit_exceeded"
@@ -70,9 +74,9 @@ def test_prune_deletes_old_finished_executions_in_bounded_chunks(make_program, s
     program = make_program()
     old = timezone.now() - timedelta(days=8)
     for status in ("succeeded", "failed", "cancelled"):
-        make_execution(program, status=status, created_at=old)
-    stuck_old = make_execution(program, status="running", created_at=old)
-    recent = make_execution(program, status="succeeded")
+        ExecutionFactory(program=program, status=status, created_at=old)
+    stuck_old = ExecutionFactory(program=program, status="running", created_at=old)
+    recent = ExecutionFactory(program=program, status="succeeded")
     assert housekeeping.prune() == (2, True)
     assert housekeeping.prune() == (1, False)
     assert set(CognitiveExecution.objects.values_list("id", flat=True)) == {stuck_old.id, recent.id}

@@ -11,8 +11,8 @@ import time
 import psycopg
 import pytest
 import requests
-from rest_framework.authtoken.models import Token
 
+from tests.factories import TokenFactory
 from tests.support import (
     PostgresServer,
     database_url_of_tests,
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_workers_carry_on_after_postgres_restarts_under_load(make_program, operator, transactional_db, simlm):
-    token = Token.objects.create(user=operator).key
+    token = TokenFactory(user=operator).key
     program = make_program()
     server = PostgresServer()
     server.copy_database(database_url_of_tests(), "dspex_restart")

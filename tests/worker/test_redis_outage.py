@@ -8,16 +8,16 @@ import time
 
 import pytest
 import requests
-from rest_framework.authtoken.models import Token
 
 from executions.models import CognitiveExecution
+from tests.factories import TokenFactory
 from tests.support import RedisServer, process_env, start_web, start_worker_process, stop, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 
 def test_the_api_answers_503_while_the_broker_is_down_and_recovers(make_program, operator, transactional_db):
-    token = Token.objects.create(user=operator)
+    token = TokenFactory(user=operator)
     program = make_program()
     server = RedisServer()
     env = process_env(REDIS_URL=server.url, CELERY_BROKER_URL=server.url)

@@ -1,0 +1,112 @@
+"""The shared actors of permission tests: who calls the API, and what each may do.
+
+Every actor is an API client plus the set of access kinds its role grants (`READ`, `RUN`,
+`EDIT`, as `dspex_site.permissions.required_permission` classifies requests). Tests ask
+`actor.may(kind)` instead of naming roles, so a new kind of caller is one more entry in
+`ROLES` (a project-scoped API key with `grants={READ}`, say), and every test parametrized over
+`ACTOR_NAMES` covers it at once. A future dimension that depends on the object as well as the
+caller (a key of project B must not see project A's rows) belongs on `Actor` too: a method
+such as `sees(obj)` next to `may(kind)`, consulted by the same tests.
+"""
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from django.contrib.auth.models import Group, Permission
+from rest_framework.test import APIClient
+
+from tests.factories import OperatorFactory, SuperuserFactory, TokenFactory, UserFactory, ViewerFactory
+
+READ, RUN, EDIT = "read", "run", "edit"
+
+
+@dataclass(frozen=True)
+class Role:
+    make_user: Callable[..., Any] | None  # None: no account (no credentials, or bad ones)
+    grants: frozenset[str] = field(default_factory=frozenset)
+    credentials: str | None = None  # an Authorization header for an actor without an account
+
+
+def runner(**fields: Any) -> Any:
+    """A member of a test-only group that may read and run but not edit: no shipped role has
+    exactly that, and without it a request classified as RUN instead of EDIT (or back) would
+    pass unnoticed."""
+    group, _ = Group.objects.get_or_create(name="Runners (tests)")
+    group.permissions.set(
+        Permission.objects.filter(
+            content_type__app_label="programs", codename__in=["view_cognitiveprogram", "run_cognitiveprogram"]
+        )
+    )
+    return UserFactory(groups=[group.name], **fields)
+
+
+ROLES: dict[str, Role] = {
+    "anonymous": Role(None),
+    "bad_token": Role(None, credentials="Token not-a-token"),
+    # Authenticated, in no group: refused everywhere.
+    "outsider": Role(UserFactory),
+    # The API client with limited rights: reads only.
+    "viewer": Role(ViewerFactory, frozenset({READ})),
+    "runner": Role(runner, frozenset({READ, RUN})),
+    "operator": Role(OperatorFactory, frozenset({READ, RUN, EDIT})),
+    "superuser": Role(SuperuserFactory, frozenset({READ, RUN, EDIT})),
+}
+ACTOR_NAMES = list(ROLES)
+REFUSED_CODES = {"anonymous": "not_authenticated", "bad_token": "authentication_failed"}
+
+
+@dataclass
+class Actor:
+    name: str
+    user: Any | None
+    client: APIClient
+    grants: frozenset[str]
+
+    @property
+    def authenticated(self) -> bool:
+        return self.user is not None
+
+    def may(self, kind: str) -> bool:
+        return kind in self.grants
+
+    def assert_refused(self, response: Any) -> None:
+        """As the API refuses today: 401 without valid credentials, 403 `permission_denied` with them."""
+        body = response.content.decode()[:300]
+        if not self.authenticated:
+            assert response.status_code == 401, (self.name, response.status_code, body)
+            assert response.json()["code"] == REFUSED_CODES[self.name], body
+            return
+        assert response.status_code == 403, (self.name, response.status_code, body)
+        assert response.json()["code"] == "permission_denied", body
+
+
+def make_actor(name: str) -> Actor:
+    """The actor `name` of `ROLES`, with a user of that username and a token of its own."""
+    role = ROLES[name]
+    client = APIClient()
+    user = None
+    if role.credentials:
+        client.credentials(HTTP_AUTHORIZATION=role.credentials)
+    if role.make_user is not None:
+        user = role.make_user(username=name)
+        client.credentials(HTTP_AUTHORIZATION=f"Token {TokenFactory(user=user).key}")
+    return Actor(name, user, client, role.grants)
+
+
+class Actors(Mapping[str, Actor]):
+    """`actors["viewer"]`: each actor is created on first use, so tests pay only for the ones they use."""
+
+    def __init__(self) -> None:
+        self._made: dict[str, Actor] = {}
+
+    def __getitem__(self, name: str) -> Actor:
+        if name not in self._made:
+            self._made[name] = make_actor(name)
+        return self._made[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(ROLES)
+
+    def __len__(self) -> int:
+        return len(ROLES)

@@ -1,0 +1,303 @@
+"""Every `/api/v1/` operation through the generic cases of tests/api/cases.py: authentication,
+permissions per actor (tests/actors.py), effects, and list query counts.
+
+A new endpoint needs a case here: `test_every_api_operation_has_a_case` compares the classes
+below with the operations the URL resolver serves.
+"""
+
+import json
+from typing import Any
+
+import pytest
+from drf_spectacular.generators import EndpointEnumerator
+
+from executions.models import CognitiveExecution
+from optimization.models import OptimizationRun
+from tests.actors import EDIT, READ, RUN
+from tests.api.cases import Action, APIViewTestCases, Endpoint
+from tests.factories import (
+    BatchFactory,
+    CorpusFactory,
+    DatasetFactory,
+    ExecutionFactory,
+    OptimizationResultFactory,
+    OptimizationRunFactory,
+    OptimizationScheduleFactory,
+    ProgramFactory,
+)
+
+pytestmark = pytest.mark.django_db
+
+QA = {"signature": "question -> answer"}
+EXAMPLE = {"input": {"question": "What is 1 + 1?"}, "output": {"answer": "2"}}
+
+
+def status_becomes(expected: str) -> Any:
+    def check(case: Any, obj: Any, response: Any) -> None:
+        obj.refresh_from_db()
+        assert obj.status == expected, obj.status
+
+    return check
+
+
+class TestPrograms(
+    APIViewTestCases.APIViewTestCase, APIViewTestCases.ReplaceObject, APIViewTestCases.Actions
+):
+    list_path, detail_path = "/api/v1/programs/", "/api/v1/programs/{pk}/"
+    factory = ProgramFactory
+    create_data = {"name": "created-by-api", "pipeline": QA, "status": "active"}
+    update_data = {"description": "edited"}
+    actions = [
+        Action(
+            "execute",
+            "POST",
+            "/api/v1/programs/{pk}/execute/",
+            RUN,
+            200,
+            body={"input": {"question": "What is 2 + 2?"}, "wait": True},
+            check=lambda case, obj, response: CognitiveExecution.objects.get(
+                id=response.json()["id"], program=obj, status="succeeded"
+            ),
+        ),
+        Action(
+            "optimize",
+            "POST",
+            "/api/v1/programs/{pk}/optimize/",
+            RUN,
+            202,
+            body=lambda case, obj: {
+                "optimizer": "LabeledFewShot",
+                "dataset": str(DatasetFactory(examples=4).id),
+                "metric": "exact_match",
+            },
+            check=lambda case, obj, response: OptimizationRun.objects.get(
+                id=response.json()["id"], program=obj
+            ),
+        ),
+        Action("rollback", "POST", "/api/v1/programs/{pk}/rollback/", EDIT, 200, body={"result": None}),
+    ]
+
+    def replace_data(self, obj: Any) -> dict[str, Any]:
+        return {"name": obj.name, "pipeline": QA, "variables": {}, "status": "active", "description": "put"}
+
+
+class TestExecutions(APIViewTestCases.GetObject, APIViewTestCases.ListObjects, APIViewTestCases.Actions):
+    list_path, detail_path = "/api/v1/executions/", "/api/v1/executions/{pk}/"
+
+    def make_object(self) -> Any:
+        return ExecutionFactory(finished=True, trace=[{"kind": "module", "step": "main"}])
+
+    actions = [
+        Action(
+            "cancel",
+            "POST",
+            "/api/v1/executions/{pk}/cancel/",
+            RUN,
+            200,
+            target=lambda case: ExecutionFactory(),
+            check=status_becomes("cancelled"),
+        )
+    ]
+
+
+class TestBatches(APIViewTestCases.GetObject, APIViewTestCases.CreateObject, APIViewTestCases.Actions):
+    list_path, detail_path = "/api/v1/batches/", "/api/v1/batches/{pk}/"
+    create_kind, create_status = RUN, 202
+
+    @staticmethod
+    def create_data(case: Any, obj: Any) -> dict[str, Any]:
+        return {"program": str(ProgramFactory().id), "inputs": [{"question": "one"}, {"question": "two"}]}
+
+    def make_object(self) -> Any:
+        return BatchFactory(items=2)
+
+    factory = BatchFactory
+    actions = [
+        Action("results", "GET", "/api/v1/batches/{pk}/results/", READ, 200),
+        Action("cancel", "POST", "/api/v1/batches/{pk}/cancel/", RUN, 200),
+    ]
+
+
+class TestCorpora(APIViewTestCases.APIViewTestCase, APIViewTestCases.Actions):
+    list_path, detail_path = "/api/v1/corpora/", "/api/v1/corpora/{pk}/"
+    factory = CorpusFactory
+    create_data = {"name": "created-corpus"}
+    update_data = {"description": "edited"}
+    actions = [
+        Action(
+            "documents",
+            "POST",
+            "/api/v1/corpora/{pk}/documents/",
+            EDIT,
+            202,
+            body={"documents": [{"id": "faq-1", "text": "Refunds take five days."}]},
+            check=lambda case, obj, response: obj.documents.get(external_id="faq-1"),
+        ),
+        Action("index", "POST", "/api/v1/corpora/{pk}/index/", EDIT, 202),
+        Action("search", "GET", "/api/v1/corpora/{pk}/search/", READ, 200, params={"q": "refunds"}),
+    ]
+
+
+class TestDatasets(
+    APIViewTestCases.GetObject,
+    APIViewTestCases.ListObjects,
+    APIViewTestCases.CreateObject,
+    APIViewTestCases.Actions,
+):
+    list_path, detail_path = "/api/v1/datasets/", "/api/v1/datasets/{pk}/"
+    create_data = {"name": "created-dataset", "examples": [EXAMPLE]}
+
+    def make_object(self) -> Any:
+        return DatasetFactory(examples=2)
+
+    factory = DatasetFactory
+    actions = [
+        Action(
+            "import",
+            "POST",
+            "/api/v1/datasets/{pk}/import/",
+            EDIT,
+            200,
+            body={"content": json.dumps(EXAMPLE)},
+            check=lambda case, obj, response: _assert_equal(obj.examples.count(), 3),
+        )
+    ]
+
+
+class TestOptimizationRuns(
+    APIViewTestCases.GetObject, APIViewTestCases.ListObjects, APIViewTestCases.Actions
+):
+    list_path, detail_path = "/api/v1/optimizations/", "/api/v1/optimizations/{pk}/"
+    factory = OptimizationRunFactory
+    actions = [
+        Action(
+            "cancel",
+            "POST",
+            "/api/v1/optimizations/{pk}/cancel/",
+            RUN,
+            200,
+            check=status_becomes("cancelled"),
+        )
+    ]
+
+
+class TestOptimizationResults(
+    APIViewTestCases.GetObject, APIViewTestCases.ListObjects, APIViewTestCases.Actions
+):
+    list_path, detail_path = "/api/v1/optimization-results/", "/api/v1/optimization-results/{pk}/"
+    factory = OptimizationResultFactory
+    actions = [
+        Action(
+            "apply",
+            "POST",
+            "/api/v1/optimization-results/{pk}/apply/",
+            EDIT,
+            200,
+            check=lambda case, obj, response: _assert_equal(
+                type(obj.program).objects.get(pk=obj.program_id).active_result_id, obj.pk
+            ),
+        )
+    ]
+
+
+class TestSchedules(APIViewTestCases.APIViewTestCase, APIViewTestCases.ReplaceObject):
+    list_path, detail_path = "/api/v1/schedules/", "/api/v1/schedules/{pk}/"
+    factory = OptimizationScheduleFactory
+    update_data = {"interval_s": 7200}
+
+    @staticmethod
+    def create_data(case: Any, obj: Any) -> dict[str, Any]:
+        return {
+            "name": "nightly",
+            "program": str(ProgramFactory().id),
+            "dataset": str(DatasetFactory(examples=4).id),
+            "optimizer": "LabeledFewShot",
+            "metric": "exact_match",
+            "cron": "0 3 * * *",
+        }
+
+    def test_a_patch_is_checked_against_the_rest_of_the_schedule(self, api: Any) -> None:
+        """Not a 500 (the fields a PATCH leaves out were read from the body) and not a 400 (nor
+        judged missing): the schedule the change would make is checked."""
+        schedule = self.make_object()
+        response = api.patch(self.url(self.detail_path, schedule), {"enabled": False}, format="json")
+        assert response.status_code == 200, response.content
+        both = api.patch(self.url(self.detail_path, schedule), {"cron": "0 3 * * *"}, format="json")
+        assert both.status_code == 400 and both.json()["errors"][0]["path"] == "cron", both.content
+        schedule.refresh_from_db()
+        assert (schedule.enabled, schedule.cron, schedule.interval_s) == (False, "", 3600)
+
+    def replace_data(self, obj: Any) -> dict[str, Any]:
+        return {
+            "name": obj.name,
+            "program": str(obj.program_id),
+            "dataset": str(obj.dataset_id),
+            "optimizer": "LabeledFewShot",
+            "metric": "exact_match",
+            "interval_s": 1800,
+        }
+
+
+class TestCacheStats(APIViewTestCases.Actions):
+    actions = [Action("stats", "GET", "/api/v1/cache/stats/", READ, 200, target=lambda case: None)]
+
+
+class TestCachePurge(APIViewTestCases.Actions):
+    def url_kwargs(self, obj: Any) -> dict[str, Any]:
+        return {"name": obj}
+
+    actions = [Action("purge", "POST", "/api/v1/cache/{name}/purge/", EDIT, 200, target=lambda case: "llm")]
+
+
+class TestProgramCachePolicy(APIViewTestCases.Actions):
+    factory = ProgramFactory
+
+    def url_kwargs(self, obj: Any) -> dict[str, Any]:
+        return {"program_id": obj.pk}
+
+    actions = [
+        Action("read", "GET", "/api/v1/cache/programs/{program_id}/", READ, 200),
+        Action(
+            "write",
+            "PUT",
+            "/api/v1/cache/programs/{program_id}/",
+            EDIT,
+            200,
+            body={"llm_cache": False},
+            check=lambda case, obj, response: _assert_equal(response.json()["llm_cache"], False),
+        ),
+    ]
+
+
+class TestProviders(APIViewTestCases.Actions):
+    actions = [Action("overview", "GET", "/api/v1/providers/", READ, 200, target=lambda case: None)]
+
+
+def _assert_equal(actual: Any, expected: Any) -> None:
+    assert actual == expected, (actual, expected)
+
+
+CASES = [
+    c
+    for c in list(globals().values())
+    if isinstance(c, type) and issubclass(c, Endpoint) and c.__name__.startswith("Test")
+]
+
+
+def served_operations() -> set[tuple[str, str]]:
+    """(method, path) of every `/api/v1/` operation the URL resolver serves, as DRF sees them."""
+    return {
+        (method, path)
+        for path, _regex, method, _view in EndpointEnumerator().get_api_endpoints()
+        if path.startswith("/api/v1/")
+    }
+
+
+def test_every_api_operation_has_a_case():
+    covered = set().union(*(case.operations() for case in CASES))
+    served = served_operations()
+    assert len(served) > 40  # the enumeration itself works
+    missing = sorted(served - covered)
+    assert not missing, f"operations without a case in {__name__}: {missing}"
+    stale = sorted(covered - served)
+    assert not stale, f"cases for operations the API no longer serves: {stale}"
