@@ -19,7 +19,6 @@ def http_embeddings(simlm, settings):
     settings.DSPEX_EMBEDDING_API_BASE = simlm.base_url
     settings.DSPEX_EMBEDDING_API_KEY = "sk-test-not-a-real-key"
     settings.DSPEX_EMBEDDING_BATCH_SIZE = 64
-    embeddings.reset()
     return simlm
 
 
@@ -52,14 +51,11 @@ def test_an_http_embedding_model_returns_the_servers_vectors(http_embeddings):
 
 
 def test_the_key_names_model_endpoint_and_text_but_no_secret(http_embeddings, settings):
-    embedder = embeddings.embedder_for("openai/sim-embedding")
-    key = embeddings.key_for(embedder, "hello")
+    key = embeddings.key_for("openai/sim-embedding", "hello")
     assert key.startswith("emb:openai/sim-embedding@") and "sk-test" not in key
     settings.DSPEX_EMBEDDING_API_BASE = "http://elsewhere.example/v1"
-    assert embeddings.key_for(embeddings.embedder_for("openai/sim-embedding"), "hello") != key
-    assert embeddings.key_for(embeddings.embedder_for("sim/embedding"), "hello").startswith(
-        "emb:sim/embedding:"
-    )
+    assert embeddings.key_for("openai/sim-embedding", "hello") != key
+    assert embeddings.key_for("sim/embedding", "hello").startswith("emb:sim/embedding:")
 
 
 def test_the_local_sentence_transformers_model_loads_from_disk(monkeypatch):
