@@ -331,7 +331,7 @@ redis.call('DEL', KEYS[5])
 return 1
 """
 
-# The key namespace of each cache's entries (DESIGN.md "Caches").
+# The key namespace of each cache's entries (README "Caches, embeddings and retrieval").
 _KEY_PREFIXES = {"llm": "llm", "embeddings": "emb", "optimizations": "opt"}
 
 # Errors this process saw that are not yet in Redis' shared counter (Redis was down).
