@@ -7,7 +7,7 @@ import time
 import pytest
 
 from caching import store
-from caching.registry import LLM
+from caching.registry import EMBEDDINGS, LLM
 from tests.caching.conftest import redis_cache
 
 pytestmark = pytest.mark.django_db
@@ -78,3 +78,30 @@ def test_a_dead_redis_never_fails_an_execution(api, make_program, llm_on_private
     assert store._local_errors.get("llm", 0) >= 1
     stats = {row["cache"]: row for row in api.get("/api/v1/cache/stats/").json()["caches"]}
     assert stats["llm"]["backend"] == "unavailable"
+
+
+def test_caches_and_provider_admission_share_one_fail_open_client(settings, private_redis):
+    """One implementation: a failure seen through any alias of a Redis server makes every client
+    of that server in this process skip it for the retry window; other servers are unaffected."""
+    from dspex_site import shared_redis
+    from llm import resilience
+
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": redis_cache(private_redis.url),
+        "llm": redis_cache(private_redis.url),
+    }
+    settings.DSPEX_CACHE_RETRY_AFTER_S = 60.0
+    shared_redis.reset()
+    assert resilience._redis.client() is not None and LLM.redis.client() is not None
+    errors_before = resilience.REDIS_ERRORS._value.get()
+
+    LLM.redis.failed("get", ConnectionError("refused"))
+
+    assert LLM.redis.client() is None and resilience._redis.client() is None
+    assert LLM.get("llm:any") is None  # a miss, not an error
+    assert resilience.admit("openai", "https://api.example/v1").redis_ok is False  # admitted, unchecked
+    assert resilience.REDIS_ERRORS._value.get() == errors_before  # counted by the cache, not twice
+    assert EMBEDDINGS.redis.client() is not None  # another server (the suite's Redis): unaffected
+    shared_redis.reset()
+    assert resilience._redis.client() is not None
