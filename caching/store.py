@@ -138,7 +138,7 @@ class BoundedCache:
         self._ttl_s, self._max_entries, self._max_bytes = ttl_s, max_entries, max_bytes
         self.dumps = dumps or _json_dumps
         self.loads = loads or _json_loads
-        self.redis = FailOpenRedis(alias, on_failure=self._count_failure)
+        self.redis = FailOpenRedis(alias, "caches", on_failure=self._count_failure)
 
     # --- plumbing ------------------------------------------------------------------------------
     @property

@@ -277,8 +277,8 @@ def _count_failure(op: str, exc: Exception) -> None:
     logger.warning("resilience %s: Redis unavailable, failing open: %s", op, type(exc).__name__)
 
 
-# The default cache alias' Redis, failing open (shared with the caches: one window per server).
-_redis = FailOpenRedis("default", on_failure=_count_failure)
+# The default cache alias' Redis, failing open: the caches' client, with a skip window of its own.
+_redis = FailOpenRedis("default", "admission", on_failure=_count_failure)
 
 
 def _key(name: str, part: str) -> str:
