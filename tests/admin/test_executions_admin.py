@@ -90,6 +90,28 @@ def test_the_detail_page_reads_the_trace_as_a_timeline(superuser_client, make_pr
     assert "dspex-module" in page and "Capital of France?" in page
 
 
+def test_a_retrieve_steps_embedding_call_shows_its_model_tokens_and_cost(
+    superuser_client, make_program, make_execution
+):
+    embedding = {
+        "kind": "embedding",
+        "step": "retrieve",
+        "model": "openai/text-embedding-3-small",
+        "texts": 1,
+        "prompt_tokens": 7,
+        "completion_tokens": 0,
+        "cost_usd": 0.00014,
+        "latency_ms": 3.25,
+        "cache_hit": False,
+        "error": None,
+    }
+    entries = [module_entry("retrieve", module="Retrieve"), embedding]
+    page = superuser_client.get(detail(make_execution(make_program("qa"), entries))).content.decode()
+    assert "dspex-embedding" in page and "embedding call" in page
+    assert "openai/text-embedding-3-small" in page and "7 tokens" in page and "$0.000140" in page
+    assert "3.25 ms" in page and "1 texts" in page
+
+
 def test_errors_are_highlighted_and_cache_hits_marked(superuser_client, make_program, make_execution):
     failing = lm_entry(error={"type": "LMRateLimitError", "message": "429 slow down"}, outputs=None)
     cached = lm_entry(cache_hit=True, prompt_tokens=0, completion_tokens=0, cost_usd=0)
