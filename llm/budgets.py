@@ -54,7 +54,7 @@ _lock = threading.Lock()
 
 
 def _load() -> list[Limit]:
-    from llm.models import Budget
+    from llm.models import Budget  # so importing budgets never needs a ready app registry
 
     found: dict[tuple[str, str, str], Limit] = {}
 

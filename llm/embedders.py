@@ -43,7 +43,7 @@ class SimEmbedder:
         self.model = model
 
     def embed(self, texts: list[str], timeout_s: float) -> Embedded:
-        from llm.simulated import count_tokens, simulate_embeddings  # 1,600 lines: loaded on first use
+        from llm.simulated import count_tokens, simulate_embeddings  # as the gateway: on first use
 
         tokens = sum(count_tokens(text) for text in texts)
         return Embedded(simulate_embeddings(self.model, texts), tokens)
