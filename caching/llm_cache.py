@@ -23,7 +23,8 @@ import orjson
 
 from caching.registry import LLM
 from caching.store import BoundedCache
-from llm import gateway, pricing
+from llm import calllog, pricing
+from llm.routing import route_for
 
 logger = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def canonical_request(request: dict[str, Any]) -> dict[str, Any]:
     for name in FLOAT_PARAMS:
         if isinstance(keyed.get(name), int | float) and not isinstance(keyed[name], bool):
             keyed[name] = float(keyed[name])
-    keyed["_endpoint"] = gateway.route_for(request_model(request)).endpoint
+    keyed["_endpoint"] = route_for(request_model(request)).endpoint
     return keyed
 
 
@@ -81,7 +82,7 @@ class LLMCache(dspy.clients.Cache):
         hit = self.store.get(key)
         if hit is None:
             return None
-        log = gateway.current_call()
+        log = calllog.current_call()
         if log is not None and isinstance(hit.value, dict):
             log.cached_usage = {**(hit.value.get("usage") or {}), "cost_usd": hit.cost_usd}
         return hit.value
@@ -107,16 +108,13 @@ class LLMCache(dspy.clients.Cache):
 
 def _cost_of(model: str, usage: dict) -> float | None:
     """What the provider charged for this record: the gateway's own accounting of the calls that
-    produced it, or, outside a traced call, the configured price applied to the usage."""
-    log = gateway.current_call()
+    produced it, or, outside a traced call, the model's price applied to the usage."""
+    log = calllog.current_call()
     if log is not None and log.calls:
         costs = [call.cost_usd for call in log.calls]
         return None if any(cost is None for cost in costs) else sum(costs)
-    price = pricing.configured_price(model)
-    if price is None:
-        return None
     prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-    return (prompt * float(price.get("prompt", 0)) + completion * float(price.get("completion", 0))) / 1e6
+    return pricing.cost_for_tokens(model, prompt, completion)
 
 
 def install_llm_cache() -> None:

@@ -1,4 +1,5 @@
-"""The named caches and their limits (DESIGN.md "Caches"), read from settings at use time."""
+"""The named caches and their limits (README "Caches, embeddings and retrieval"), read from
+settings at use time."""
 
 from array import array
 

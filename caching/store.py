@@ -16,20 +16,21 @@ holds the Celery broker's queues, which an allkeys-LRU policy would evict.
 
 Fail open: any Redis error (refused, timed out after the bounded socket timeout) makes the call
 behave as a miss or a skipped write, is counted, and makes this process skip the cache for
-`DSPEX_CACHE_RETRY_AFTER_S`, so a stalled Redis costs a run at most one timeout.
+`DSPEX_CACHE_RETRY_AFTER_S`, so a stalled Redis costs a run at most one timeout (the client and
+its window are `dspex_site.shared_redis`, shared with provider admission).
 """
 
 import json
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
 from django.core.cache import caches
 
+from dspex_site import shared_redis
+from dspex_site.shared_redis import FailOpenRedis
 from monitoring import telemetry
 
 logger = logging.getLogger(__name__)
@@ -120,17 +121,6 @@ class Hit:
     tokens: int = 0
 
 
-@dataclass
-class _Breaker:
-    """Per-process memory of a failing Redis: skip it until `open_until`."""
-
-    open_until: float = 0.0
-
-
-_breakers: dict[str, _Breaker] = {}
-_breakers_lock = threading.Lock()
-
-
 class BoundedCache:
     """One named cache on a django-redis alias (see the module docstring)."""
 
@@ -148,7 +138,7 @@ class BoundedCache:
         self._ttl_s, self._max_entries, self._max_bytes = ttl_s, max_entries, max_bytes
         self.dumps = dumps or _json_dumps
         self.loads = loads or _json_loads
-        self._scripts: dict[str, Any] = {}
+        self.redis = FailOpenRedis(alias, "caches", on_failure=self._count_failure)
 
     # --- plumbing ------------------------------------------------------------------------------
     @property
@@ -157,31 +147,22 @@ class BoundedCache:
 
     def _redis(self, backend: Any = None) -> Any | None:
         """The raw redis-py client, or None for a non-Redis backend (embedded mode)."""
-        client = getattr(backend or self.backend, "client", None)
-        return client.get_client(write=True) if hasattr(client, "get_client") else None
+        return self.redis.raw(backend)
 
     def _index_keys(self, backend: Any = None) -> list[str]:
         make = (backend or self.backend).make_key
         return [make(f"cache:{self.name}:{part}") for part in ("lru", "exp", "meta", "stats")]
 
     def _script(self, client: Any, source: str) -> Any:
-        script = self._scripts.get(source)
-        if script is None:
-            script = self._scripts[source] = client.register_script(source)
-        return script
-
-    def _breaker(self, backend: Any = None) -> _Breaker:
-        backend = backend or self.backend
-        location = str(getattr(backend, "_server", self.alias))
-        with _breakers_lock:
-            return _breakers.setdefault(location, _Breaker())
+        return self.redis.script(client, source)
 
     def _available(self, backend: Any = None) -> bool:
-        return time.monotonic() >= self._breaker(backend).open_until
+        return self.redis.available(backend)
 
     def _failed(self, op: str, exc: Exception) -> None:
-        breaker = self._breaker()
-        breaker.open_until = time.monotonic() + settings.DSPEX_CACHE_RETRY_AFTER_S
+        self.redis.failed(op, exc)
+
+    def _count_failure(self, op: str, exc: Exception) -> None:
         _local_errors[self.name] = _local_errors.get(self.name, 0) + 1
         telemetry.emit("cache.error", {}, {"cache": self.name, "op": op})
         logger.warning("%s cache %s failed, continuing without cache: %s", self.name, op, type(exc).__name__)
@@ -350,7 +331,7 @@ redis.call('DEL', KEYS[5])
 return 1
 """
 
-# The key namespace of each cache's entries (DESIGN.md "Caches").
+# The key namespace of each cache's entries (README "Caches, embeddings and retrieval").
 _KEY_PREFIXES = {"llm": "llm", "embeddings": "emb", "optimizations": "opt"}
 
 # Errors this process saw that are not yet in Redis' shared counter (Redis was down).
@@ -371,5 +352,4 @@ def _json_loads(data: bytes) -> Any:
 
 def reset_breakers() -> None:
     """Forget remembered Redis failures (tests, or an operator after fixing Redis)."""
-    with _breakers_lock:
-        _breakers.clear()
+    shared_redis.reset()

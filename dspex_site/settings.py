@@ -266,6 +266,8 @@ DSPEX_PRICES.setdefault(
         "completion": env_float("DSPEX_SIM_PRICE_COMPLETION_PER_1M", 0.0),
     },
 )
+# Local embedding models (`local/...`) run on our own CPU: free, not unknown.
+DSPEX_PRICES.setdefault("local", {"prompt": 0.0, "completion": 0.0})
 
 # Provider resilience (llm.resilience), shared by every process through Redis. Limits per provider
 # name, with "default" for all and "embeddings" for the embeddings backend; 0 = unlimited:

@@ -5,7 +5,7 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
-from caching.api import CorpusViewSet, cache_purge, cache_stats, program_cache_policy
+from caching.api import cache_purge, cache_stats, program_cache_policy
 from executions.api import BatchViewSet, ExecutionViewSet
 from llm import admin as llm_admin
 from llm.api import providers
@@ -19,6 +19,7 @@ from optimization.api import (
     ScheduleViewSet,
 )
 from programs.api import ProgramViewSet
+from programs.corpus_api import CorpusViewSet
 
 router = DefaultRouter()
 router.register("programs", ProgramViewSet, basename="program")

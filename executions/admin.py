@@ -66,6 +66,10 @@ class TraceRow:
         return self.kind == "lm"
 
     @property
+    def is_embedding(self) -> bool:
+        return self.kind == "embedding"
+
+    @property
     def error(self) -> Any:
         return self.entry.get("error")
 

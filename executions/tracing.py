@@ -1,8 +1,10 @@
-"""TraceRecorder: turns one execution's steps and LM calls into trace entries (DESIGN.md).
+"""TraceRecorder: turns one execution's steps, LM calls and embedding calls into trace entries
+(the README's "Executions" describes them; `docs/architecture.md` the data flow).
 
 It is both a DSPy callback (LM call start/end) and the pipeline's step observer. Usage, cost
-and provider latency come from the gateway's per-call log rather than DSPy's history lists,
-which are disabled during executions. An LM call that reached no provider was a cache hit.
+and provider latency come from the per-call log (`llm.calllog`) rather than DSPy's history lists,
+which are disabled during executions. An LM call that reached no provider was a cache hit. The
+gateway reports each embedding request (`on_embedding`): an `embedding` entry under its step.
 """
 
 import threading
@@ -12,13 +14,14 @@ from typing import Any
 
 from dspy.utils.callback import BaseCallback
 
-from llm import gateway, pricing
+from llm import calllog, pricing
+from llm.calllog import ProviderCall
 from monitoring import telemetry
 
 
 class ExecutionCancelled(BaseException):
     """Raised from a callback to stop a run. BaseException, because DSPy swallows Exceptions
-    raised in callbacks (DSPY_NOTES.md) and would carry on calling the LM."""
+    raised in callbacks (docs/dspy.md) and would carry on calling the LM."""
 
 
 def jsonable(value: Any, depth: int = 0) -> Any:
@@ -78,7 +81,7 @@ class TraceRecorder(BaseCallback):
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         if self.cancel_check is not None and self.cancel_check():
             raise ExecutionCancelled()
-        gateway.begin_call()
+        calllog.begin_call()
         entry = {
             "kind": "lm",
             "step": getattr(self._step, "name", None),
@@ -90,7 +93,7 @@ class TraceRecorder(BaseCallback):
             self._pending[call_id] = (entry, time.perf_counter())
 
     def on_lm_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
-        log = gateway.end_call() or gateway.CallLog()
+        log = calllog.end_call() or calllog.CallLog()
         with self._lock:
             entry, started = self._pending.pop(call_id, ({"kind": "lm"}, time.perf_counter()))
         calls = log.calls
@@ -122,10 +125,28 @@ class TraceRecorder(BaseCallback):
                 else None
             )
 
+    def on_embedding(self, call: ProviderCall, texts: int) -> None:
+        """An embedding request the gateway sent for this run (cached texts never get here)."""
+        entry = {
+            "kind": "embedding",
+            "step": getattr(self._step, "name", None),
+            "model": call.model,
+            "texts": texts,
+            "prompt_tokens": call.prompt_tokens,
+            "completion_tokens": 0,
+            "cost_usd": None if call.cost_usd is None else round(call.cost_usd, 10),
+            "latency_ms": round(call.latency_ms, 2),
+            "cache_hit": False,
+            "error": None if call.error is None else {"type": call.error},
+        }
+        with self._lock:
+            self.entries.append(entry)
+
     # --- summary -----------------------------------------------------------------------------
     def metrics(self) -> dict:
-        """Sums over the LM calls, overall and per model (the dashboards' rollups read `by_model`)."""
-        lm = [e for e in self.entries if e["kind"] == "lm"]
+        """Sums over the LM and embedding calls, overall and per model (the dashboards' rollups
+        read `by_model`); `lm_calls` counts LM calls, `embedding_calls` embedding requests."""
+        lm = [e for e in self.entries if e["kind"] in ("lm", "embedding")]
         by_model: dict[str, dict] = {}
         for entry in lm:
             row = by_model.setdefault(str(entry.get("model")), _empty_sums())
@@ -145,6 +166,7 @@ class TraceRecorder(BaseCallback):
 def _empty_sums() -> dict:
     return {
         "lm_calls": 0,
+        "embedding_calls": 0,
         "cache_hits": 0,
         "prompt_tokens": 0,
         "completion_tokens": 0,
@@ -154,7 +176,7 @@ def _empty_sums() -> dict:
 
 
 def _add(row: dict, entry: dict) -> None:
-    row["lm_calls"] += 1
+    row["lm_calls" if entry["kind"] == "lm" else "embedding_calls"] += 1
     row["cache_hits"] += 1 if entry.get("cache_hit") else 0
     row["prompt_tokens"] += entry.get("prompt_tokens", 0)
     row["completion_tokens"] += entry.get("completion_tokens", 0)

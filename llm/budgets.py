@@ -20,6 +20,7 @@ from rest_framework import status
 
 from dspex_site.api_errors import APIError
 from llm import resilience
+from llm.routing import lm_config, route_for
 
 REFRESH_S = 10.0
 PERIODS = ("daily", "monthly")
@@ -53,7 +54,7 @@ _lock = threading.Lock()
 
 
 def _load() -> list[Limit]:
-    from llm.models import Budget
+    from llm.models import Budget  # so importing budgets never needs a ready app registry
 
     found: dict[tuple[str, str, str], Limit] = {}
 
@@ -132,8 +133,6 @@ def check(*, providers: tuple[str, ...] = (), program_id: Any = None) -> None:
 
 def program_providers(program: Any) -> tuple[str, ...]:
     """Providers a program's runs will call, as far as the spec says without running it."""
-    from llm.gateway import lm_config, route_for
-
     model = (program.pipeline or {}).get("lm", {}) if isinstance(program.pipeline, dict) else {}
     model = model.get("model") if isinstance(model, dict) else None
     if not isinstance(model, str) or model.startswith("$"):

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 import dspy
 from dspy import lm15
 
+from llm.resilience import AdmissionError
+
 RATE_LIMIT, TRANSIENT, PERMANENT = "rate_limit", "transient", "permanent"
 
 
@@ -46,8 +48,6 @@ def _retry_after(exc: BaseException) -> float | None:
 def classify(exc: BaseException) -> Failure:
     """Map an exception raised while running a program to a Failure."""
     message = str(exc)[:1000] or type(exc).__name__
-    from llm.resilience import AdmissionError
-
     for err in _chain(exc):
         if isinstance(err, AdmissionError):
             # Refused by our own breaker, rate limit or bulkhead before reaching the provider: like

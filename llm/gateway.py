@@ -1,4 +1,8 @@
-"""The gateway every LM call goes through.
+"""The gateway every provider call goes through: chat (DSPy LM calls) and embeddings.
+
+It composes the LM path's parts (`docs/architecture.md`): routing (`llm.routing`), admission
+(`llm.resilience`), budgets (`llm.budgets`), cost (`llm.pricing`), the per-call log
+(`llm.calllog`) and telemetry. They never import the gateway; only it imports them.
 
 `lm_for(config)` builds the `dspy.LM` a program step uses. Its engine is a `GatewayEngine`
 wrapping the provider's real engine (DSPy's native lm15 engine over HTTP, or the in-process
@@ -9,49 +13,33 @@ admission (rate limits, bulkheads, breakers), latency, usage, cost and telemetry
 Each provider call is reported to the `CallLog` of the LM call in progress on this thread,
 which is how a trace gets usage, cost and latency without reading DSPy's history lists
 (history is disabled during executions: in a long-lived worker it only grows).
+
+`embed(model, texts)` is the same for embeddings (the embedding cache, `caching.embeddings`,
+sits in front of it): budget, admission, cost, telemetry, and an `on_embedding(call, texts)`
+report to the DSPy callbacks in effect that have one (the execution's trace recorder).
 """
 
 import functools
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import dspy
 from django.conf import settings
 from dspy.lm15 import Request, Response
 
-from llm import budgets, pricing, resilience
+from caching.llm_cache import install_llm_cache
+from llm import budgets, calllog, embedders, pricing, resilience
+from llm.calllog import ProviderCall
 from llm.errors import TRANSIENT, classify
+from llm.routing import SAMPLING_KEYS, SIM_PROVIDER, Route, embedding_route_for, lm_config, route_for
 from monitoring import telemetry
-
-SIM_PROVIDER = "sim"
-
-
-@dataclass(frozen=True)
-class Route:
-    """Where a model's calls go. `endpoint` identifies the server for cache keys (never a secret)."""
-
-    provider: str
-    model: str
-    endpoint: str
-    lm15_provider: str | None
-
-
-def route_for(model: str) -> Route:
-    provider = model.partition("/")[0] if "/" in model else "openai"
-    if provider == SIM_PROVIDER:
-        return Route(SIM_PROVIDER, model, "sim:in-process", None)
-    base = settings.DSPEX_LM_API_BASE or "https://api.openai.com/v1"
-    lm15_provider = "openai" if provider == "openai" else provider
-    return Route(provider, model, base.rstrip("/"), lm15_provider)
 
 
 @functools.cache
 def _provider_engine(provider: str) -> Any:
     """The real engine for a provider, one per process: it owns the connection pool."""
     if provider == SIM_PROVIDER:
-        from llm.simulated import SimEngine
+        from llm.simulated import SimEngine  # 1,600 lines a production process never needs
 
         return SimEngine()
     from dspy.clients.engines.lm15_engine import LM15Engine
@@ -59,7 +47,7 @@ def _provider_engine(provider: str) -> Any:
 
     timeout = resilience.policy_for(provider).call_timeout_s  # DSPEX_LM_TIMEOUT_S unless overridden
     # lm15's key for OpenAI-compatible chat is "openai-chat": a base URL registered under
-    # "openai" is ignored and the call silently goes to api.openai.com (DSPY_NOTES.md).
+    # "openai" is ignored and the call silently goes to api.openai.com (docs/dspy.md).
     key_name = "openai-chat" if provider == "openai" else provider
     config = RouterConfig(
         env={},  # never pick credentials or endpoints up from the process environment implicitly
@@ -93,50 +81,6 @@ def _capabilities(route: Route) -> tuple[bool, bool, bool, frozenset]:
         bool(getattr(inner, "supports_response_schema", False)),
         frozenset(getattr(inner, "supported_params", ()) or ()),
     )
-
-
-@dataclass
-class ProviderCall:
-    """One request that reached a provider."""
-
-    model: str
-    provider: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cost_usd: float | None = 0.0
-    latency_ms: float = 0.0
-    error: str | None = None
-
-
-@dataclass
-class CallLog:
-    """Provider calls made for one DSPy LM call (several with n>1 or adapter fallbacks)."""
-
-    calls: list[ProviderCall] = field(default_factory=list)
-    cached_usage: dict | None = None  # usage recorded with a cache entry that answered this call
-
-
-_local = threading.local()
-
-
-def begin_call() -> CallLog:
-    """Start collecting provider calls for the LM call starting on this thread."""
-    log = CallLog()
-    stack = getattr(_local, "stack", None)
-    if stack is None:
-        stack = _local.stack = []
-    stack.append(log)
-    return log
-
-
-def end_call() -> CallLog | None:
-    stack = getattr(_local, "stack", None)
-    return stack.pop() if stack else None
-
-
-def current_call() -> CallLog | None:
-    stack = getattr(_local, "stack", None)
-    return stack[-1] if stack else None
 
 
 class GatewayEngine:
@@ -216,9 +160,49 @@ class GatewayEngine:
 
     @staticmethod
     def _report(call: ProviderCall) -> None:
-        log = current_call()
-        if log is not None:
-            log.calls.append(call)
+        calllog.report(call)
+
+
+def embed(model: str, texts: list[str]) -> list[list[float]]:
+    """One provider request embedding `texts` with `model` (the caller batches and caches)."""
+    route = embedding_route_for(model)
+    engine = embedders.embedder_for(route, settings.DSPEX_EMBEDDING_API_KEY)
+    # Refused before anything is sent, exactly like a chat call.
+    budgets.check(providers=(route.provider,), program_id=resilience.current_program())
+    ticket = resilience.admit(route.provider, route.endpoint, kind="embeddings")
+    meta = {"provider": route.provider, "model": route.model, "kind": "embedding"}
+    telemetry.emit("llm.request.start", {}, meta)
+    started = time.perf_counter()
+    call = ProviderCall(model=route.model, provider=route.provider)
+    try:
+        embedded = engine.embed(texts, min(settings.DSPEX_LM_TIMEOUT_S, ticket.policy.call_timeout_s))
+    except Exception as exc:
+        call.latency_ms = (time.perf_counter() - started) * 1000
+        call.error = type(exc).__name__
+        transient = engine.is_transient(exc)
+        ticket.finish(failure=f"{type(exc).__name__}: {exc}"[:300] if transient else None)
+        _report_embedding(call, len(texts))
+        telemetry.emit("llm.request.stop", {"duration_ms": call.latency_ms}, {**meta, "status": "error"})
+        raise
+    call.latency_ms = (time.perf_counter() - started) * 1000
+    call.prompt_tokens = embedded.prompt_tokens
+    call.cost_usd = pricing.cost_for_tokens(route.model, call.prompt_tokens)
+    ticket.finish(failure=None, tokens=call.prompt_tokens, cost_usd=call.cost_usd or 0.0)
+    _report_embedding(call, len(texts))
+    telemetry.emit(
+        "llm.tokens", {"prompt": call.prompt_tokens, "completion": 0, "cost_usd": call.cost_usd or 0.0}, meta
+    )
+    telemetry.emit("llm.request.stop", {"duration_ms": call.latency_ms}, {**meta, "status": "ok"})
+    return embedded.vectors
+
+
+def _report_embedding(call: ProviderCall, texts: int) -> None:
+    """Tell the run in progress on this thread: DSPy's callbacks are what follow a run into the
+    threads its modules fan out to, so the recorder of the run is found among them."""
+    for callback in dspy.settings.callbacks or ():
+        handler = getattr(callback, "on_embedding", None)
+        if handler is not None:
+            handler(call, texts)
 
 
 def _breaker_failure(exc: BaseException) -> str | None:
@@ -228,18 +212,6 @@ def _breaker_failure(exc: BaseException) -> str | None:
         return None  # cancelled from a callback (a BaseException): says nothing about the provider
     failure = classify(exc)
     return f"{failure.type}: {failure.message}" if failure.kind == TRANSIENT else None
-
-
-def lm_config(config: dict | None = None) -> dict:
-    """Fill an LM config from settings: model, temperature, max_tokens."""
-    config = dict(config or {})
-    config.setdefault("model", settings.DSPEX_LM)
-    config.setdefault("max_tokens", settings.DSPEX_LM_MAX_TOKENS)
-    return config
-
-
-# Sampling settings a spec may set (programs.spec validates them); nothing else reaches dspy.LM.
-SAMPLING_KEYS = ("temperature", "max_tokens", "top_p", "n", "seed")
 
 
 @functools.lru_cache(maxsize=256)
@@ -257,9 +229,7 @@ def lm_for(config: dict | None = None, *, cache: bool = True) -> dspy.LM:
 
 
 def configure_dspy() -> None:
-    """Process-wide DSPy set-up, once, from the main thread at start-up (DSPY_NOTES: threads)."""
-    from caching.llm_cache import install_llm_cache
-
+    """Process-wide DSPy set-up, once, from the main thread at start-up (see docs/dspy.md)."""
     install_llm_cache()
 
 
@@ -268,3 +238,4 @@ def reset() -> None:
     _provider_engine.cache_clear()
     _capabilities.cache_clear()
     _lm.cache_clear()
+    embedders.embedder_for.cache_clear()

@@ -1,14 +1,21 @@
-"""What an LM call cost, in USD.
+"""What a provider call cost, in USD: the one place tokens become money.
 
 Models DSPy knows are priced from DSPy's bundled table (offline snapshot); others from
 `settings.DSPEX_PRICES` (per million tokens, by full model name, then by provider prefix).
-A model priced nowhere costs None (unknown), never a silent 0.
+A model priced nowhere costs None (unknown), never a silent 0. Chat calls, embedding calls and
+what a cache hit saved are all priced here.
 """
 
 import functools
 
 from django.conf import settings
-from dspy.lm15 import Response
+from dspy.clients.costs import estimate_cost
+from dspy.clients.model_metadata import model_info
+from dspy.lm15 import Message, Response, TextPart, Usage
+
+from llm.routing import route_for
+
+PER_TOKENS = 1_000_000  # DSPEX_PRICES are USD per million tokens
 
 
 def configured_price(model: str) -> dict | None:
@@ -22,11 +29,11 @@ def cost_usd(model: str, lm15_provider: str | None, response: Response) -> float
     prompt, completion = usage.input_tokens or 0, usage.output_tokens or 0
     price = configured_price(model)
     if price is not None:
-        return (prompt * float(price.get("prompt", 0)) + completion * float(price.get("completion", 0))) / 1e6
+        return (
+            prompt * float(price.get("prompt", 0)) + completion * float(price.get("completion", 0))
+        ) / PER_TOKENS
     if lm15_provider is None or not dspy_knows(lm15_provider, model):
         return None
-    from dspy.clients.costs import estimate_cost
-
     cost, _provenance = estimate_cost(response, provider=lm15_provider, requested_model=_model_id(model))
     return cost
 
@@ -38,17 +45,12 @@ def _model_id(model: str) -> str:
 @functools.lru_cache(maxsize=1024)
 def dspy_knows(lm15_provider: str, model: str) -> bool:
     """Whether DSPy's price table has the model. Memoised: a miss scans the whole table (~5 ms)."""
-    from dspy.clients.model_metadata import model_info
-
     return bool(model_info(lm15_provider, _model_id(model)))
 
 
-def cost_for_tokens(model: str, prompt_tokens: int, completion_tokens: int) -> float | None:
-    """What this many tokens of `model` would cost (used to value what a cache hit saved)."""
-    from dspy.lm15 import Message, TextPart, Usage
-
-    from llm.gateway import route_for
-
+def cost_for_tokens(model: str, prompt_tokens: int, completion_tokens: int = 0) -> float | None:
+    """What this many tokens of `model` cost: an embedding call (prompt tokens only), what a
+    cache hit saved, a cache entry written outside a traced call."""
     usage = Usage(
         input_tokens=prompt_tokens,
         output_tokens=completion_tokens,

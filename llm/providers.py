@@ -3,7 +3,7 @@
 from django.conf import settings
 
 from llm import budgets, resilience
-from llm.gateway import route_for
+from llm.routing import route_for
 
 
 def overview() -> list[dict]:

@@ -24,7 +24,6 @@ admission for `DSPEX_CACHE_RETRY_AFTER_S`, so a dead Redis costs at most one soc
 import contextlib
 import contextvars
 import logging
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,8 +32,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from django.conf import settings
-from django.core.cache import caches
 from prometheus_client import Counter
+
+from dspex_site.shared_redis import FailOpenRedis
 
 logger = logging.getLogger(__name__)
 
@@ -272,38 +272,13 @@ return 1
 """
 
 
-class _Redis:
-    """The default cache's Redis client, with a per-process fail-open window."""
-
-    def __init__(self) -> None:
-        self.skip_until = 0.0
-        self.errors = 0
-        self._scripts: dict[tuple[int, str], Any] = {}
-        self._lock = threading.Lock()
-
-    def client(self) -> Any | None:
-        if time.monotonic() < self.skip_until:
-            return None
-        backend = caches["default"]
-        client = getattr(backend, "client", None)
-        return client.get_client(write=True) if hasattr(client, "get_client") else None
-
-    def script(self, client: Any, source: str) -> Any:
-        key = (id(client), source)
-        with self._lock:
-            script = self._scripts.get(key)
-            if script is None:
-                script = self._scripts[key] = client.register_script(source)
-        return script
-
-    def failed(self, op: str, exc: Exception) -> None:
-        self.skip_until = time.monotonic() + settings.DSPEX_CACHE_RETRY_AFTER_S
-        self.errors += 1
-        REDIS_ERRORS.inc()
-        logger.warning("resilience %s: Redis unavailable, failing open: %s", op, type(exc).__name__)
+def _count_failure(op: str, exc: Exception) -> None:
+    REDIS_ERRORS.inc()
+    logger.warning("resilience %s: Redis unavailable, failing open: %s", op, type(exc).__name__)
 
 
-_redis = _Redis()
+# The default cache alias' Redis, failing open: the caches' client, with a skip window of its own.
+_redis = FailOpenRedis("default", "admission", on_failure=_count_failure)
 
 
 def _key(name: str, part: str) -> str:

@@ -16,7 +16,8 @@ from typing import Any
 
 from dspy.utils.callback import BaseCallback
 
-from llm import gateway
+from llm import calllog
+from llm.calllog import ProviderCall
 
 
 class RunStopped(BaseException):
@@ -74,10 +75,10 @@ class RunMonitor(BaseCallback):
     # --- DSPy callbacks ------------------------------------------------------------------------
     def on_lm_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         self.check()
-        gateway.begin_call()
+        calllog.begin_call()
 
     def on_lm_end(self, call_id: str, outputs: Any, exception: BaseException | None = None) -> None:
-        log = gateway.end_call() or gateway.CallLog()
+        log = calllog.end_call() or calllog.CallLog()
         with self._lock:
             self.counts["lm_calls"] += 1
             if exception is None and not log.calls:
@@ -86,6 +87,12 @@ class RunMonitor(BaseCallback):
                 self.counts["prompt_tokens"] += call.prompt_tokens
                 self.counts["completion_tokens"] += call.completion_tokens
                 self.counts["cost_usd"] += call.cost_usd or 0.0
+
+    def on_embedding(self, call: ProviderCall, texts: int) -> None:
+        """Embedding requests of Retrieve steps spend the run's money too (cached ones do not)."""
+        with self._lock:
+            self.counts["prompt_tokens"] += call.prompt_tokens
+            self.counts["cost_usd"] += call.cost_usd or 0.0
 
     def on_evaluate_start(self, call_id: str, instance: Any, inputs: dict[str, Any]) -> None:
         with self._lock:

@@ -564,7 +564,7 @@ class CorpusAdmin(admin.ModelAdmin):
 
     @staticmethod
     def _queue(corpus_id: int) -> None:
-        from caching.tasks import embed_corpus
+        from programs.tasks import embed_corpus
 
         transaction.on_commit(lambda: embed_corpus.delay(corpus_id))
 

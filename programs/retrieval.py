@@ -1,7 +1,7 @@
 """Retrieval over stored corpora: load documents, embed them (with progress), search by cosine.
 
 `retrieve(corpus, query, k)` is the registry's retriever for `Retrieve` steps (installed by
-`caching.apps`). Each process keeps a corpus' normalised embedding matrix in memory and reloads
+`programs.apps`). Each process keeps a corpus' normalised embedding matrix in memory and reloads
 it when the corpus changes (its `updated_at`, bumped by every indexing pass).
 """
 

@@ -99,6 +99,29 @@ def test_the_detail_page_reads_the_trace_as_a_timeline(superuser_client, make_pr
     assert "dspex-module" in page and "Capital of France?" in page
 
 
+def test_a_retrieve_steps_embedding_call_shows_its_model_tokens_and_cost(
+    superuser_client, make_program
+):
+    embedding = {
+        "kind": "embedding",
+        "step": "retrieve",
+        "model": "openai/text-embedding-3-small",
+        "texts": 1,
+        "prompt_tokens": 7,
+        "completion_tokens": 0,
+        "cost_usd": 0.00014,
+        "latency_ms": 3.25,
+        "cache_hit": False,
+        "error": None,
+    }
+    entries = [module_entry("retrieve", module="Retrieve"), embedding]
+    execution = ExecutionFactory(finished=True, program=make_program("qa"), trace=entries)
+    page = superuser_client.get(detail(execution)).content.decode()
+    assert "dspex-embedding" in page and "embedding call" in page
+    assert "openai/text-embedding-3-small" in page and "7 tokens" in page and "$0.000140" in page
+    assert "3.25 ms" in page and "1 texts" in page
+
+
 def test_errors_are_highlighted_and_cache_hits_marked(superuser_client, make_program):
     failing = lm_entry(error={"type": "LMRateLimitError", "message": "429 slow down"}, outputs=None)
     cached = lm_entry(cache_hit=True, prompt_tokens=0, completion_tokens=0, cost_usd=0)

@@ -16,12 +16,13 @@ def redis_cache(url: str, timeout: float = 0.3) -> dict:
 
 @pytest.fixture(autouse=True)
 def _fresh_caching_state() -> Iterator[None]:
-    from caching import embeddings, store
+    from caching import store
+    from llm import gateway
     from programs import retrieval
 
     store.reset_breakers()
     store._local_errors.clear()
-    embeddings.reset()
+    gateway.reset()
     retrieval._matrices.clear()
     yield
     store.reset_breakers()

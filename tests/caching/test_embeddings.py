@@ -19,7 +19,6 @@ def http_embeddings(simlm, settings):
     settings.DSPEX_EMBEDDING_API_BASE = simlm.base_url
     settings.DSPEX_EMBEDDING_API_KEY = "sk-test-not-a-real-key"
     settings.DSPEX_EMBEDDING_BATCH_SIZE = 64
-    embeddings.reset()
     return simlm
 
 
@@ -52,14 +51,11 @@ def test_an_http_embedding_model_returns_the_servers_vectors(http_embeddings):
 
 
 def test_the_key_names_model_endpoint_and_text_but_no_secret(http_embeddings, settings):
-    embedder = embeddings.embedder_for("openai/sim-embedding")
-    key = embeddings.key_for(embedder, "hello")
+    key = embeddings.key_for("openai/sim-embedding", "hello")
     assert key.startswith("emb:openai/sim-embedding@") and "sk-test" not in key
     settings.DSPEX_EMBEDDING_API_BASE = "http://elsewhere.example/v1"
-    assert embeddings.key_for(embeddings.embedder_for("openai/sim-embedding"), "hello") != key
-    assert embeddings.key_for(embeddings.embedder_for("sim/embedding"), "hello").startswith(
-        "emb:sim/embedding:"
-    )
+    assert embeddings.key_for("openai/sim-embedding", "hello") != key
+    assert embeddings.key_for("sim/embedding", "hello").startswith("emb:sim/embedding:")
 
 
 def test_the_local_sentence_transformers_model_loads_from_disk(monkeypatch):
@@ -79,3 +75,31 @@ def test_the_local_sentence_transformers_model_loads_from_disk(monkeypatch):
 
     assert cosine(question, related) > 0.5 > cosine(question, unrelated)
     assert embeddings.embed(texts[:1], "local/all-MiniLM-L6-v2") == [question]
+
+
+def test_http_embeddings_pass_the_gateways_breaker_and_telemetry(http_embeddings, settings):
+    from prometheus_client import REGISTRY
+
+    from llm import resilience
+
+    settings.DSPEX_PROVIDER_LIMITS = {"embeddings": {"failure_threshold": 2, "reset_timeout_s": 60}}
+    resilience._redis.skip_until = 0.0
+    labels = {"provider": "openai", "model": "openai/sim-embedding", "status": "ok"}
+
+    def sent(status: str) -> float:
+        return REGISTRY.get_sample_value("dspex_llm_request_total", {**labels, "status": status}) or 0.0
+
+    ok_before = sent("ok")
+    embeddings.embed(["a first text"], "openai/sim-embedding")
+    assert sent("ok") == ok_before + 1
+
+    http_embeddings.configure(error_rate=1.0)
+    for text in ("fails once", "fails twice"):
+        with pytest.raises(Exception):  # LiteLLM's own 5xx error type
+            embeddings.embed([text], "openai/sim-embedding")
+    requests = http_embeddings.stats()["requests"]
+
+    with pytest.raises(resilience.CircuitOpenError):
+        embeddings.embed(["refused before it is sent"], "openai/sim-embedding")
+    assert http_embeddings.stats()["requests"] == requests
+    assert embeddings.embed(["a first text"], "openai/sim-embedding")  # cached: no provider call

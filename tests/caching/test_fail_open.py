@@ -7,7 +7,7 @@ import time
 import pytest
 
 from caching import store
-from caching.registry import LLM
+from caching.registry import EMBEDDINGS, LLM, OPTIMIZATIONS
 from tests.caching.conftest import redis_cache
 
 pytestmark = pytest.mark.django_db
@@ -78,3 +78,39 @@ def test_a_dead_redis_never_fails_an_execution(api, make_program, llm_on_private
     assert store._local_errors.get("llm", 0) >= 1
     stats = {row["cache"]: row for row in api.get("/api/v1/cache/stats/").json()["caches"]}
     assert stats["llm"]["backend"] == "unavailable"
+
+
+def test_one_fail_open_client_with_a_window_per_server_for_the_caches_and_one_for_admission(
+    settings, private_redis
+):
+    """One implementation (`dspex_site.shared_redis`): a failure seen by one cache makes every
+    cache on that Redis server skip it for the retry window, but not caches on other servers, and
+    not admission, which meets the outage itself and counts it as its own."""
+    from dspex_site import shared_redis
+    from llm import resilience
+
+    settings.CACHES = {
+        **settings.CACHES,
+        "default": redis_cache(private_redis.url),
+        "llm": redis_cache(private_redis.url),
+        "optimizations": redis_cache(private_redis.url),
+    }
+    settings.DSPEX_CACHE_RETRY_AFTER_S = 60.0
+    shared_redis.reset()
+    assert LLM.redis.client() is not None and OPTIMIZATIONS.redis.client() is not None
+    errors_before = resilience.REDIS_ERRORS._value.get()
+
+    LLM.redis.failed("get", ConnectionError("refused"))
+
+    assert LLM.redis.client() is None and OPTIMIZATIONS.redis.client() is None
+    assert OPTIMIZATIONS.get("opt:1") is None  # a miss, without a round trip
+    assert EMBEDDINGS.redis.client() is not None  # the suite's own Redis: another server
+    assert resilience._redis.client() is not None
+    assert resilience.REDIS_ERRORS._value.get() == errors_before
+
+    private_redis.stop()
+    assert resilience.admit("openai", "https://api.example/v1").redis_ok is False  # admitted, unchecked
+    assert resilience.REDIS_ERRORS._value.get() == errors_before + 1
+    assert resilience._redis.client() is None
+    shared_redis.reset()
+    assert LLM.redis.client() is not None and resilience._redis.client() is not None

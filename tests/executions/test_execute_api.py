@@ -70,6 +70,7 @@ def test_it_runs_a_program_and_returns_the_full_trace(api, make_program):
     assert call["cache_hit"] is False and call["error"] is None
     sums = {
         "lm_calls": 1,
+        "embedding_calls": 0,  # no Retrieve step
         "cache_hits": 0,
         "prompt_tokens": call["prompt_tokens"],
         "completion_tokens": call["completion_tokens"],

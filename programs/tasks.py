@@ -1,9 +1,17 @@
-"""Celery tasks of the caching app (queues, limits and retries in dspex_site.celery.TASKS: both
-run on the `embeddings` queue). Thin: load by id, call the runner."""
+"""Celery tasks of retrieval: embedding corpora (queues, limits and retries in
+dspex_site.celery.TASKS: both run on the `embeddings` queue). Thin: load by id, call
+`programs.retrieval`.
+
+The task names keep their `caching.` prefix: they are wire names, in queued messages and in the
+beat schedule rows of existing databases.
+"""
 
 import logging
 
 from celery import shared_task
+
+from programs.models import Corpus
+from programs.retrieval import corpora_needing_embeddings, index_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -11,9 +19,6 @@ logger = logging.getLogger(__name__)
 @shared_task(name="caching.embed_corpus", bind=True, acks_late=True)
 def embed_corpus(self, corpus_id: int) -> int:
     """Embed a corpus' new and changed documents, reporting progress as task state."""
-    from programs.models import Corpus
-    from programs.retrieval import index_corpus
-
     if not Corpus.objects.filter(id=corpus_id).exists():
         logger.info("corpus %s is gone; nothing to embed", corpus_id)
         return 0
@@ -31,8 +36,6 @@ def embed_corpus(self, corpus_id: int) -> int:
 @shared_task(name="caching.warm_embeddings")
 def warm_embeddings() -> int:
     """Beat: queue embedding of every corpus with new or changed documents."""
-    from programs.retrieval import corpora_needing_embeddings
-
     corpus_ids = corpora_needing_embeddings()
     for corpus_id in corpus_ids:
         embed_corpus.delay(corpus_id)

@@ -1,14 +1,19 @@
-"""Retrieval over a stored corpus: indexing, recall on the bundled handbook, Retrieve steps,
-the warmer, and embedding on the embeddings queue by a real worker."""
+"""Retrieval over a stored corpus: indexing, recall on the bundled handbook, Retrieve steps
+(their embedding calls go through the gateway: budget, cost, trace), the warmer, and embedding
+on the embeddings queue by a real worker."""
 
 import time
+from collections.abc import Iterator
 
 import pytest
 from django.core.management import call_command
 
-from caching.tasks import embed_corpus, warm_embeddings
+from caching import store
+from llm import budgets, gateway, resilience
+from programs import retrieval
 from programs.models import Corpus, Document
 from programs.retrieval import corpora_needing_embeddings, retrieve, search
+from programs.tasks import embed_corpus, warm_embeddings
 from tests.support import ROOT, start_worker
 
 HANDBOOK = ROOT / "programs" / "demo" / "handbook.jsonl"
@@ -26,6 +31,15 @@ QUESTIONS = {
     "Where can I download invoices as PDF?": "invoices",
     "How do I enable two-factor authentication?": "two-factor",
 }
+
+
+@pytest.fixture(autouse=True)
+def _fresh_state() -> Iterator[None]:
+    store.reset_breakers()
+    gateway.reset()
+    retrieval._matrices.clear()
+    yield
+    store.reset_breakers()
 
 
 @pytest.fixture
@@ -126,3 +140,114 @@ def test_documents_posted_to_the_api_are_embedded_on_the_embeddings_queue(api, t
         assert hits["results"][0]["text"] == "answer number 42 about shipping to country 42"
     finally:
         worker.stop()
+
+
+RETRIEVE_AND_ANSWER = {
+    "steps": [
+        {
+            "name": "retrieve",
+            "module": "Retrieve",
+            "corpus": "handbook",
+            "k": 2,
+            "inputs": {"query": "$input.question"},
+        },
+        {
+            "name": "answer",
+            "module": "Predict",
+            "signature": "context: list[str], question: str -> answer: str",
+            "inputs": {"context": "$retrieve.passages", "question": "$input.question"},
+        },
+    ]
+}
+
+
+@pytest.fixture
+def http_handbook(db, http_provider, settings):
+    """The handbook embedded by `openai/sim-embedding` over HTTP at the simulated provider, whose
+    embeddings cost 2 USD per million tokens; budgets reset."""
+    settings.DSPEX_EMBEDDING_API_BASE = http_provider.base_url
+    settings.DSPEX_EMBEDDING_API_KEY = "sk-test-not-a-real-key"
+    settings.DSPEX_PRICES = {
+        **settings.DSPEX_PRICES,
+        "openai/sim-embedding": {"prompt": 2.0},
+        "openai/sim-default": {"prompt": 1.0, "completion": 1.0},
+    }
+    settings.DSPEX_BUDGETS = {}
+    budgets.invalidate()
+    resilience._redis.skip_until = 0.0
+    call_command("dspex_index_corpus", "handbook", str(HANDBOOK), "--model", "openai/sim-embedding")
+    yield Corpus.objects.get(name="handbook")
+    budgets.invalidate()
+
+
+def embedding_requests(server) -> int:
+    return server.stats()["endpoints"].get("embeddings", 0)
+
+
+def test_a_retrieve_step_shows_its_embedding_call_and_pays_for_it(
+    api, make_program, http_handbook, http_provider
+):
+    program = make_program(name="handbook-qa", pipeline=RETRIEVE_AND_ANSWER)
+    before = embedding_requests(http_provider)
+
+    body = api.post(
+        f"/api/v1/programs/{program.id}/execute/",
+        {"input": {"question": "Who founded Acme Tasks?"}, "wait": True},
+        format="json",
+    ).json()
+
+    assert body["status"] == "succeeded", body
+    assert embedding_requests(http_provider) == before + 1  # the query, once, over HTTP
+    [call] = [e for e in body["trace"] if e["kind"] == "embedding"]
+    assert (call["step"], call["model"], call["texts"], call["cache_hit"]) == (
+        "retrieve",
+        "openai/sim-embedding",
+        1,
+        False,
+    )
+    assert call["prompt_tokens"] > 0
+    assert call["cost_usd"] == pytest.approx(call["prompt_tokens"] * 2.0 / 1e6)
+    lm_cost = sum(e["cost_usd"] for e in body["trace"] if e["kind"] == "lm")
+    metrics = body["metrics"]
+    assert metrics["cost_usd"] == pytest.approx(lm_cost + call["cost_usd"])
+    assert (
+        metrics["embedding_calls"] == 1
+        and metrics["by_model"]["openai/sim-embedding"]["embedding_calls"] == 1
+    )
+
+    # The same question again: the query's vector comes from the embedding cache, not the provider.
+    again = api.post(
+        f"/api/v1/programs/{program.id}/execute/",
+        {"input": {"question": "Who founded Acme Tasks?"}, "wait": True, "cache": False},
+        format="json",
+    ).json()
+    assert again["status"] == "succeeded", again
+    assert embedding_requests(http_provider) == before + 1
+    assert not [e for e in again["trace"] if e["kind"] == "embedding"]
+
+
+def test_embedding_spend_counts_in_budgets_and_an_exhausted_budget_refuses_before_sending(
+    api, make_program, http_handbook, http_provider, settings
+):
+    program = make_program(name="handbook-qa", pipeline=RETRIEVE_AND_ANSWER)
+    spent_before = budgets.spent([budgets.Limit("provider", "openai", "openai", "daily", 1.0)])[0]
+    body = api.post(
+        f"/api/v1/programs/{program.id}/execute/",
+        {"input": {"question": "How long do I have to ask for a refund?"}, "wait": True},
+        format="json",
+    ).json()
+    [call] = [e for e in body["trace"] if e["kind"] == "embedding"]
+    spent_after = budgets.spent([budgets.Limit("provider", "openai", "openai", "daily", 1.0)])[0]
+    assert spent_after - spent_before == pytest.approx(
+        call["cost_usd"] + sum(e["cost_usd"] for e in body["trace"] if e["kind"] == "lm")
+    )
+
+    # The provider's budget is used up: the next uncached embedding is refused, never sent.
+    settings.DSPEX_BUDGETS = {"providers": {"openai": {"daily": spent_after / 2}}}
+    budgets.invalidate()
+    before = embedding_requests(http_provider)
+    with pytest.raises(budgets.BudgetExceeded):
+        retrieve("handbook", "a question nobody asked before", 2)
+    assert embedding_requests(http_provider) == before
+    # A cached query needs no provider call, so no budget either.
+    assert retrieve("handbook", "How long do I have to ask for a refund?", 1)

@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError
 from monitoring import audit
 from programs.models import Corpus
 from programs.retrieval import index_corpus, load_documents
+from programs.tasks import embed_corpus
 
 
 class Command(BaseCommand):
@@ -31,8 +32,6 @@ class Command(BaseCommand):
         audit.record("create" if created else "update", corpus, channel="cli", changes={"documents": count})
         self.stdout.write(f"{count} documents loaded into corpus {name!r}.")
         if queue:
-            from caching.tasks import embed_corpus
-
             embed_corpus.delay(corpus.id)
             self.stdout.write("Embedding queued on the embeddings queue.")
             return
