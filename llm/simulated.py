@@ -47,7 +47,6 @@ import ast
 import hashlib
 import json
 import math
-import operator
 import re
 import threading
 import time
@@ -56,6 +55,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
+
+from dspex_site.arithmetic import evaluate
 
 __all__ = [
     "AsyncSimEngine",
@@ -195,43 +196,13 @@ def _unit(seed: bytes, salt: str) -> float:
 # ---------------------------------------------------------------------------------------------
 # Safe arithmetic (never eval)
 
-_BIN_OPS = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-}
-_UNARY_OPS = {ast.UAdd: operator.pos, ast.USub: operator.neg}
-
 
 def safe_eval(expression: str) -> float | int:
-    """Evaluate + - * / // % ** and parentheses over numeric literals; anything else raises ValueError."""
-    if len(expression) > 200:
-        raise ValueError("expression too long")
-    try:
-        tree = ast.parse(expression.replace("^", "**"), mode="eval")
-    except SyntaxError as exc:
-        raise ValueError(str(exc)) from None
-    return _eval_node(tree.body)
+    """An arithmetic expression's value (`^` read as a power); anything else raises ValueError.
 
-
-def _eval_node(node: ast.AST) -> float | int:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):
-        return node.value
-    if isinstance(node, ast.BinOp) and type(node.op) in _BIN_OPS:
-        left, right = _eval_node(node.left), _eval_node(node.right)
-        if isinstance(node.op, ast.Pow) and (abs(right) > 64 or abs(left) > 1e6):
-            raise ValueError("exponent too large")  # keeps a hostile prompt from burning CPU
-        try:
-            return _BIN_OPS[type(node.op)](left, right)
-        except (ZeroDivisionError, OverflowError) as exc:
-            raise ValueError(str(exc)) from None
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY_OPS:
-        return _UNARY_OPS[type(node.op)](_eval_node(node.operand))
-    raise ValueError(f"unsupported expression element: {type(node).__name__}")
+    The one evaluator and its limits are `dspex_site.arithmetic`'s, shared with the calculator tool.
+    """
+    return evaluate(expression.replace("^", "**"))
 
 
 _WORD_OPS = [
