@@ -6,7 +6,7 @@ from typing import Any
 import dspy
 
 from llm.simulated import SimEngine
-from optimization.metrics import REWARDS
+from programs.rewards import REWARDS
 from programs.spec import Registry, SpecError
 from programs.tools import calculator, clock
 
