@@ -296,17 +296,7 @@ class SimHandler(BaseHTTPRequestHandler):
         elif route == "/_sim/stats":
             self._json(200, self.server.stats())
         else:
-            self._json(
-                404,
-                {
-                    "error": {
-                        "message": f"Unknown path {route}",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "not_found",
-                    }
-                },
-            )
+            self._send(404, _error_body(f"Unknown path {route}", "invalid_request_error", "not_found"))
 
     def do_POST(self) -> None:
         route = self._route()
@@ -326,17 +316,7 @@ class SimHandler(BaseHTTPRequestHandler):
             self.server.reset()
             self._json(200, {"status": "reset"})
         else:
-            self._json(
-                404,
-                {
-                    "error": {
-                        "message": f"Unknown path {route}",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "not_found",
-                    }
-                },
-            )
+            self._send(404, _error_body(f"Unknown path {route}", "invalid_request_error", "not_found"))
 
     def _set_config(self, raw: bytes) -> None:
         try:
