@@ -9,23 +9,23 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from llm.sim.prompts import FieldSpec, Program, Tool, _squash
+from llm.sim.prompts import FieldSpec, Program, Tool, squash
 from llm.sim.text import (
-    _CAPITALISED_RE,
-    _LIST_ITEM_RE,
-    _NEGATIONS,
-    _NUMBER_RE,
-    _SENTENCE_SPLIT_RE,
-    _SPAN_WORD_RE,
+    CAPITALISED_RE,
+    LIST_ITEM_RE,
+    NEGATIONS,
+    NUMBER_RE,
+    SENTENCE_SPLIT_RE,
+    SPAN_WORD_RE,
     STOPWORDS,
-    _find_arithmetic,
-    _find_expression,
-    _first_number,
-    _format_number,
-    _raw_words,
-    _stem,
-    _tokens,
-    _unit,
+    find_arithmetic,
+    find_expression,
+    first_number,
+    format_number,
+    raw_words,
+    stem_word,
+    tokenize,
+    unit_from_seed,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -41,7 +41,7 @@ def _norm_label(value: Any) -> str:
 
 
 def _label_words(label: Any) -> list[str]:
-    return _tokens(str(label).replace("_", " ").replace("-", " "))
+    return tokenize(str(label).replace("_", " ").replace("-", " "))
 
 
 def _instruction_associations(instructions: str, choices: tuple) -> list[set[str]]:
@@ -65,12 +65,12 @@ def _instruction_associations(instructions: str, choices: tuple) -> list[set[str
             continue
         label_set = {mention[2] for mention in mentions}
         if len(label_set) == 1:
-            words = set(_tokens(pattern.sub(" ", line)))
+            words = set(tokenize(pattern.sub(" ", line)))
             assoc[mentions[0][2]].update(words)
             continue
         for j, (_, end, index) in enumerate(mentions):
             stop = mentions[j + 1][0] if j + 1 < len(mentions) else len(line)
-            assoc[index].update(_tokens(line[end:stop]))
+            assoc[index].update(tokenize(line[end:stop]))
     return assoc
 
 
@@ -100,7 +100,7 @@ def _label_model(program: Program, spec: FieldSpec, choices: tuple) -> list[dict
         if index is None:
             continue
         counts[index] += 1
-        for word in set(_tokens(" ".join(str(v) for v in demo_inputs.values()))):
+        for word in set(tokenize(" ".join(str(v) for v in demo_inputs.values()))):
             df[index][word] = df[index].get(word, 0) + 1
     spread: dict[str, int] = {}
     for per_label in df:
@@ -203,8 +203,8 @@ def _passages(value: str) -> list[str]:
             items = None
         if isinstance(items, list):
             return [str(i) for i in items if str(i).strip()]
-    if _LIST_ITEM_RE.search(value):
-        items = _LIST_ITEM_RE.split(value)
+    if LIST_ITEM_RE.search(value):
+        items = LIST_ITEM_RE.split(value)
         return [_unquote(i) for i in items if i.strip()]
     return [_unquote(value)]
 
@@ -218,14 +218,14 @@ def _unquote(text: str) -> str:
     return text
 
 
-def _sentences(text: str) -> list[str]:
+def split_sentences(text: str) -> list[str]:
     out = []
     for chunk in text.split("\n"):
-        out.extend(s.strip() for s in _SENTENCE_SPLIT_RE.split(chunk) if s.strip())
+        out.extend(s.strip() for s in SENTENCE_SPLIT_RE.split(chunk) if s.strip())
     return out
 
 
-class _Call:
+class FieldAnswerer:
     """State of one request being answered: the parsed program, current inputs and a digest."""
 
     def __init__(
@@ -248,7 +248,7 @@ class _Call:
             v for k, v in inputs.items() if k not in context_names and k != "trajectory"
         )
         self.all_text = " ".join(inputs.values())
-        self.query_tokens = set(_tokens(self.all_text))
+        self.query_tokens = set(tokenize(self.all_text))
 
     def _is_context(self, name: str, value: str) -> bool:
         lowered = name.lower()
@@ -256,7 +256,7 @@ class _Call:
             return True
         if len(self.inputs) < 2 or lowered == "trajectory":
             return False
-        return value.startswith("[1] «") or (len(value) > 300 and len(_sentences(value)) > 2)
+        return value.startswith("[1] «") or (len(value) > 300 and len(split_sentences(value)) > 2)
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -283,7 +283,7 @@ class _Call:
         """Outputs of a demo whose inputs equal the current inputs, if any."""
         if not self.inputs or not self.program.demos:
             return None
-        current = {k: _squash(v) for k, v in self.inputs.items()}
+        current = {k: squash(v) for k, v in self.inputs.items()}
         for key, (_, demo_outputs) in zip(self.program.demo_keys, self.program.demos, strict=True):
             if demo_outputs and key == current:
                 return demo_outputs
@@ -302,7 +302,7 @@ class _Call:
         if kind == "dict":
             return self._dict(spec)
         if kind == "schema":
-            return _from_schema(spec.schema or {}, self, spec.name, spec.schema or {})
+            return from_schema(spec.schema or {}, self, spec.name, spec.schema or {})
         if spec.name in _REASONING_NAMES:
             return self._reasoning(spec)
         return self._text(spec)
@@ -320,12 +320,16 @@ class _Call:
         scores = [sum(w.get(t, 0.0) for t in tokens) for w in weights]
         if self.temperature > 0:
             scores = [
-                s + 0.3 * self.temperature * _unit(self.digest, f"t:{spec.name}:{i}")
+                s + 0.3 * self.temperature * unit_from_seed(self.digest, f"t:{spec.name}:{i}")
                 for i, s in enumerate(scores)
             ]
         best = max(scores)
         tied = [i for i, s in enumerate(scores) if best - s < 1e-9]
-        pick = tied[0] if len(tied) == 1 else tied[int(_unit(self.digest, f"tie:{spec.name}") * len(tied))]
+        pick = (
+            tied[0]
+            if len(tied) == 1
+            else tied[int(unit_from_seed(self.digest, f"tie:{spec.name}") * len(tied))]
+        )
         return choices[pick]
 
     def _tool_choice(self, choices: tuple) -> Any:
@@ -339,7 +343,7 @@ class _Call:
         for name in choices:
             if name == "finish" or name not in tools:
                 continue
-            tool_words = set(_tokens(name.replace("_", " ") + " " + tools[name].desc))
+            tool_words = set(tokenize(name.replace("_", " ") + " " + tools[name].desc))
             score = len(tool_words & self.query_tokens)
             if score > best_score:
                 best, best_score = name, score
@@ -348,7 +352,7 @@ class _Call:
     def _bool(self, spec: FieldSpec) -> bool:
         if any(spec.name in out for _, out in self.program.demos):
             return bool(self._literal(FieldSpec(spec.name, kind="bool"), (True, False)))
-        words = set(_tokens(spec.name.replace("_", " ") + " " + spec.desc)) - {
+        words = set(tokenize(spec.name.replace("_", " ") + " " + spec.desc)) - {
             "is",
             "has",
             "should",
@@ -357,17 +361,17 @@ class _Call:
         hit = bool(words & self.query_tokens)
         if "question" in spec.name:
             hit = self.question_text.rstrip().endswith("?")
-        negated = any(w in _NEGATIONS for w in _raw_words(self.question_text or self.all_text))
+        negated = any(w in NEGATIONS for w in raw_words(self.question_text or self.all_text))
         return hit != negated
 
     # -- numbers ---------------------------------------------------------------------------
 
     def _number(self, spec: FieldSpec) -> int | float:
-        value = _find_arithmetic(self.question_text or self.all_text)
+        value = find_arithmetic(self.question_text or self.all_text)
         if value is None:
-            value = _first_number(self.question_text or self.all_text)
+            value = first_number(self.question_text or self.all_text)
         if value is None:
-            value = int(_unit(self.digest, f"n:{spec.name}") * 100)
+            value = int(unit_from_seed(self.digest, f"n:{spec.name}") * 100)
         if spec.kind == "int":
             return round(value)
         return round(float(value), 6)
@@ -381,9 +385,9 @@ class _Call:
         if self.context_names:
             answer = self._extract(spec, style)
         else:
-            value = _find_arithmetic(self.question_text)
+            value = find_arithmetic(self.question_text)
             if value is not None:
-                answer = _format_number(value)
+                answer = format_number(value)
             else:
                 answer = self._nearest_demo(spec) or self._derived(spec, style)
         if style.max_words and not self.context_names:
@@ -396,7 +400,7 @@ class _Call:
         for demo_inputs, demo_outputs in self.program.demos:
             if spec.name not in demo_outputs:
                 continue
-            words = set(_tokens(" ".join(str(v) for v in demo_inputs.values())))
+            words = set(tokenize(" ".join(str(v) for v in demo_inputs.values())))
             union = words | self.query_tokens
             score = len(words & self.query_tokens) / len(union) if union else 0.0
             if score >= best_score:
@@ -408,18 +412,18 @@ class _Call:
         source = self.question_text or self.all_text
         if not source.strip():
             return "No input was provided."
-        sentences = _sentences(source)
+        sentences = split_sentences(source)
         first = sentences[0] if sentences else source.strip()
         words = first.split()
         if spec.name == "name" or spec.name.endswith("_name"):
-            capitalised = _CAPITALISED_RE.search(source)
+            capitalised = CAPITALISED_RE.search(source)
             if capitalised:
                 return capitalised.group(0)
         if spec.name in ("summary", "title", "headline", "tldr", "abstract"):
             return " ".join(words[: 12 if spec.name != "summary" else 25]).rstrip(".,;:") + (
                 "." if spec.name == "summary" else ""
             )
-        keywords = _keywords(source, 6)
+        keywords = keywords_of(source, 6)
         if style.max_words:
             return " ".join(keywords[: style.max_words]) or words[0]
         topic = ", ".join(keywords[:3]) if keywords else words[0]
@@ -427,12 +431,12 @@ class _Call:
 
     def _extract(self, spec: FieldSpec, style: _Style) -> str:
         """Extractive QA: the context sentence that best matches the question, or a span of it."""
-        q_tokens = set(_tokens(self.question_text))
+        q_tokens = set(tokenize(self.question_text))
         best, best_score = "", -1.0
         for name in self.context_names:
             for passage in _passages(self.inputs[name]):
-                for sentence in _sentences(passage):
-                    s_tokens = set(_tokens(sentence))
+                for sentence in split_sentences(passage):
+                    s_tokens = set(tokenize(sentence))
                     score = len(q_tokens & s_tokens) - 0.001 * len(s_tokens)
                     if score > best_score:
                         best, best_score = sentence, score
@@ -448,7 +452,7 @@ class _Call:
             if tool and tool != "finish":
                 return f"I should call {tool} to collect the information I need."
             return "I have the information needed to produce the outputs, so I can finish."
-        keywords = _keywords(self.question_text or self.all_text, 3)
+        keywords = keywords_of(self.question_text or self.all_text, 3)
         first_input = next((k for k in self.inputs if k not in self.context_names), "input")
         parts = [
             f"The {first_input} mentions {', '.join(keywords)}."
@@ -472,7 +476,7 @@ class _Call:
             picked = [item.choices[i] for s, i in sorted(scored, key=lambda x: (-x[0], x[1])) if s > 0][:3]
             return picked or [self._literal(item, item.choices)]
         if item.kind in ("int", "float"):
-            numbers = [float(n.replace(",", "")) for n in _NUMBER_RE.findall(self.all_text)][:5]
+            numbers = [float(n.replace(",", "")) for n in NUMBER_RE.findall(self.all_text)][:5]
             return [int(n) if item.kind == "int" else n for n in numbers] or [self._number(item)]
         if item.kind == "bool":
             return [self._bool(item)]
@@ -481,7 +485,7 @@ class _Call:
         size = self._demo_list_size(spec) or 3
         if self.context_names and spec.name not in ("keywords", "tags", "topics"):
             return [self._extract(spec, _Style())][:size]
-        return _keywords(self.question_text or self.all_text, size) or ["none"]
+        return keywords_of(self.question_text or self.all_text, size) or ["none"]
 
     def _demo_list_size(self, spec: FieldSpec) -> int:
         sizes = []
@@ -500,7 +504,7 @@ class _Call:
         if spec.name == "next_tool_args" and self.program.tools:
             tool = self.program.tools.get(str(self.values.get("next_tool_name", "")))
             return self._tool_args(tool) if tool else {}
-        keys = _keywords(self.question_text or self.all_text, 2) or ["input"]
+        keys = keywords_of(self.question_text or self.all_text, 2) or ["input"]
         item = spec.item or FieldSpec(spec.name)
         if item.kind == "str" and item.type in ("Any", "typing.Any", "object"):
             return {"topic": keys[0], "keywords": keys}
@@ -515,10 +519,10 @@ class _Call:
         for name, schema in tool.args.items():
             kind = schema.get("type") if isinstance(schema, dict) else None
             if kind == "integer":
-                number = _first_number(text)
+                number = first_number(text)
                 args[name] = int(number) if number is not None else 1
             elif kind == "number":
-                number = _first_number(text)
+                number = first_number(text)
                 args[name] = float(number) if number is not None else 1.0
             elif kind == "boolean":
                 args[name] = True
@@ -528,19 +532,19 @@ class _Call:
                 args[name] = {}
             elif "expr" in name.lower():
                 # A calculator-like tool gets the arithmetic in the question, not the whole sentence.
-                args[name] = _find_expression(text) or text
+                args[name] = find_expression(text) or text
             else:
                 args[name] = text
         return args
 
 
-def _keywords(text: str, limit: int) -> list[str]:
+def keywords_of(text: str, limit: int) -> list[str]:
     """Distinct content words of a text in order of appearance (original spelling, lowercased)."""
     seen, out = set(), []
-    for word in _raw_words(text):
+    for word in raw_words(text):
         if len(word) < 3 or word in STOPWORDS or word.isdigit():
             continue
-        stem = _stem(word)
+        stem = stem_word(word)
         if stem in seen:
             continue
         seen.add(stem)
@@ -565,14 +569,14 @@ def _span(sentence: str, question: str, max_words: int) -> str:
     Prefers numbers for how-many/when questions and capitalised words for who/where/which ones,
     and runs close to the words the question and sentence share.
     """
-    q_stems = set(_tokens(question))
-    words = [(m.group(0), m.start(), m.end()) for m in _SPAN_WORD_RE.finditer(sentence)]
+    q_stems = set(tokenize(question))
+    words = [(m.group(0), m.start(), m.end()) for m in SPAN_WORD_RE.finditer(sentence)]
     if not words:
         return sentence
     keep, near = [], []
     for index, (word, _, _) in enumerate(words):
         lower = word.lower().strip("$%")
-        in_question = _stem(lower) in q_stems
+        in_question = stem_word(lower) in q_stems
         if in_question:
             near.append(index)
         keep.append(not in_question and lower not in STOPWORDS)
@@ -658,18 +662,18 @@ def _coerce(value: Any, spec: FieldSpec) -> Any:
     return value
 
 
-def _from_schema(schema: dict, call: _Call, name: str, root: dict, depth: int = 0) -> Any:
+def from_schema(schema: dict, call: FieldAnswerer, name: str, root: dict, depth: int = 0) -> Any:
     """A value satisfying a JSON schema (pydantic output types, json_schema response formats)."""
     if depth > 6:
         return None
     if "$ref" in schema:
         ref = schema["$ref"].rsplit("/", 1)[-1]
         target = (root.get("$defs") or root.get("definitions") or {}).get(ref, {})
-        return _from_schema(target, call, name, root, depth + 1)
+        return from_schema(target, call, name, root, depth + 1)
     for key in ("anyOf", "oneOf", "allOf"):
         if key in schema:
             options = [s for s in schema[key] if s.get("type") != "null"] or schema[key]
-            return _from_schema(options[0], call, name, root, depth + 1)
+            return from_schema(options[0], call, name, root, depth + 1)
     if "enum" in schema:
         spec = FieldSpec(name, kind="literal", choices=tuple(schema["enum"]))
         return call._literal(spec, spec.choices)
@@ -680,11 +684,11 @@ def _from_schema(schema: dict, call: _Call, name: str, root: dict, depth: int = 
         kind = next((k for k in kind if k != "null"), "string")
     if kind == "object" or "properties" in schema:
         return {
-            key: _from_schema(sub, call, key, root, depth + 1)
+            key: from_schema(sub, call, key, root, depth + 1)
             for key, sub in schema.get("properties", {}).items()
         }
     if kind == "array":
-        return [_from_schema(schema.get("items", {}), call, name, root, depth + 1)]
+        return [from_schema(schema.get("items", {}), call, name, root, depth + 1)]
     if kind == "integer":
         return call._number(FieldSpec(name, kind="int"))
     if kind == "number":

@@ -8,10 +8,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from llm.sim.answering import _Call, _from_schema, _keywords, _sentences
-from llm.sim.prompts import Program, _program, _sections, _strip_requirements, _supplied
-from llm.sim.rendering import _render_chat, _render_json, _render_xml
-from llm.sim.text import _find_arithmetic, _format_number, _message_text, count_tokens
+from llm.sim.answering import FieldAnswerer, from_schema, keywords_of, split_sentences
+from llm.sim.prompts import Program, chat_sections, is_supplied, parse_program, strip_requirements
+from llm.sim.rendering import render_chat, render_json, render_xml
+from llm.sim.text import count_tokens, find_arithmetic, format_number, message_text
 
 # ---------------------------------------------------------------------------------------------
 # Public result type
@@ -72,7 +72,7 @@ def simulate_chat(
     n>1 request (they differ only when temperature > 0).
     """
     params = params or {}
-    texts = [(str(m.get("role", "user")), _message_text(m.get("content"))) for m in messages]
+    texts = [(str(m.get("role", "user")), message_text(m.get("content"))) for m in messages]
     temperature = float(params.get("temperature") or 0.0)
     digest = _digest(model, texts, temperature, params.get("seed"), choice if temperature > 0 else 0)
     content = _answer(texts, params, digest, temperature, concise=normalize_model(model) == "concise")
@@ -99,18 +99,18 @@ def _answer(
             for i in range(0, len(turns) - 1, 2)
             if turns[i][0] == "user" and i + 1 < len(turns) - 1 and turns[i + 1][0] == "assistant"
         )
-        program = _program(system, pairs)
+        program = parse_program(system, pairs)
     if program is None:
         return _plain_chat(turns, fmt_kind, schema, digest)
     last = turns[-1][1]
-    inputs = {k: v for k, v in _sections(_strip_requirements(last)).items() if _supplied(v)}
-    call = _Call(program, inputs, digest, temperature, concise)
+    inputs = {k: v for k, v in chat_sections(strip_requirements(last)).items() if is_supplied(v)}
+    call = FieldAnswerer(program, inputs, digest, temperature, concise)
     values = call.answer()
     if program.json_mode or fmt_kind or "Respond with a JSON object" in last:
-        return _render_json(values)
+        return render_json(values)
     if "wrapped in XML tags" in last:
-        return _render_xml(values, program.outputs)
-    return _render_chat(values, program.outputs)
+        return render_xml(values, program.outputs)
+    return render_chat(values, program.outputs)
 
 
 _GREETING_RE = re.compile(r"^\s*(hi|hello|hey|good (morning|afternoon|evening))\b", re.I)
@@ -119,9 +119,9 @@ _GREETING_RE = re.compile(r"^\s*(hi|hello|hey|good (morning|afternoon|evening))\
 def _plain_chat(turns: list[tuple[str, str]], fmt_kind: str, schema: dict | None, digest: bytes) -> str:
     """A deterministic, echo-like answer to a prompt that is not a DSPy prompt."""
     user = next((text for role, text in reversed(turns) if role == "user"), "")
-    value = _find_arithmetic(user)
+    value = find_arithmetic(user)
     if value is not None:
-        text = f"The result is {_format_number(value)}."
+        text = f"The result is {format_number(value)}."
     elif _GREETING_RE.match(user):
         text = (
             "Hello! I am the DSPex simulated model. My answers are generated from your prompt, not by an LLM."
@@ -129,14 +129,14 @@ def _plain_chat(turns: list[tuple[str, str]], fmt_kind: str, schema: dict | None
     elif not user.strip():
         text = "(simulated) No message was given."
     else:
-        first = _sentences(user)[0] if _sentences(user) else user.strip()
-        keywords = _keywords(user, 3)
+        first = split_sentences(user)[0] if split_sentences(user) else user.strip()
+        keywords = keywords_of(user, 3)
         about = f" about {', '.join(keywords)}" if keywords else ""
         text = f"(simulated) You asked{about}: {first[:200]}"
     if fmt_kind == "json_schema" and schema:
         program = Program(inputs=[], outputs=[], instructions="", json_mode=True)
-        call = _Call(program, {"message": user}, digest, 0.0)
-        return json.dumps(_from_schema(schema, call, "response", schema), ensure_ascii=False)
+        call = FieldAnswerer(program, {"message": user}, digest, 0.0)
+        return json.dumps(from_schema(schema, call, "response", schema), ensure_ascii=False)
     if fmt_kind:
         return json.dumps({"response": text}, ensure_ascii=False)
     return text

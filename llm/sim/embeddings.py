@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import zlib
 
-from llm.sim.text import STOPWORDS, _raw_words, _stem
+from llm.sim.text import STOPWORDS, raw_words, stem_word
 
 # ---------------------------------------------------------------------------------------------
 # Embeddings
@@ -25,9 +25,9 @@ def simulate_embeddings(model: str, texts: list[str], dim: int = 256) -> list[li
 
 def _embed(text: str, dim: int) -> list[float]:
     vector = [0.0] * dim
-    words = [w for w in _raw_words(text) if w not in STOPWORDS] or _raw_words(text)
+    words = [w for w in raw_words(text) if w not in STOPWORDS] or raw_words(text)
     for word in words:
-        h = zlib.crc32(b"w:" + _stem(word).encode())
+        h = zlib.crc32(b"w:" + stem_word(word).encode())
         vector[h % dim] += 1.0 if h & 0x80000000 else -1.0
         padded = f"<{word}>"
         for i in range(len(padded) - 2):

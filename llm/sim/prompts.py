@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from llm.sim.text import _HEADER_RE, _WS_RE
+from llm.sim.text import HEADER_RE, WS_RE
 
 # ---------------------------------------------------------------------------------------------
 # Prompt structure
@@ -221,10 +221,10 @@ def _parse_system(system: str) -> Program | None:
     )
 
 
-def _sections(text: str) -> dict[str, str]:
+def chat_sections(text: str) -> dict[str, str]:
     """`[[ ## name ## ]]` sections of a message, name -> stripped value (first occurrence wins)."""
     out: dict[str, str] = {}
-    matches = list(_HEADER_RE.finditer(text))
+    matches = list(HEADER_RE.finditer(text))
     if not matches and "</" in text:
         return _xml_sections(text)
     for i, m in enumerate(matches):
@@ -246,7 +246,7 @@ def _xml_sections(text: str) -> dict[str, str]:
     return out
 
 
-def _strip_requirements(text: str) -> str:
+def strip_requirements(text: str) -> str:
     """Drop the trailing "Respond with ..." format reminder of the main user message."""
     index = text.rfind("\n\nRespond with ")
     return text[:index] if index >= 0 else text
@@ -267,25 +267,25 @@ def _json_object(text: str) -> dict | None:
     return value if isinstance(value, dict) else None
 
 
-def _supplied(value: Any) -> bool:
+def is_supplied(value: Any) -> bool:
     return value is not None and not (isinstance(value, str) and value.strip().startswith(_NOT_SUPPLIED))
 
 
 def _parse_demos(pairs: tuple[tuple[str, str], ...]) -> list[tuple[dict, dict]]:
     demos = []
     for user, assistant in pairs:
-        inputs = {k: v for k, v in _sections(user).items() if _supplied(v)}
-        outputs = _sections(assistant)
+        inputs = {k: v for k, v in chat_sections(user).items() if is_supplied(v)}
+        outputs = chat_sections(assistant)
         if not outputs:
             outputs = _json_object(assistant) or {}
-        outputs = {k: v for k, v in outputs.items() if _supplied(v)}
+        outputs = {k: v for k, v in outputs.items() if is_supplied(v)}
         if inputs or outputs:
             demos.append((inputs, outputs))
     return demos
 
 
 @lru_cache(maxsize=512)
-def _program(system: str, pairs: tuple[tuple[str, str], ...]) -> Program | None:
+def parse_program(system: str, pairs: tuple[tuple[str, str], ...]) -> Program | None:
     """Program (schema + demos) for a system message and its demo turns; parsed once, reused."""
     base = _parse_system(system)
     if base is None:
@@ -298,9 +298,9 @@ def _program(system: str, pairs: tuple[tuple[str, str], ...]) -> Program | None:
         json_mode=base.json_mode,
         tools=base.tools,
         demos=demos,
-        demo_keys=[{k: _squash(str(v)) for k, v in inputs.items()} for inputs, _ in demos],
+        demo_keys=[{k: squash(str(v)) for k, v in inputs.items()} for inputs, _ in demos],
     )
 
 
-def _squash(text: str) -> str:
-    return _WS_RE.sub(" ", text).strip()
+def squash(text: str) -> str:
+    return WS_RE.sub(" ", text).strip()

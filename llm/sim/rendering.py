@@ -7,13 +7,13 @@ import json
 from typing import Any
 
 from llm.sim.prompts import FieldSpec
-from llm.sim.text import _format_number
+from llm.sim.text import format_number
 
 # ---------------------------------------------------------------------------------------------
 # Rendering
 
 
-def _render_chat(values: dict[str, Any], specs: list[FieldSpec]) -> str:
+def render_chat(values: dict[str, Any], specs: list[FieldSpec]) -> str:
     parts = [f"[[ ## {spec.name} ## ]]\n{_chat_value(values[spec.name])}" for spec in specs]
     parts.append("[[ ## completed ## ]]")
     return "\n\n".join(parts)
@@ -23,11 +23,11 @@ def _chat_value(value: Any) -> str:
     if isinstance(value, (list, dict)):
         return json.dumps(value, ensure_ascii=False)
     if isinstance(value, float):
-        return _format_number(value) if value.is_integer() else repr(value)
+        return format_number(value) if value.is_integer() else repr(value)
     return str(value)
 
 
-def _render_xml(values: dict[str, Any], specs: list[FieldSpec]) -> str:
+def render_xml(values: dict[str, Any], specs: list[FieldSpec]) -> str:
     return "\n\n".join(_xml_value(values[spec.name], spec.name) for spec in specs)
 
 
@@ -50,5 +50,5 @@ def _xml_escape(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace('"', "&quot;")
 
 
-def _render_json(values: dict[str, Any]) -> str:
+def render_json(values: dict[str, Any]) -> str:
     return json.dumps(values, ensure_ascii=False)

@@ -13,16 +13,16 @@ from dspex_site.arithmetic import evaluate
 # Text helpers (compiled once: this module sits under benchmarks)
 
 _TOKEN_RE = re.compile(r"[a-z0-9]+")
-_HEADER_RE = re.compile(r"\[\[ ## (\w+) ## \]\]")
-_SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9$])")
-_SPAN_WORD_RE = re.compile(
+HEADER_RE = re.compile(r"\[\[ ## (\w+) ## \]\]")
+SENTENCE_SPLIT_RE = re.compile(r"(?<=[.!?])\s+(?=[\"'(\[A-Z0-9$])")
+SPAN_WORD_RE = re.compile(
     r"[\w.+-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})+|https?://\S+[\w/]|\$?\d[\d,]*(?:\.\d+)?%?|[A-Za-z][A-Za-z'\u2019\-]*"
 )
-_NUMBER_RE = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w])")
-_LIST_ITEM_RE = re.compile(r"^\[\d+\] ", re.M)
-_WS_RE = re.compile(r"\s+")
+NUMBER_RE = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w])")
+LIST_ITEM_RE = re.compile(r"^\[\d+\] ", re.M)
+WS_RE = re.compile(r"\s+")
 _DIGIT_RE = re.compile(r"\d")
-_CAPITALISED_RE = re.compile(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)*")
+CAPITALISED_RE = re.compile(r"\b[A-Z][a-z]+(?: [A-Z][a-z]+)*")
 
 STOPWORDS = frozenset(
     """a an the and or but if then else of to in on at by for with from into onto over under about
@@ -35,7 +35,7 @@ STOPWORDS = frozenset(
     through between because even still already yet ever anymore really actually always another every
     don doesn didn isn wasn aren weren haven hasn won wouldn couldn shouldn""".split()  # noqa: SIM905
 )
-_NEGATIONS = frozenset(
+NEGATIONS = frozenset(
     {
         "not",
         "no",
@@ -56,7 +56,7 @@ _NEGATIONS = frozenset(
 _stem_cache: dict[str, str] = {}
 
 
-def _stem(word: str) -> str:
+def stem_word(word: str) -> str:
     """A tiny suffix stripper: refunds/refunded/refunding -> refund, charges/charge -> charg."""
     cached = _stem_cache.get(word)
     if cached is not None:
@@ -79,12 +79,12 @@ def _stem(word: str) -> str:
     return w
 
 
-def _tokens(text: str) -> list[str]:
+def tokenize(text: str) -> list[str]:
     """Content-word stems of a text, in order (stopwords and 1-letter tokens dropped)."""
-    return [_stem(t) for t in _TOKEN_RE.findall(text.lower()) if len(t) > 1 and t not in STOPWORDS]
+    return [stem_word(t) for t in _TOKEN_RE.findall(text.lower()) if len(t) > 1 and t not in STOPWORDS]
 
 
-def _raw_words(text: str) -> list[str]:
+def raw_words(text: str) -> list[str]:
     return _TOKEN_RE.findall(text.lower())
 
 
@@ -93,7 +93,7 @@ def count_tokens(text: str) -> int:
     return (len(text) + 3) // 4 if text else 0
 
 
-def _message_text(content: Any) -> str:
+def message_text(content: Any) -> str:
     """Text of an OpenAI-style message content: a string or a list of parts."""
     if content is None:
         return ""
@@ -110,7 +110,7 @@ def _message_text(content: Any) -> str:
     return str(content)
 
 
-def _unit(seed: bytes, salt: str) -> float:
+def unit_from_seed(seed: bytes, salt: str) -> float:
     """A deterministic number in [0, 1) from the request digest and a salt."""
     return zlib.crc32(salt.encode(), int.from_bytes(seed[:4], "big")) / 4294967296.0
 
@@ -141,7 +141,7 @@ _EXPR_RE = re.compile(r"[\d(][\d\s.+\-*/%()^]{0,200}[\d)]")
 _HAS_OP_RE = re.compile(r"[\d)]\s*(?:\*\*|[+\-*/%^])\s*[\d(\-]")
 
 
-def _find_expression(text: str) -> str | None:
+def find_expression(text: str) -> str | None:
     """The longest arithmetic expression in a text (operators in words made symbols), if any."""
     if not _DIGIT_RE.search(text):
         return None
@@ -156,9 +156,9 @@ def _find_expression(text: str) -> str | None:
     return best
 
 
-def _find_arithmetic(text: str) -> float | int | None:
+def find_arithmetic(text: str) -> float | int | None:
     """The value of the longest arithmetic expression in a text, if any."""
-    best = _find_expression(text)
+    best = find_expression(text)
     if best is None:
         return None
     try:
@@ -167,15 +167,15 @@ def _find_arithmetic(text: str) -> float | int | None:
         return None
 
 
-def _first_number(text: str) -> float | int | None:
-    match = _NUMBER_RE.search(text)
+def first_number(text: str) -> float | int | None:
+    match = NUMBER_RE.search(text)
     if not match:
         return None
     raw = match.group(0).replace(",", "")
     return float(raw) if "." in raw else int(raw)
 
 
-def _format_number(value: float | int) -> str:
+def format_number(value: float | int) -> str:
     if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
         return str(int(value))
     return str(round(value, 6)) if isinstance(value, float) else str(value)
