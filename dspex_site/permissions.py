@@ -1,6 +1,6 @@
 """API access by role (DESIGN.md groups): viewers read, operators run and edit, superusers all.
 
-The roles are the `Viewers` and `Operators` groups (monitoring/0002), checked through the
+The roles are the `Viewers` and `Operators` groups (`dspex_site.roles`), checked through the
 permissions they grant rather than group names, so a site can make other groups with the same
 permissions. An authenticated user in neither group (an "outsider") gets 403 everywhere.
 """
@@ -12,11 +12,10 @@ from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 from rest_framework.throttling import UserRateThrottle
 
+from dspex_site.roles import EDIT, READ, RUN
+
 logger = logging.getLogger(__name__)
 
-READ = "programs.view_cognitiveprogram"
-EDIT = "programs.change_cognitiveprogram"
-RUN = "programs.run_cognitiveprogram"
 # Endpoints that start or stop work (spend provider money) rather than edit stored objects.
 RUN_ACTIONS = {"execute", "cancel"}
 RUN_VIEWS = {"OptimizeView"}

@@ -22,7 +22,7 @@ from caching.models import ProgramCachePolicy
 from caching.optimizations import optimization_state
 from dspex_site.jobs import heartbeat
 from executions.models import CognitiveExecution
-from executions.tracing import ExecutionCancelled, TraceRecorder, jsonable
+from executions.tracing import ExecutionCancelled, TraceRecorder
 from llm import budgets, gateway, resilience
 from llm.errors import RATE_LIMIT, TRANSIENT, Failure, classify
 from monitoring import telemetry
@@ -256,7 +256,8 @@ def _record(
     # Each branch is one UPDATE: atomic on its own, no transaction round trips needed.
     fields = {"trace": recorder.entries, "metrics": recorder.metrics(), "duration_ms": duration_ms}
     if failure is None and output is not None:
-        execution.finish(CognitiveExecution.Status.SUCCEEDED, output=jsonable(output), **fields)
+        # `PipelineModule.run` already returns `to_jsonable` output: no second conversion here.
+        execution.finish(CognitiveExecution.Status.SUCCEEDED, output=output, **fields)
     elif failure is not None and retry_in is not None:
         execution.requeue_after_failure(
             failure.as_error(), retry_in, spend_attempt=failure.kind != RATE_LIMIT, **fields

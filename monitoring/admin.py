@@ -5,7 +5,6 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.db import transaction
-from django.db.models.signals import post_migrate
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
@@ -15,47 +14,6 @@ from rest_framework.authtoken.models import TokenProxy
 from dspex_site.console import ReadOnlyAdmin
 from monitoring import audit
 from monitoring.models import AuditEvent
-from programs.models import CognitiveProgram
-
-OPERATORS, VIEWERS = "Operators", "Viewers"
-# Apps whose models the console shows: viewers may view them all, operators also change them
-# (the admin classes keep executions, versions, results and the audit trail read-only anyway).
-CONSOLE_APPS = ("programs", "executions", "optimization", "caching", "llm")
-
-
-def sync_console_groups(sender: Any = None, **kwargs: Any) -> None:
-    """Keep the Operators and Viewers groups (made by monitoring/0002) in step with the models.
-
-    Runs after every `migrate` (and every test-database flush): the data migration could only
-    grant the permissions of models that existed when it was written. It only adds, so a
-    permission removed from one of these groups by hand comes back at the next migrate: a site
-    that wants other roles makes other groups.
-    """
-    from django.apps import apps
-    from django.contrib.auth.management import create_permissions
-    from django.contrib.auth.models import Group, Permission
-    from django.contrib.contenttypes.models import ContentType
-
-    configs = list(apps.get_app_configs())
-    if sender is not configs[-1]:
-        return  # post_migrate is sent once per app: act once, after the last
-    for config in configs:  # idempotent; this handler may run before auth's own one
-        create_permissions(config, verbosity=0)
-    program_type = ContentType.objects.get_for_model(CognitiveProgram)
-    run, _ = Permission.objects.get_or_create(
-        content_type=program_type,
-        codename="run_cognitiveprogram",
-        defaults={"name": "Can run cognitive program"},
-    )
-    console = Permission.objects.filter(content_type__app_label__in=CONSOLE_APPS)
-    audit_view = Permission.objects.filter(content_type__app_label="monitoring", codename__startswith="view_")
-    viewers, _ = Group.objects.get_or_create(name=VIEWERS)
-    viewers.permissions.add(*console.filter(codename__startswith="view_"), *audit_view)
-    operators, _ = Group.objects.get_or_create(name=OPERATORS)
-    operators.permissions.add(*console, *audit_view, run)
-
-
-post_migrate.connect(sync_console_groups, dispatch_uid="dspex-console-groups")
 
 
 @admin.register(AuditEvent)

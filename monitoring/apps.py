@@ -6,6 +6,11 @@ class MonitoringConfig(AppConfig):
     verbose_name = "Monitoring and audit"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_migrate
+
+        from dspex_site.roles import sync_console_groups
+
+        post_migrate.connect(sync_console_groups, dispatch_uid="dspex-console-groups")
         from monitoring import telemetry
         from monitoring.metrics import prometheus_handler
 

@@ -12,6 +12,7 @@ from typing import Any
 import dspy
 
 from llm import gateway
+from programs.spec.numbers import check_number
 
 INIT, COMPILE = "init", "compile"
 
@@ -27,13 +28,7 @@ class Option:
         if isinstance(self.kind, tuple):
             return None if value in self.kind else f"must be one of {list(self.kind)}"
         if self.kind in (int, float):
-            if isinstance(value, bool) or not isinstance(value, int if self.kind is int else int | float):
-                return f"must be {'an integer' if self.kind is int else 'a number'}"
-            if self.low is not None and value < self.low:
-                return f"must be at least {self.low:g}"
-            if self.high is not None and value > self.high:
-                return f"must be at most {self.high:g}"
-            return None
+            return check_number(value, integer=self.kind is int, low=self.low, high=self.high)
         if self.kind is bool:
             return None if isinstance(value, bool) else "must be true or false"
         if self.kind is str:

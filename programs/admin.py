@@ -19,8 +19,9 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from dspex_site.console import ReadOnlyAdmin
+from dspex_site.display import ago, summary, trace_rows
+from dspex_site.roles import RUN
 from executions import runner
-from executions.admin import summary, trace_rows
 from executions.models import CognitiveExecution
 from monitoring import audit
 from programs.api import snapshot
@@ -33,7 +34,6 @@ admin.site.site_header = "DSPex operator console"
 admin.site.site_title = "DSPex"
 admin.site.index_title = "Programs, executions, optimizations"
 
-RUN_PERMISSION = "programs.run_cognitiveprogram"
 HISTORY_ROWS = 50
 
 
@@ -213,7 +213,7 @@ class ProgramAdmin(admin.ModelAdmin):
 
     def get_list_display(self, request: HttpRequest) -> list:
         columns = list(super().get_list_display(request))
-        return columns if request.user.has_perm(RUN_PERMISSION) else [c for c in columns if c != "run_link"]
+        return columns if request.user.has_perm(RUN) else [c for c in columns if c != "run_link"]
 
     def get_fieldsets(self, request: HttpRequest, obj: CognitiveProgram | None = None) -> list:
         main = (None, {"fields": ["name", "description", "status", "pipeline", "variables"]})
@@ -257,7 +257,7 @@ class ProgramAdmin(admin.ModelAdmin):
         if at is None:
             return "—"
         url = reverse("admin:executions_cognitiveexecution_changelist") + f"?program__id__exact={obj.pk}"
-        return format_html('<a href="{}" title="{}">{} ago</a>', url, at.isoformat(), _ago(at))
+        return format_html('<a href="{}" title="{}">{} ago</a>', url, at.isoformat(), ago(at))
 
     @admin.display(description="executions (24 h)", ordering="recent_executions")
     def executions_24h(self, obj: CognitiveProgram) -> int:
@@ -338,7 +338,7 @@ class ProgramAdmin(admin.ModelAdmin):
                 versions=versions[:HISTORY_ROWS],
                 more_versions=len(versions) > HISTORY_ROWS,
                 can_restore=self.has_change_permission(request, program),
-                can_run=program.is_runnable and request.user.has_perm(RUN_PERMISSION),
+                can_run=program.is_runnable and request.user.has_perm(RUN),
             )
         return super().change_view(request, object_id, form_url, extra_context=context)
 
@@ -424,7 +424,7 @@ class ProgramAdmin(admin.ModelAdmin):
     def run_view(self, request: HttpRequest, pk: Any) -> HttpResponse:
         """Run the program on one input in this request and show output, trace and cost."""
         program = self._program(request, pk)
-        if not request.user.has_perm(RUN_PERMISSION):
+        if not request.user.has_perm(RUN):
             raise PermissionDenied
         problems = program.spec_errors()
         initial = _rerun_initial(program, request.GET.get("from"))
@@ -507,14 +507,6 @@ def _claim_version(program: CognitiveProgram, user: Any) -> None:
         ProgramVersion.objects.filter(program=program, version=program.version, created_by=None).update(
             created_by=user
         )
-
-
-def _ago(at: Any) -> str:
-    seconds = max(0, int((timezone.now() - at).total_seconds()))
-    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-        if seconds >= size:
-            return f"{seconds // size} {unit}"
-    return f"{seconds} s"
 
 
 @admin.register(ProgramVersion)

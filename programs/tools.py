@@ -5,30 +5,9 @@ written for the model. Tools return strings, errors included: an exception would
 turned into an observation by ReAct anyway.
 """
 
-import ast
-import math
-import operator
-from collections.abc import Callable
 from datetime import UTC, datetime
 
-MAX_EXPRESSION_LENGTH = 200
-MAX_NODES = 100
-MAX_RESULT_DIGITS = 1000
-
-_BINARY: dict[type, Callable[[float, float], float]] = {
-    ast.Add: operator.add,
-    ast.Sub: operator.sub,
-    ast.Mult: operator.mul,
-    ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv,
-    ast.Mod: operator.mod,
-    ast.Pow: operator.pow,
-}
-_UNARY: dict[type, Callable[[float], float]] = {ast.USub: operator.neg, ast.UAdd: operator.pos}
-
-
-class CalculatorError(ValueError):
-    pass
+from dspex_site.arithmetic import MAX_EXPRESSION_LENGTH, ArithmeticExpressionError, evaluate
 
 
 def calculator(expression: str) -> str:
@@ -42,47 +21,9 @@ def calculator(expression: str) -> str:
     if len(expression) > MAX_EXPRESSION_LENGTH:
         return f"Error: expression longer than {MAX_EXPRESSION_LENGTH} characters"
     try:
-        tree = ast.parse(expression.strip(), mode="eval")
-        if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
-            raise CalculatorError("expression too complex")
-        return _format(_evaluate(tree.body))
-    except SyntaxError:
-        return f"Error: not an arithmetic expression: {expression.strip()}"
-    except ZeroDivisionError:
-        return "Error: division by zero"
-    except (CalculatorError, OverflowError, RecursionError, MemoryError) as exc:
-        return f"Error: {exc or 'result too large'}"
-
-
-def _evaluate(node: ast.AST) -> int | float:
-    if isinstance(node, ast.Constant):
-        if isinstance(node.value, bool) or not isinstance(node.value, int | float):
-            raise CalculatorError(f"only numbers are allowed, not {node.value!r}")
-        return node.value
-    if isinstance(node, ast.UnaryOp) and type(node.op) in _UNARY:
-        return _UNARY[type(node.op)](_evaluate(node.operand))
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINARY:
-        left, right = _evaluate(node.left), _evaluate(node.right)
-        if isinstance(node.op, ast.Pow):
-            _check_power(left, right)
-        return _check_size(_BINARY[type(node.op)](left, right))
-    raise CalculatorError("only numbers, + - * / // % ** and parentheses are allowed")
-
-
-def _check_power(base: float, exponent: float) -> None:
-    # Estimate the result's size before computing it: 9 ** 9 ** 9 must fail at once, not hang.
-    if abs(base) > 1 and abs(exponent) * math.log10(abs(base)) > MAX_RESULT_DIGITS:
-        raise CalculatorError("result too large")
-    if isinstance(exponent, float) and base < 0 and not exponent.is_integer():
-        raise CalculatorError("fractional power of a negative number")
-
-
-def _check_size(value: float) -> float:
-    if isinstance(value, int) and value.bit_length() > MAX_RESULT_DIGITS * 3.33:
-        raise CalculatorError("result too large")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise CalculatorError("result too large")
-    return value
+        return _format(evaluate(expression))
+    except ArithmeticExpressionError as exc:
+        return f"Error: {exc}"
 
 
 def _format(value: float) -> str:

@@ -2,6 +2,8 @@
 
 from django.db import migrations, models
 
+from dspex_site.roles import OPERATORS
+
 CACHES = {
     "llm": "LLM responses (24 h, 10,000 entries, 1 GB)",
     "embeddings": "Embeddings by model and text (7 days, 50,000 entries)",
@@ -24,7 +26,7 @@ def create_rows(apps, schema_editor):
     Permission = apps.get_model("auth", "Permission")
     Group = apps.get_model("auth", "Group")
     purge = Permission.objects.filter(content_type__app_label="caching", codename="purge_namedcache")
-    for group in Group.objects.filter(name="Operators"):
+    for group in Group.objects.filter(name=OPERATORS):
         group.permissions.add(*purge)
 
 

@@ -1,21 +1,9 @@
-"""The console's two roles as Django groups.
-
-Viewers see everything in the console but cannot change or run anything. Operators run and
-edit programs and work with executions and optimizations. Users and API tokens stay with
-superusers: neither group gets any `auth` or `authtoken` permission.
-
-`programs.run_cognitiveprogram` is the permission the admin's "Run" page checks.
-"""
+"""The console's two roles as Django groups; what they are and hold is `dspex_site.roles`."""
 
 from django.contrib.auth.management import create_permissions
 from django.db import migrations
 
-OPERATORS = "Operators"
-VIEWERS = "Viewers"
-# Apps whose models the console shows. Viewers may view all of them; operators may also
-# change them (the admin itself keeps executions, versions and the audit trail read-only).
-CONSOLE_APPS = ("programs", "executions", "optimization", "caching")
-RUN = ("programs", "cognitiveprogram", "run_cognitiveprogram", "Can run cognitive program")
+from dspex_site.roles import OPERATORS, RUN_CODENAME, VIEWERS, grant_console_roles
 
 
 def ensure_permissions(apps):
@@ -29,24 +17,14 @@ def ensure_permissions(apps):
 
 def grant_groups(apps, schema_editor):
     ensure_permissions(apps)
-    ContentType = apps.get_model("contenttypes", "ContentType")
-    Permission = apps.get_model("auth", "Permission")
-    Group = apps.get_model("auth", "Group")
-    app_label, model, codename, name = RUN
-    content_type, _ = ContentType.objects.get_or_create(app_label=app_label, model=model)
-    run, _ = Permission.objects.get_or_create(content_type=content_type, codename=codename, defaults={"name": name})
-    console = Permission.objects.filter(content_type__app_label__in=CONSOLE_APPS)
-    audit_view = Permission.objects.filter(content_type__app_label="monitoring", codename__startswith="view_")
-
-    viewers, _ = Group.objects.get_or_create(name=VIEWERS)
-    viewers.permissions.add(*console.filter(codename__startswith="view_"), *audit_view)
-    operators, _ = Group.objects.get_or_create(name=OPERATORS)
-    operators.permissions.add(*console, *audit_view, run)
+    grant_console_roles(
+        apps.get_model("auth", "Group"), apps.get_model("auth", "Permission"), apps.get_model("contenttypes", "ContentType")
+    )
 
 
 def remove_groups(apps, schema_editor):
     apps.get_model("auth", "Group").objects.filter(name__in=[OPERATORS, VIEWERS]).delete()
-    apps.get_model("auth", "Permission").objects.filter(codename=RUN[2]).delete()
+    apps.get_model("auth", "Permission").objects.filter(codename=RUN_CODENAME).delete()
 
 
 class Migration(migrations.Migration):

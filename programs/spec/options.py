@@ -4,11 +4,11 @@ The same check runs on a literal at validation time and on a `$var` value at run
 so an execution's variable overrides can never push a setting out of its bounds.
 """
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from programs.spec.errors import show
+from programs.spec.numbers import check_number
 
 KIND_NAMES = {"int": "an integer", "number": "a number", "str": "a string", "bool": "a boolean"}
 
@@ -28,35 +28,16 @@ class OptionSpec:
 
 def check_option(spec: OptionSpec, value: Any) -> str | None:
     """Return why `value` does not fit `spec`, or None."""
-    problem = _check_kind(spec, value)
-    if problem:
-        return problem
     if spec.kind in ("int", "number"):
-        if spec.min is not None and value < spec.min:
-            return f"{show(value)} is below the minimum {show(spec.min)}"
-        if spec.max is not None and value > spec.max:
-            return f"{show(value)} is above the maximum {show(spec.max)}"
+        return check_number(value, integer=spec.kind == "int", low=spec.min, high=spec.max)
+    if not isinstance(value, bool if spec.kind == "bool" else str):
+        return f"expected {KIND_NAMES[spec.kind]}, got {show(value)}"
     if spec.kind == "str":
         if not value.strip():
             return "must not be empty"
         if len(value) > spec.max_length:
             return f"longer than {spec.max_length} characters"
     return None
-
-
-def _check_kind(spec: OptionSpec, value: Any) -> str | None:
-    if spec.kind == "bool":
-        ok = isinstance(value, bool)
-    elif spec.kind == "str":
-        ok = isinstance(value, str)
-    elif isinstance(value, bool) or not isinstance(value, int | float):
-        ok = False
-    elif spec.kind == "int":
-        ok = isinstance(value, int)
-    else:
-        # math.isfinite() on a huge int raises OverflowError: only floats can be non-finite.
-        ok = not isinstance(value, float) or math.isfinite(value)
-    return None if ok else f"expected {KIND_NAMES[spec.kind]}, got {show(value)}"
 
 
 SAMPLING: dict[str, OptionSpec] = {

@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 import dspy
 
+from dspex_site.jsonable import to_jsonable
 from programs.spec.errors import PipelineRuntimeError, ProgramSpecError, SpecError
 from programs.spec.inputs import check_inputs
-from programs.spec.jsonable import to_jsonable
 from programs.spec.options import check_option
 from programs.spec.plan import ProgramPlan, Setting, StepPlan
 from programs.spec.references import Ref

@@ -1,7 +1,7 @@
 """What a spec may name: tools, custom module classes, rewards and the retriever.
 
 A spec never imports anything itself. Tools and custom classes come from Django settings
-(trusted, written by operators), rewards from `optimization.metrics.REWARDS`.
+(trusted, written by operators), rewards from `programs.rewards.REWARDS`.
 """
 
 import functools
@@ -9,6 +9,8 @@ import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from programs.rewards import REWARDS
 
 Retriever = Callable[[str, str, int], list[str]]
 
@@ -40,8 +42,6 @@ def default_registry() -> Registry:
 
     Without Django settings (scripts, pure-Python tests) the shipped tools and module apply.
     """
-    from optimization.metrics import REWARDS
-
     tools_setting, custom_setting = _settings_or_defaults()
     return Registry(
         tools={name: import_dotted(path) for name, path in tools_setting.items()},

@@ -5,11 +5,11 @@ variable; `$var.temperature` uses it. An execution may override any declared var
 within its constraints; nothing else may be overridden.
 """
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 from programs.spec.errors import Errors, ProgramSpecError, SpecError, join, join_key, show
+from programs.spec.numbers import check_number, is_number
 from programs.spec.references import is_identifier
 
 VAR_TYPES = ("float", "int", "str", "bool", "choice")
@@ -54,17 +54,10 @@ def _choice_kinds(choices: tuple[Any, ...]) -> frozenset[str]:
         return frozenset({"str"})
     if all(isinstance(choice, bool) for choice in choices):
         return frozenset({"bool"})
-    if all(_is_number(choice) for choice in choices):
+    if all(is_number(choice) for choice in choices):
         ints = all(isinstance(choice, int) for choice in choices)
         return frozenset({"int", "number"}) if ints else frozenset({"number"})
     return frozenset()
-
-
-def _is_number(value: Any) -> bool:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return False
-    # math.isfinite() on a huge int raises OverflowError: only floats can be non-finite.
-    return not isinstance(value, float) or math.isfinite(value)
 
 
 # --- declarations -----------------------------------------------------------------------------
@@ -137,8 +130,7 @@ def _check_bounds(var_type: str, raw: dict, errors: Errors, path: str) -> dict |
     bounds: dict[str, float | None] = {}
     for key in ("min", "max"):
         value = raw.get(key)
-        fits = value is None or (_is_number(value) and (var_type == "float" or isinstance(value, int)))
-        if not fits or (isinstance(value, int) and abs(value) > 2**63):
+        if value is not None and check_number(value, integer=var_type == "int") is not None:
             errors.add(join(path, key), f"must be {'a number' if var_type == 'float' else 'an integer'}")
             return None
         bounds[key] = value
@@ -166,7 +158,7 @@ def _check_choices(raw: dict, errors: Errors, path: str) -> dict | None:
         return None
     seen: list[Any] = []
     for index, choice in enumerate(choices):
-        if not (isinstance(choice, str | bool) or _is_number(choice)) or (
+        if not (isinstance(choice, str | bool) or is_number(choice)) or (
             isinstance(choice, str) and len(choice) > 200
         ):
             errors.add(
@@ -214,16 +206,7 @@ def _check_str(decl: VarDecl, value: Any) -> str | None:
 
 
 def _check_number(decl: VarDecl, value: Any) -> str | None:
-    wanted_int = decl.type == "int"
-    if not _is_number(value) or (wanted_int and not isinstance(value, int)):
-        return f"expected {'an integer' if wanted_int else 'a number'}, got {show(value)}"
-    if isinstance(value, int) and abs(value) > 2**63:
-        return f"{show(value)} is out of range"
-    if decl.min is not None and value < decl.min:
-        return f"{show(value)} is below the minimum {show(decl.min)}"
-    if decl.max is not None and value > decl.max:
-        return f"{show(value)} is above the maximum {show(decl.max)}"
-    return None
+    return check_number(value, integer=decl.type == "int", low=decl.min, high=decl.max)
 
 
 def coerce_variable_value(decl: VarDecl, value: Any) -> Any:

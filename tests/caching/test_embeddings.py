@@ -6,7 +6,7 @@ import pytest
 
 from caching import embeddings
 from caching.registry import EMBEDDINGS
-from llm.simulated import simulate_embeddings
+from llm.sim import simulate_embeddings
 
 pytestmark = pytest.mark.django_db
 

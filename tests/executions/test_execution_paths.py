@@ -8,7 +8,7 @@ import dspy
 import pytest
 
 from executions.models import CognitiveExecution
-from llm.simulated import SimEngine
+from llm.sim import SimEngine
 from optimization.models import OptimizationResult
 from tests.factories import OptimizationResultFactory
 from tests.support import ROOT, process_env

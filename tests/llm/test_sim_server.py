@@ -23,8 +23,8 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no price-map do
 import dspy
 import pytest
 
-from llm.sim_server import SimServer, make_server, serve_in_thread
-from llm.simulated import SimEngine
+from llm.sim import SimEngine
+from llm.sim.server import SimServer, make_server, serve_in_thread
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -18,7 +18,7 @@ import dspy
 import pydantic
 import pytest
 
-from llm.simulated import (
+from llm.sim import (
     AsyncSimEngine,
     SimEngine,
     count_tokens,

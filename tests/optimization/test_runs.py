@@ -2,7 +2,7 @@
 
 import dspy
 
-from llm.simulated import sim_lm
+from llm.sim import sim_lm
 from optimization import runner
 from optimization.models import OptimizationRun
 from programs.spec import compile_program

@@ -2,7 +2,7 @@
 
 import dspy
 
-from llm.simulated import sim_lm
+from llm.sim import sim_lm
 
 CONTEXT = ["Acme Tasks was founded by Maria Lopez in 2014. The company started in a garage in Austin."]
 

@@ -5,8 +5,8 @@ from typing import Any
 
 import dspy
 
-from llm.simulated import SimEngine
-from optimization.metrics import REWARDS
+from llm.sim import SimEngine
+from programs.rewards import REWARDS
 from programs.spec import Registry, SpecError
 from programs.tools import calculator, clock
 

@@ -2,7 +2,7 @@
 
 import dspy
 
-from optimization.metrics import REWARDS, concise, nonempty
+from programs.rewards import REWARDS, concise, nonempty
 
 
 def test_the_shipped_rewards_are_registered() -> None:

@@ -110,7 +110,7 @@ def test_it_rejects_tools_outside_the_registry(tool: str) -> None:
     )
 
 
-@pytest.mark.parametrize("reward", ["os.system", "eval", "optimization.metrics.nonempty"])
+@pytest.mark.parametrize("reward", ["os.system", "eval", "programs.rewards.nonempty"])
 def test_it_rejects_rewards_outside_the_registry(reward: str) -> None:
     pipeline = {
         "steps": [{"name": "best", "module": "BestOfN", "signature": "question -> answer", "reward": reward}]

@@ -1,7 +1,7 @@
 """`manage.py simlm`: serve the simulated provider over OpenAI-compatible HTTP until SIGTERM/SIGINT.
 
 Point any OpenAI client (or DSPEX_LM_API_BASE) at the printed `/v1` URL. Fault injection can be
-set here and changed at runtime with `POST /_sim/config` (see `llm.sim_server`).
+set here and changed at runtime with `POST /_sim/config` (see `llm.sim.server`).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from llm.sim_server import make_server
+from llm.sim.server import make_server
 
 # (option, config key, type, help)
 _FAULT_OPTIONS = (

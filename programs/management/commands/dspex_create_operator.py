@@ -12,9 +12,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
+from dspex_site.roles import OPERATORS
 from monitoring import audit
-
-OPERATORS = "Operators"
 
 
 class Command(BaseCommand):

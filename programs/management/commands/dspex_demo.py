@@ -11,6 +11,7 @@ from django.core.management.base import BaseCommand
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
+from dspex_site.roles import OPERATORS
 from monitoring import audit
 from programs.models import CognitiveProgram
 
@@ -39,7 +40,7 @@ class Command(BaseCommand):
         password = secrets.token_urlsafe(12)
         user = user_model.objects.create_superuser(username=username, email="", password=password)
         # A superuser already may do everything; the group makes the demo login's role visible.
-        user.groups.add(*Group.objects.filter(name="Operators"))
+        user.groups.add(*Group.objects.filter(name=OPERATORS))
         token = Token.objects.create(user=user)
         self.stdout.write(self.style.SUCCESS("Demo operator created. These are shown once, keep them:"))
         self.stdout.write(

@@ -10,8 +10,8 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from tqdm import tqdm
 
+from dspex_site.display import money
 from executions import runner
-from executions.admin import money
 from executions.models import CognitiveExecution
 from monitoring import audit
 from programs.management.commands.dspex_export_program import find_program

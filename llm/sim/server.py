@@ -2,15 +2,15 @@
 
 Endpoints (also accepted without the `/v1` prefix):
 
-* `POST /v1/chat/completions` — answers from `llm.simulated.simulate_chat`; `n` > 1 gives n
+* `POST /v1/chat/completions` — answers from `llm.sim.chat.simulate_chat`; `n` > 1 gives n
   choices, `stream: true` an SSE stream (sent in one piece);
-* `POST /v1/embeddings` — `llm.simulated.simulate_embeddings` (`dimensions`, base64 encoding);
+* `POST /v1/embeddings` — `llm.sim.embeddings.simulate_embeddings` (`dimensions`, base64 encoding);
 * `GET /v1/models`, `GET /health`;
 * `GET /_sim/config`, `POST /_sim/config` (a JSON object of changes), `GET /_sim/stats`
   (request counts by outcome), `POST /_sim/reset` (clears stats, the request counter and the
   rate-limit window).
 
-Faults, applied to chat and embedding requests only:
+Faults (`llm.sim.faults`), applied to chat and embedding requests only:
 
 * `latency_ms` (+ uniform `latency_jitter_ms`; with probability `spike_rate` an extra `spike_ms`);
 * `error_rate`: HTTP 500 or 503 (`error_status` forces one) with an OpenAI-style error body;
@@ -43,112 +43,15 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from llm.simulated import count_tokens, simulate_chat, simulate_embeddings
+from llm.sim.chat import simulate_chat
+from llm.sim.embeddings import simulate_embeddings
+from llm.sim.faults import Decision, FaultConfig, decide
+from llm.sim.text import count_tokens
 
 __all__ = ["FaultConfig", "SimServer", "make_server", "serve_in_thread"]
 
-_MASK64 = (1 << 64) - 1
 MODELS = ("sim-default", "sim-fast", "sim-embedding")
 _MAX_BODY = 32 * 1024 * 1024
-
-
-@dataclasses.dataclass(frozen=True)
-class FaultConfig:
-    """Fault-injection settings. Rates are probabilities in [0, 1]; 0 disables a fault."""
-
-    latency_ms: float = 0.0
-    latency_jitter_ms: float = 0.0
-    spike_rate: float = 0.0
-    spike_ms: float = 0.0
-    error_rate: float = 0.0
-    error_status: int | None = None  # 500 or 503; None picks per request
-    rate_limit_rpm: int = 0  # 0 = unlimited
-    rate_limit_window_s: float = 60.0
-    rate_limit_rate: float = 0.0
-    retry_after_s: float = 1.0
-    timeout_rate: float = 0.0
-    timeout_ms: float = 60_000.0
-    malformed_rate: float = 0.0
-    seed: int = 0
-    require_auth: bool = False
-
-    def updated(self, changes: dict[str, Any]) -> FaultConfig:
-        """A validated copy with `changes` applied; ValueError names the offending key."""
-        fields = {f.name: f for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - set(fields))
-        if unknown:
-            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
-        values = dataclasses.asdict(self)
-        for key, value in changes.items():
-            values[key] = _convert(key, value, fields[key].type)
-        config = FaultConfig(**values)
-        config._validate()
-        return config
-
-    def _validate(self) -> None:
-        for name in ("spike_rate", "error_rate", "rate_limit_rate", "timeout_rate", "malformed_rate"):
-            if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"{name} must be between 0 and 1")
-        for name in ("latency_ms", "latency_jitter_ms", "spike_ms", "timeout_ms", "retry_after_s"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must not be negative")
-        if self.rate_limit_rpm < 0:
-            raise ValueError("rate_limit_rpm must not be negative")
-        if self.rate_limit_window_s <= 0:
-            raise ValueError("rate_limit_window_s must be positive")
-        if self.error_status not in (None, 500, 502, 503, 504):
-            raise ValueError("error_status must be 500, 502, 503, 504 or null")
-
-
-def _convert(key: str, value: Any, annotation: str) -> Any:
-    """Coerce a JSON or command-line value to a config field's type."""
-    try:
-        if value is None and "None" in annotation:
-            return None
-        if annotation.startswith("bool"):
-            if isinstance(value, str):
-                return value.strip().lower() in ("1", "true", "yes", "on")
-            return bool(value)
-        if annotation.startswith("int"):
-            if isinstance(value, bool) or float(value) != int(float(value)):
-                raise ValueError
-            return int(float(value))
-        if isinstance(value, bool):
-            raise ValueError
-        return float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{key}: invalid value {value!r}") from None
-
-
-def _mix(x: int) -> int:
-    """splitmix64: a fast, well-spread 64-bit hash for per-request fault choices."""
-    x = (x + 0x9E3779B97F4A7C15) & _MASK64
-    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return x ^ (x >> 31)
-
-
-_FAULT_SALT = {
-    "rate": 1,
-    "error": 2,
-    "status": 3,
-    "timeout": 4,
-    "malformed": 5,
-    "jitter": 6,
-    "spike": 7,
-    "shape": 8,
-}
-
-
-@dataclasses.dataclass(slots=True)
-class Decision:
-    """What happens to one request: `kind` is ok, rate_limited, error, timeout or malformed."""
-
-    kind: str
-    index: int
-    delay_s: float = 0.0
-    status: int = 200
-    retry_after: float = 0.0
 
 
 class SimServer(ThreadingHTTPServer):
@@ -220,33 +123,7 @@ class SimServer(ThreadingHTTPServer):
 
     def decide(self) -> Decision:
         """Fault decision for the next chat/embedding request (deterministic per seed + counter)."""
-        config = self._config
-        index = next(self._counter)
-        base = _mix(config.seed & _MASK64) ^ (index << 4)
-
-        def unit(kind: str) -> float:
-            return _mix(base ^ _FAULT_SALT[kind]) / 18446744073709551616.0
-
-        delay = config.latency_ms
-        if config.latency_jitter_ms:
-            delay += config.latency_jitter_ms * unit("jitter")
-        if config.spike_rate and unit("spike") < config.spike_rate:
-            delay += config.spike_ms
-        delay_s = delay / 1000.0
-        if config.rate_limit_rpm:
-            wait = self._admit(config.rate_limit_rpm, config.rate_limit_window_s)
-            if wait is not None:
-                return Decision("rate_limited", index, delay_s, 429, wait)
-        if config.rate_limit_rate and unit("rate") < config.rate_limit_rate:
-            return Decision("rate_limited", index, delay_s, 429, config.retry_after_s)
-        if config.error_rate and unit("error") < config.error_rate:
-            status = config.error_status or (500 if unit("status") < 0.5 else 503)
-            return Decision("error", index, delay_s, status)
-        if config.timeout_rate and unit("timeout") < config.timeout_rate:
-            return Decision("timeout", index, delay_s + config.timeout_ms / 1000.0)
-        if config.malformed_rate and unit("malformed") < config.malformed_rate:
-            return Decision("malformed", index, delay_s)
-        return Decision("ok", index, delay_s)
+        return decide(self._config, next(self._counter), self._admit)
 
     def _admit(self, limit: int, window_s: float) -> float | None:
         """Sliding-window admission: None if admitted, else seconds until a slot frees."""
@@ -419,17 +296,7 @@ class SimHandler(BaseHTTPRequestHandler):
         elif route == "/_sim/stats":
             self._json(200, self.server.stats())
         else:
-            self._json(
-                404,
-                {
-                    "error": {
-                        "message": f"Unknown path {route}",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "not_found",
-                    }
-                },
-            )
+            self._send(404, _error_body(f"Unknown path {route}", "invalid_request_error", "not_found"))
 
     def do_POST(self) -> None:
         route = self._route()
@@ -449,17 +316,7 @@ class SimHandler(BaseHTTPRequestHandler):
             self.server.reset()
             self._json(200, {"status": "reset"})
         else:
-            self._json(
-                404,
-                {
-                    "error": {
-                        "message": f"Unknown path {route}",
-                        "type": "invalid_request_error",
-                        "param": None,
-                        "code": "not_found",
-                    }
-                },
-            )
+            self._send(404, _error_body(f"Unknown path {route}", "invalid_request_error", "not_found"))
 
     def _set_config(self, raw: bytes) -> None:
         try:
