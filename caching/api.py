@@ -3,7 +3,7 @@
 from typing import Any
 
 from django.db import transaction
-from drf_spectacular.utils import OpenApiTypes, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiTypes, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action, api_view
 from rest_framework.request import Request
@@ -11,7 +11,7 @@ from rest_framework.response import Response
 
 from caching import operations
 from caching.registry import CACHES
-from dspex_site.api_errors import APIError
+from dspex_site.api.errors import APIError
 from monitoring import audit
 from programs.models import Corpus
 
@@ -75,6 +75,15 @@ class CorpusViewSet(viewsets.ModelViewSet):
             audit.record("delete", instance, channel="api", request=self.request)
             instance.delete()
 
+    @extend_schema(
+        request=DocumentsSerializer,
+        responses={
+            202: inline_serializer(
+                "DocumentsQueued",
+                {"loaded": serializers.IntegerField(), "status": serializers.CharField(help_text="`queued`")},
+            )
+        },
+    )
     @action(detail=True, methods=["post"])
     def documents(self, request: Request, pk: Any = None) -> Response:
         """Add or replace documents (by `id`), then embed them on the embeddings queue."""
@@ -90,6 +99,12 @@ class CorpusViewSet(viewsets.ModelViewSet):
             transaction.on_commit(lambda: embed_corpus.delay(corpus.id))
         return Response({"loaded": count, "status": "queued"}, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(
+        request=None,
+        responses={
+            202: inline_serializer("IndexQueued", {"status": serializers.CharField(help_text="`queued`")})
+        },
+    )
     @action(detail=True, methods=["post"])
     def index(self, request: Request, pk: Any = None) -> Response:
         """Embed new and changed documents on the embeddings queue; progress on the corpus."""
@@ -99,6 +114,24 @@ class CorpusViewSet(viewsets.ModelViewSet):
         transaction.on_commit(lambda: embed_corpus.delay(corpus.id))
         return Response({"status": "queued"}, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("q", str, description="The query text"),
+            OpenApiParameter("k", int, description="How many passages (1-100, default 5)"),
+        ],
+        responses={
+            200: inline_serializer(
+                "SearchResults",
+                {
+                    "results": inline_serializer(
+                        "SearchHit",
+                        {"text": serializers.CharField(), "score": serializers.FloatField()},
+                        many=True,
+                    )
+                },
+            )
+        },
+    )
     @action(detail=True, methods=["get"])
     def search(self, request: Request, pk: Any = None) -> Response:
         """`?q=...&k=5`: the top-k passages by cosine similarity, with scores."""

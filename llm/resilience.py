@@ -36,6 +36,8 @@ from django.conf import settings
 from django.core.cache import caches
 from prometheus_client import Counter
 
+from dspex_site.errors import DomainError
+
 logger = logging.getLogger(__name__)
 
 INTERACTIVE, BATCH, OPTIMIZATION = "interactive", "batch", "optimization"
@@ -52,13 +54,13 @@ REJECTIONS = Counter(
 
 
 # --- errors -------------------------------------------------------------------------------------
-class AdmissionError(Exception):
+class AdmissionError(DomainError):
     """A call refused before it reached the provider; `retry_after` in seconds."""
 
     reason = "refused"
 
     def __init__(self, provider: str, retry_after: float, message: str = ""):
-        self.provider = provider
+        self.provider, self.code = provider, self.reason
         self.retry_after = round(max(retry_after, 0.0), 3)
         super().__init__(
             message or f"{self.reason} for provider {provider}; retry in {self.retry_after:.1f} s"

@@ -18,6 +18,7 @@ import dspy
 from django.conf import settings
 from django.db import transaction
 
+from dspex_site.errors import DomainError
 from llm import gateway, resilience
 from optimization import datasets, metrics, optimizers, variable_search
 from optimization.models import Dataset, OptimizationResult, OptimizationRun
@@ -34,12 +35,15 @@ HARD_LIMIT_S = 4 * 3600
 SAVE_MARGIN_S = 600
 
 
-class RunRequestError(ValueError):
+class RunRequestError(DomainError, ValueError):
     """A run that cannot be started as asked; `errors` carry request paths (`config.bsize`)."""
 
     def __init__(self, errors: list[dict[str, str]], code: str = "invalid_optimization") -> None:
         super().__init__("; ".join(f"{e['path']}: {e['message']}" for e in errors))
         self.errors, self.code = errors, code
+
+    def problems(self) -> list[dict[str, str]]:
+        return self.errors
 
 
 def _setting(name: str, default: Any) -> Any:
