@@ -13,7 +13,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404
+from django.http import Http404, HttpRequest, HttpResponse, JsonResponse
+from django.views.defaults import page_not_found
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -117,3 +118,12 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         body = {"code": code, "detail": str(detail), "errors": []}
     response.data = body
     return response
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """`handler404`: a URL no route matches (`/api/v1/programs/not-a-uuid/`) answers the API's
+    error body under /api/, and Django's page elsewhere (the console)."""
+    if request.path.startswith("/api/"):
+        body = {"code": "not_found", "detail": f"No API endpoint at {request.path}.", "errors": []}
+        return JsonResponse(body, status=404)
+    return page_not_found(request, exception)
