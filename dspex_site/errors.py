@@ -47,9 +47,7 @@ def decode_text(data: bytes, *, path: str, encoding: str = "utf-8-sig") -> str:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
         byte = data[exc.start : exc.start + 1].hex()
-        raise NotText(
-            path, f"is not UTF-8 text (byte 0x{byte} at offset {exc.start}); upload a UTF-8 encoded file"
-        ) from None
+        raise NotText(path, f"is not UTF-8 text (byte 0x{byte} at offset {exc.start})") from None
 
 
 class QueueUnavailable(DomainError):
