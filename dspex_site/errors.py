@@ -2,7 +2,7 @@
 
 Domain code (`llm`, `executions`, `optimization`, `programs`) raises plain exceptions that know
 nothing about HTTP, the admin or the shell. Each channel maps them in one place: the API in
-`dspex_site.api.errors` (status and error body), the console in `dspex_site.console`
+`dspex_site.api.handler` (status and error body), the console in `dspex_site.console`
 (`show_domain_error`), management commands in `dspex_site.commands` (`CommandError`).
 
 This module is a leaf: it imports nothing of the project, so any layer may depend on it.

@@ -89,6 +89,9 @@ def test_commands_refuse_input_files_that_are_not_text(make_program, tmp_path):
         run("dspex_run", "qa", "--input", f"@{binary}")
     with pytest.raises(CommandError, match=r"inputs\[line 1\]: is not UTF-8 text"):
         run("dspex_batch", "qa", str(binary), "-o", str(tmp_path / "out.jsonl"), "--in-process")
+    for command in (["dspex_import_program"], ["dspex_import_dataset", "d"], ["dspex_index_corpus", "c"]):
+        with pytest.raises(CommandError, match="is not UTF-8 text"):
+            run(*command, str(binary))
     assert not CognitiveExecution.objects.exists()
 
 
