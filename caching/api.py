@@ -12,6 +12,9 @@ from rest_framework.response import Response
 from caching import operations
 from caching.registry import CACHES
 from dspex_site.api.errors import APIError
+from dspex_site.api.schema import raises
+from llm.budgets import BudgetExceeded
+from llm.resilience import AdmissionError
 from monitoring import audit
 from programs.models import Corpus
 
@@ -132,6 +135,7 @@ class CorpusViewSet(viewsets.ModelViewSet):
             )
         },
     )
+    @raises(BudgetExceeded, AdmissionError)  # the query is embedded through the gateway
     @action(detail=True, methods=["get"])
     def search(self, request: Request, pk: Any = None) -> Response:
         """`?q=...&k=5`: the top-k passages by cosine similarity, with scores."""

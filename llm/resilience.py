@@ -57,10 +57,10 @@ REJECTIONS = Counter(
 class AdmissionError(DomainError):
     """A call refused before it reached the provider; `retry_after` in seconds."""
 
-    reason = "refused"
+    reason = code = "refused"
 
     def __init__(self, provider: str, retry_after: float, message: str = ""):
-        self.provider, self.code = provider, self.reason
+        self.provider = provider
         self.retry_after = round(max(retry_after, 0.0), 3)
         super().__init__(
             message or f"{self.reason} for provider {provider}; retry in {self.retry_after:.1f} s"
@@ -68,7 +68,7 @@ class AdmissionError(DomainError):
 
 
 class CircuitOpenError(AdmissionError):
-    reason = "circuit_open"
+    reason = code = "circuit_open"
 
     def __init__(self, provider: str, retry_after: float):
         super().__init__(
@@ -80,7 +80,7 @@ class CircuitOpenError(AdmissionError):
 
 
 class RateLimitedError(AdmissionError):
-    reason = "rate_limited"
+    reason = code = "rate_limited"
 
     def __init__(self, provider: str, retry_after: float):
         super().__init__(
@@ -89,7 +89,7 @@ class RateLimitedError(AdmissionError):
 
 
 class BulkheadFullError(AdmissionError):
-    reason = "bulkhead_full"
+    reason = code = "bulkhead_full"
 
     def __init__(self, provider: str, retry_after: float):
         super().__init__(

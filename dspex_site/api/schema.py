@@ -112,5 +112,17 @@ class ErrorDocumentingSchema(AutoSchema):
                 add(error[0], error[1])
             else:
                 doc = (error.__doc__ or "").strip().splitlines()[0] if error.__doc__ else error.__name__
-                add(status_for(error), f"`{error.code}`: {doc}")
+                codes = ", ".join(f"`{code}`" for code in _codes(error))
+                add(status_for(error), f"{codes}: {doc}")
         return found
+
+
+def _codes(error: type[DomainError]) -> list[str]:
+    """The codes an error class and its subclasses answer with (AdmissionError: one per refusal)."""
+    found, pending = [], [error]
+    while pending:
+        cls = pending.pop(0)
+        if cls.code not in found and cls.code != DomainError.code:
+            found.append(cls.code)
+        pending += cls.__subclasses__()
+    return found
