@@ -1,5 +1,6 @@
 """Request parsers: JSON bodies refused over a size limit before they are read."""
 
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -13,7 +14,9 @@ class LimitedJSONParser(JSONParser):
 
     limit_setting = "DSPEX_MAX_INPUT_BYTES"
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
+    def parse(
+        self, stream: Any, media_type: str | None = None, parser_context: Mapping[str, Any] | None = None
+    ) -> Any:
         request = (parser_context or {}).get("request")
         limit = getattr(settings, self.limit_setting)
         if request is not None:

@@ -47,7 +47,9 @@ class ErrorSerializer(serializers.Serializer):
 
     code = serializers.CharField(help_text="Stable machine-readable code, e.g. `budget_exceeded`")
     detail = serializers.CharField(help_text="A sentence for people")
-    errors = ErrorItemSerializer(many=True)
+    # DRF moves declared fields off the class, so this does not shadow `Serializer.errors` at
+    # runtime; the stubs see only the class attribute.
+    errors = ErrorItemSerializer(many=True)  # type: ignore[assignment]
 
 
 RETRY_AFTER = {

@@ -1,14 +1,18 @@
 """Request-body helpers: strict serializers and rows a body names by id."""
 
-from typing import Any
+from typing import Any, TypeVar
 
 from django.db.models import Model, QuerySet
 from rest_framework import serializers, status
 
 from dspex_site.api.errors import APIError
 
+Row = TypeVar("Row", bound=Model)
 
-def referenced_row(queryset: QuerySet, pk: Any, *, path: str, code: str, detail: str, problem: str) -> Model:
+
+def referenced_row(
+    queryset: QuerySet[Row], pk: Any, *, path: str, code: str, detail: str, problem: str
+) -> Row:
     """The row a request body names by id at `path`, or a 400 pointing at that path."""
     row = queryset.filter(id=pk).first()
     if row is None:
