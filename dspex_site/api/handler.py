@@ -18,6 +18,7 @@ from django.views.defaults import page_not_found
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+from rest_framework.views import set_rollback
 
 from dspex_site.api.errors import APIError, PayloadTooLarge
 from dspex_site.errors import DomainError, NotText, QueueUnavailable
@@ -98,6 +99,7 @@ def domain_error_response(exc: DomainError) -> Response:
 def exception_handler(exc: Exception, context: dict) -> Response | None:
     """DRF exception handler producing the DSPex error shape."""
     if isinstance(exc, DomainError):
+        set_rollback()  # as DRF does for its own exceptions: nothing of a refused request is kept
         return domain_error_response(exc)
     if isinstance(exc, RequestDataTooBig):
         exc = PayloadTooLarge(0, settings.DSPEX_MAX_INPUT_BYTES)
