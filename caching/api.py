@@ -9,7 +9,7 @@ from rest_framework.response import Response
 
 from caching import operations
 from caching.registry import CACHES
-from dspex_site.api_errors import APIError
+from dspex_site.api.errors import APIError
 from monitoring import audit
 
 

@@ -2,8 +2,16 @@
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
 from django.http import HttpRequest
+
+from dspex_site.errors import DomainError
+
+
+def show_domain_error(request: HttpRequest, exc: DomainError) -> None:
+    """The console's answer to a domain error (a spent budget, an archived program, ...): an
+    error message on the page, never a 500."""
+    messages.error(request, exc.summary())
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):

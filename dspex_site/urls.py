@@ -48,3 +48,6 @@ urlpatterns = [
     path("health/ready", health.ready, name="health-ready"),
     path("metrics", scrape.metrics, name="metrics"),
 ]
+
+# Unmatched URLs under /api/ answer the API's JSON error body, as the schema documents.
+handler404 = "dspex_site.api.handler.not_found"

@@ -1,18 +1,18 @@
 """REST API for executions (list, detail, cancel) and batches (create, progress, results, cancel)."""
 
-from typing import Any
-
-from django.conf import settings
 from django.http import StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import JSONParser, MultiPartParser
+from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from dspex_site.api_errors import APIError, LimitedJSONParser, PayloadTooLarge, referenced_row
+from dspex_site.api.errors import APIError
+from dspex_site.api.parsers import LimitedJSONParser
+from dspex_site.api.schema import raises
+from dspex_site.api.serializers import referenced_row
 from executions import batches
 from executions.filters import ExecutionFilter
 from executions.models import Batch, CognitiveExecution
@@ -23,6 +23,7 @@ from executions.serializers import (
     ExecutionSerializer,
     ExecutionSummarySerializer,
 )
+from llm.budgets import BudgetExceeded
 from programs.models import CognitiveProgram
 
 
@@ -39,6 +40,7 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
         return ExecutionSummarySerializer if self.action == "list" else ExecutionSerializer
 
     @extend_schema(request=None, responses={200: ExecutionSerializer})
+    @raises((409, "Already finished (`already_finished`)."))
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         """Cancel a pending or running execution; a finished one answers 409."""
@@ -55,12 +57,7 @@ class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
 class BatchJSONParser(LimitedJSONParser):
     """Batches carry up to 10,000 inputs: their own, larger body limit."""
 
-    def parse(self, stream: Any, media_type: str | None = None, parser_context: dict | None = None) -> Any:
-        request = (parser_context or {}).get("request")
-        size = int(request.META.get("CONTENT_LENGTH") or 0) if request is not None else 0
-        if size > settings.DSPEX_BATCH_MAX_BYTES:
-            raise PayloadTooLarge(size, settings.DSPEX_BATCH_MAX_BYTES)
-        return JSONParser.parse(self, stream, media_type, parser_context)
+    limit_setting = "DSPEX_BATCH_MAX_BYTES"
 
 
 class BatchViewSet(viewsets.GenericViewSet):
@@ -76,6 +73,7 @@ class BatchViewSet(viewsets.GenericViewSet):
         return BatchSerializer({**vars(batch), **batches.progress(batch)}).data
 
     @extend_schema(request=BatchCreateSerializer, responses={202: BatchSerializer})
+    @raises(ProgramNotRunnable, BudgetExceeded)
     def create(self, request: Request) -> Response:
         body = BatchCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
@@ -89,20 +87,15 @@ class BatchViewSet(viewsets.GenericViewSet):
             problem="no such program",
         )
         inputs = batches.parse_jsonl(data["file"]) if "file" in data else data["inputs"]
-        try:
-            batch = batches.create_batch(
-                program,
-                inputs,
-                data.get("variables"),
-                user=request.user,
-                concurrency=data.get("concurrency"),
-                priority=data["priority"],
-                use_cache=data["cache"],
-            )
-        except batches.BatchTooLarge as exc:
-            raise APIError(status.HTTP_400_BAD_REQUEST, "batch_too_large", str(exc)) from exc
-        except ProgramNotRunnable as exc:
-            raise APIError(status.HTTP_409_CONFLICT, "program_archived", str(exc)) from exc
+        batch = batches.create_batch(
+            program,
+            inputs,
+            data.get("variables"),
+            user=request.user,
+            concurrency=data.get("concurrency"),
+            priority=data["priority"],
+            use_cache=data["cache"],
+        )
         return Response(self._represent(batch), status=status.HTTP_202_ACCEPTED)
 
     @extend_schema(responses={200: BatchSerializer})

@@ -17,6 +17,7 @@ from django.db import connection, transaction
 from django.db.models import Count, Q
 from django.utils import timezone
 
+from dspex_site.errors import DomainError, decode_text
 from executions.models import Batch, CognitiveExecution
 from executions.runner import prepare_run
 from programs.models import CognitiveProgram
@@ -29,8 +30,10 @@ Status = CognitiveExecution.Status
 IN_FLIGHT = Q(status=Status.RUNNING) | Q(status=Status.PENDING, queued_at__isnull=False)
 
 
-class BatchTooLarge(ValueError):
-    pass
+class BatchTooLarge(DomainError, ValueError):
+    """More inputs than `DSPEX_BATCH_MAX_INPUTS`."""
+
+    code = "batch_too_large"
 
 
 def parse_jsonl(lines: Iterable[str | bytes]) -> list[Any]:
@@ -38,7 +41,7 @@ def parse_jsonl(lines: Iterable[str | bytes]) -> list[Any]:
     inputs: list[Any] = []
     errors: list[SpecError] = []
     for number, line in enumerate(lines, start=1):
-        text = line.decode() if isinstance(line, bytes) else line
+        text = decode_text(line, path=f"inputs[line {number}]") if isinstance(line, bytes) else line
         if not text.strip():
             continue
         try:

@@ -15,11 +15,12 @@ from typing import Any
 from uuid import UUID
 
 import dspy
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError, connection, transaction
 from django.utils import timezone
 
 from caching.models import ProgramCachePolicy
 from caching.optimizations import optimization_state
+from dspex_site.errors import DomainError
 from dspex_site.jobs import heartbeat
 from executions.models import CognitiveExecution
 from executions.tracing import ExecutionCancelled, TraceRecorder
@@ -39,8 +40,10 @@ from programs.spec import (
 logger = logging.getLogger(__name__)
 
 
-class ProgramNotRunnable(Exception):
+class ProgramNotRunnable(DomainError):
     """The program exists but cannot run now (archived)."""
+
+    code = "program_archived"
 
 
 @dataclass
@@ -77,6 +80,34 @@ def create_execution(
     execution = run.execution(cleaned, priority=priority, user=user, batch=batch, queued_at=timezone.now())
     execution.save(force_insert=True)
     return execution
+
+
+def run_now(
+    program: CognitiveProgram,
+    input_data: Any,
+    variables: Any = None,
+    *,
+    user: Any = None,
+    priority: str = CognitiveExecution.Priority.NORMAL,
+    use_cache: bool = True,
+    on_created: Callable[[CognitiveExecution], None] | None = None,
+) -> Outcome:
+    """Store and run one execution in the caller's thread: the one path of every "run now" entry
+    point (the API's `execute` with `wait=true`, the console's Run page, `manage.py dspex_run`).
+
+    Someone is waiting for the answer, so the run is `interactive` traffic (served first, may use
+    the rate-limit reserve; llm.resilience) whichever entry point started it. Raises what
+    `create_execution` raises, with nothing written; `on_created` runs in the transaction that
+    stores the row (the console and the command record their audit event there).
+    """
+    with transaction.atomic():
+        execution = create_execution(
+            program, input_data, variables, user=user, priority=priority, use_cache=use_cache
+        )
+        if on_created is not None:
+            on_created(execution)
+    with resilience.traffic(resilience.INTERACTIVE):
+        return run_execution(execution)
 
 
 @dataclass
@@ -180,7 +211,11 @@ def run_execution(execution: UUID | str | CognitiveExecution, *, retry: RetryPol
         if execution is None:
             return Outcome(CognitiveExecution.objects.get(id=execution_id), ran=False)
         program_name = execution.program_name
-    meta = {"program": program_name}
+    # Traffic class for llm.resilience (rate-limit reserve, bulkhead pool), also on the execution's
+    # telemetry: high priority is interactive; so is a run someone waits for (`run_now`).
+    interactive = execution.priority == CognitiveExecution.Priority.HIGH
+    kind = resilience.INTERACTIVE if interactive else resilience.current_traffic()
+    meta = {"program": program_name, "traffic": kind}
     with log_context(execution_id=execution.id, program_id=execution.program_id):
         telemetry.emit("execution.start", {}, meta)
         started = time.perf_counter()
@@ -190,7 +225,7 @@ def run_execution(execution: UUID | str | CognitiveExecution, *, retry: RetryPol
         output = None
         holding = heartbeat.hold(execution)
         try:
-            output = _run(execution, recorder)
+            output = _run(execution, recorder, kind)
         except ExecutionCancelled:
             logger.info("execution stopped while running (cancelled or reaped)")
         except (OperationalError, InterfaceError) as exc:
@@ -211,18 +246,14 @@ def run_execution(execution: UUID | str | CognitiveExecution, *, retry: RetryPol
     return Outcome(execution, failure, requeue_in=delay if requeued else None)
 
 
-def _run(execution: CognitiveExecution, recorder: TraceRecorder) -> dict:
+def _run(execution: CognitiveExecution, recorder: TraceRecorder, kind: str) -> dict:
     program = compiled_program(
         execution.program_id, execution.program_version, execution.optimization_result_id
     )
     lm_for = functools.partial(gateway.lm_for, cache=execution.use_cache)
     # History off and a trace list of this run's own: DSPy appends every LM call to several
     # history lists and every prediction to `settings.trace`, all of which only grow in a
-    # long-lived worker.
-    # Traffic class for llm.resilience (rate-limit reserve, bulkhead pool) and the program for its
-    # budget: high priority is interactive; so is a `wait=true` run (the API marks it before calling).
-    interactive = execution.priority == CognitiveExecution.Priority.HIGH
-    kind = resilience.INTERACTIVE if interactive else resilience.current_traffic()
+    # long-lived worker. The program is marked for its budget.
     with (
         resilience.traffic(kind, program_id=execution.program_id),
         dspy.context(callbacks=[recorder], disable_history=True, trace=[]),

@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
-from rest_framework import status
 
-from dspex_site.api_errors import APIError
+from dspex_site.errors import DomainError
 from llm import resilience
 from llm.routing import lm_config, route_for
 
@@ -35,14 +34,14 @@ class Limit:
     usd: float
 
 
-class BudgetExceeded(APIError):
-    """A spend limit is reached: refuse new work (HTTP 402, code `budget_exceeded`)."""
+class BudgetExceeded(DomainError):
+    """A spend limit is reached: refuse new work (the API answers 402 `budget_exceeded`)."""
+
+    code = "budget_exceeded"
 
     def __init__(self, limit: Limit, spent: float):
         self.limit, self.spent = limit, spent
         super().__init__(
-            status.HTTP_402_PAYMENT_REQUIRED,
-            "budget_exceeded",
             f"The {limit.period} budget of {limit.scope} '{limit.label}' (${limit.usd:.2f}) is used up "
             f"(${spent:.4f} spent); new executions are refused until the period ends or an operator "
             "raises the limit.",

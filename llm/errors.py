@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import dspy
 from dspy import lm15
 
+from dspex_site.errors import DomainError
 from llm.resilience import AdmissionError
 
 RATE_LIMIT, TRANSIENT, PERMANENT = "rate_limit", "transient", "permanent"
@@ -53,8 +54,8 @@ def classify(exc: BaseException) -> Failure:
             # Refused by our own breaker, rate limit or bulkhead before reaching the provider: like
             # a 429, come back after `retry_after` without spending an attempt.
             return Failure(RATE_LIMIT, err.reason, message, err.retry_after)
-        if getattr(err, "error_code", None) == "budget_exceeded":  # llm.budgets.BudgetExceeded
-            return Failure(PERMANENT, "budget_exceeded", str(getattr(err, "detail", message)))
+        if isinstance(err, DomainError) and err.code == "budget_exceeded":  # llm.budgets.BudgetExceeded
+            return Failure(PERMANENT, "budget_exceeded", str(err))
         if isinstance(err, dspy.LMRateLimitError | lm15.RateLimitError):
             return Failure(RATE_LIMIT, "rate_limited", message, _retry_after(err))
         if isinstance(err, dspy.LMServerError | lm15.ServerError):

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 from django.conf import settings
 from prometheus_client import Counter
 
+from dspex_site.errors import DomainError
 from dspex_site.shared_redis import FailOpenRedis
 
 logger = logging.getLogger(__name__)
@@ -52,10 +53,10 @@ REJECTIONS = Counter(
 
 
 # --- errors -------------------------------------------------------------------------------------
-class AdmissionError(Exception):
+class AdmissionError(DomainError):
     """A call refused before it reached the provider; `retry_after` in seconds."""
 
-    reason = "refused"
+    reason = code = "refused"
 
     def __init__(self, provider: str, retry_after: float, message: str = ""):
         self.provider = provider
@@ -66,7 +67,7 @@ class AdmissionError(Exception):
 
 
 class CircuitOpenError(AdmissionError):
-    reason = "circuit_open"
+    reason = code = "circuit_open"
 
     def __init__(self, provider: str, retry_after: float):
         super().__init__(
@@ -78,7 +79,7 @@ class CircuitOpenError(AdmissionError):
 
 
 class RateLimitedError(AdmissionError):
-    reason = "rate_limited"
+    reason = code = "rate_limited"
 
     def __init__(self, provider: str, retry_after: float):
         super().__init__(
@@ -87,7 +88,7 @@ class RateLimitedError(AdmissionError):
 
 
 class BulkheadFullError(AdmissionError):
-    reason = "bulkhead_full"
+    reason = code = "bulkhead_full"
 
     def __init__(self, provider: str, retry_after: float):
         super().__init__(

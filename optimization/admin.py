@@ -6,6 +6,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from dspex_site.console import show_domain_error
+from dspex_site.errors import DomainError
 from optimization import results, schedules
 from optimization.models import Dataset, Example, OptimizationResult, OptimizationRun, OptimizationSchedule
 
@@ -82,8 +84,8 @@ class OptimizationResultAdmin(admin.ModelAdmin):
         for result in queryset.select_related("program"):
             try:
                 results.set_active(result.program, result, channel="admin", request=request)
-            except results.ResultDoesNotFit as exc:
-                self.message_user(request, str(exc), messages.ERROR)
+            except DomainError as exc:  # the result does not fit the program's current version
+                show_domain_error(request, exc)
             else:
                 self.message_user(request, f"Applied {result} to {result.program}.", messages.SUCCESS)
 

@@ -11,7 +11,11 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from dspex_site.api_errors import APIError, LimitedJSONParser, referenced_row
+from dspex_site.api.errors import APIError
+from dspex_site.api.parsers import LimitedJSONParser
+from dspex_site.api.schema import raises
+from dspex_site.api.serializers import referenced_row
+from dspex_site.errors import decode_text
 from monitoring import audit
 from optimization import datasets, results, runner, schedules
 from optimization.models import Dataset, OptimizationResult, OptimizationRun, OptimizationSchedule
@@ -20,23 +24,12 @@ from optimization.serializers import (
     ImportSerializer,
     OptimizeSerializer,
     ResultSerializer,
+    RollbackResponseSerializer,
     RollbackSerializer,
     RunSerializer,
     ScheduleSerializer,
 )
 from programs.models import CognitiveProgram
-
-
-def dataset_error(exc: datasets.DatasetError) -> APIError:
-    errors = [{"path": f"rows[{e.row}].{e.path}".rstrip("."), "message": e.message} for e in exc.errors[:200]]
-    return APIError(status.HTTP_400_BAD_REQUEST, "invalid_dataset", str(exc), errors)
-
-
-def apply_or_409(program: CognitiveProgram, result: OptimizationResult | None, request: Request) -> None:
-    try:
-        results.set_active(program, result, channel="api", request=request)
-    except results.ResultDoesNotFit as exc:
-        raise APIError(status.HTTP_409_CONFLICT, "result_incompatible", str(exc)) from exc
 
 
 class DatasetViewSet(
@@ -51,11 +44,7 @@ class DatasetViewSet(
         with transaction.atomic():
             dataset = serializer.save()
             if rows:
-                try:
-                    datasets.import_rows(dataset, [dict(r) for r in rows])
-                except datasets.DatasetError as exc:
-                    transaction.set_rollback(True)
-                    raise dataset_error(exc) from exc
+                datasets.import_rows(dataset, [dict(r) for r in rows])  # DatasetError: rolled back
             audit.record(
                 "create", dataset, channel="api", request=self.request, changes={"examples": len(rows)}
             )
@@ -74,13 +63,10 @@ class DatasetViewSet(
         body.is_valid(raise_exception=True)
         data = body.validated_data
         upload = data.get("file")
-        text = upload.read().decode("utf-8-sig") if upload else data.get("content", "")
+        text = decode_text(upload.read(), path="file") if upload else data.get("content", "")
         fmt = data.get("format") or ("csv" if upload and upload.name.lower().endswith(".csv") else "jsonl")
-        try:
-            rows = datasets.parse(text, fmt, data.get("outputs"))
-            count = datasets.import_rows(dataset, rows, replace=data["replace"])
-        except datasets.DatasetError as exc:
-            raise dataset_error(exc) from exc
+        rows = datasets.parse(text, fmt, data.get("outputs"))
+        count = datasets.import_rows(dataset, rows, replace=data["replace"])
         audit.record(
             "import", dataset, channel="api", request=request, changes={"rows": count, "format": fmt}
         )
@@ -107,26 +93,21 @@ class OptimizeView(APIView):
             detail=f"No dataset {data['dataset']}.",
             problem="no such dataset",
         )
-        try:
-            with transaction.atomic():
-                run = runner.create_run(
-                    program,
-                    dataset,
-                    data["optimizer"],
-                    data["metric"],
-                    config=data["config"],
-                    split=data["split"],
-                    apply=data["apply"],
-                    time_limit_s=data.get("time_limit_s"),
-                    cost_budget_usd=data.get("cost_budget_usd"),
-                    user=request.user,
-                )
-                audit.record(
-                    "optimize", program, channel="api", request=request, changes={"run": str(run.id)}
-                )
-                transaction.on_commit(run.publish)
-        except runner.RunRequestError as exc:
-            raise APIError(status.HTTP_400_BAD_REQUEST, exc.code, str(exc), exc.errors) from exc
+        with transaction.atomic():
+            run = runner.create_run(
+                program,
+                dataset,
+                data["optimizer"],
+                data["metric"],
+                config=data["config"],
+                split=data["split"],
+                apply=data["apply"],
+                time_limit_s=data.get("time_limit_s"),
+                cost_budget_usd=data.get("cost_budget_usd"),
+                user=request.user,
+            )
+            audit.record("optimize", program, channel="api", request=request, changes={"run": str(run.id)})
+            transaction.on_commit(run.publish)
         return Response(RunSerializer(run).data, status=status.HTTP_202_ACCEPTED)
 
 
@@ -135,7 +116,8 @@ class RollbackView(APIView):
 
     parser_classes = [LimitedJSONParser]
 
-    @extend_schema(request=RollbackSerializer, responses={200: ResultSerializer})
+    @extend_schema(request=RollbackSerializer, responses={200: RollbackResponseSerializer})
+    @raises(results.ResultDoesNotFit)
     def post(self, request: Request, pk: str) -> Response:
         program = get_object_or_404(CognitiveProgram, pk=pk)
         body = RollbackSerializer(data=request.data)
@@ -150,7 +132,7 @@ class RollbackView(APIView):
                 detail="Not a result of this program.",
                 problem="not a result of this program",
             )
-        apply_or_409(program, result, request)
+        results.set_active(program, result, channel="api", request=request)
         return Response({"program": str(program.id), "active_result": str(result.id) if result else None})
 
 
@@ -160,6 +142,7 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
     filterset_fields = ["program", "status", "optimizer"]
 
     @extend_schema(request=None, responses={200: RunSerializer})
+    @raises((409, "Already finished (`already_finished`)."))
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         """Cancel a pending or running run; a running one stops within seconds. A finished one answers 409."""
@@ -180,11 +163,12 @@ class ResultViewSet(viewsets.ReadOnlyModelViewSet):
     filterset_fields = ["program", "optimizer_type"]
 
     @extend_schema(request=None, responses={200: ResultSerializer})
+    @raises(results.ResultDoesNotFit)
     @action(detail=True, methods=["post"])
     def apply(self, request: Request, pk: str | None = None) -> Response:
         """Make this result the program's active parameters."""
         result = self.get_object()
-        apply_or_409(result.program, result, request)
+        results.set_active(result.program, result, channel="api", request=request)
         return Response(ResultSerializer(result).data)
 
 

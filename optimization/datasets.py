@@ -16,6 +16,7 @@ import dspy
 from django.db import transaction
 from django.db.models import Max
 
+from dspex_site.errors import DomainError
 from optimization.models import Dataset, Example
 from programs.spec import ProgramSpecError, program_input_fields, program_output_fields, validate_inputs
 
@@ -35,13 +36,21 @@ class RowError:
         return {"row": self.row, "path": self.path, "message": self.message}
 
 
-class DatasetError(Exception):
+class DatasetError(DomainError):
     """Rows or examples that cannot be used; nothing was written."""
+
+    code = "invalid_dataset"
 
     def __init__(self, errors: list[RowError], detail: str = "") -> None:
         self.errors = errors
         first = f"row {errors[0].row}: {errors[0].path}: {errors[0].message}" if errors else ""
         super().__init__(detail or f"{len(errors)} invalid row(s); nothing was imported. First: {first}")
+
+    def problems(self) -> list[dict[str, str]]:
+        # At most 200: a 100,000-row file full of mistakes must not make a megabyte of errors.
+        return [
+            {"path": f"rows[{e.row}].{e.path}".rstrip("."), "message": e.message} for e in self.errors[:200]
+        ]
 
 
 def _check_row(number: int, row: Any) -> list[RowError]:

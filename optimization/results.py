@@ -4,14 +4,17 @@ from typing import Any
 
 from django.db import transaction
 
+from dspex_site.errors import DomainError
 from monitoring import audit
 from optimization.models import OptimizationResult
 from programs.models import CognitiveProgram
 from programs.spec import StateMismatchError, compile_program
 
 
-class ResultDoesNotFit(ValueError):
+class ResultDoesNotFit(DomainError, ValueError):
     """The result's DSPy state does not load into the program's current version (steps changed)."""
+
+    code = "result_incompatible"
 
 
 def check_fits(program: CognitiveProgram, result: OptimizationResult) -> None:

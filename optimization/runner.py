@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import transaction
 
 from dspex_site.celery import TASKS
+from dspex_site.errors import DomainError
 from dspex_site.jobs import heartbeat
 from llm import gateway, resilience
 from optimization import datasets, metrics, optimizers, variable_search
@@ -34,12 +35,15 @@ HARD_LIMIT_S = TASKS["optimization.run"].hard_s
 SAVE_MARGIN_S = 600
 
 
-class RunRequestError(ValueError):
+class RunRequestError(DomainError, ValueError):
     """A run that cannot be started as asked; `errors` carry request paths (`config.bsize`)."""
 
     def __init__(self, errors: list[dict[str, str]], code: str = "invalid_optimization") -> None:
         super().__init__("; ".join(f"{e['path']}: {e['message']}" for e in errors))
         self.errors, self.code = errors, code
+
+    def problems(self) -> list[dict[str, str]]:
+        return self.errors
 
 
 def _setting(name: str, default: Any) -> Any:

@@ -4,7 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from dspex_site.api_errors import StrictSerializer
+from dspex_site.api.serializers import StrictSerializer
 from optimization.models import Dataset, OptimizationResult, OptimizationRun, OptimizationSchedule
 from optimization.optimizers import OPTIMIZERS
 
@@ -99,6 +99,13 @@ class RollbackSerializer(StrictSerializer):
     result = serializers.UUIDField(
         allow_null=True, help_text="An earlier result of this program, or null for none."
     )
+
+
+class RollbackResponseSerializer(serializers.Serializer):
+    """What `rollback` answers: the program and the result it now runs with (null: none)."""
+
+    program = serializers.UUIDField()
+    active_result = serializers.UUIDField(allow_null=True)
 
 
 class ScheduleSerializer(serializers.ModelSerializer):

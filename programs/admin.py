@@ -18,8 +18,9 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
-from dspex_site.console import ReadOnlyAdmin
+from dspex_site.console import ReadOnlyAdmin, show_domain_error
 from dspex_site.display import ago, summary, trace_rows
+from dspex_site.errors import DomainError
 from dspex_site.roles import RUN
 from executions import runner
 from executions.models import CognitiveExecution
@@ -452,33 +453,30 @@ class ProgramAdmin(admin.ModelAdmin):
     def _run(
         self, request: HttpRequest, program: CognitiveProgram, form: RunForm
     ) -> CognitiveExecution | None:
+        def audited(execution: CognitiveExecution) -> None:
+            changes = {
+                "execution": str(execution.id),
+                "input": execution.input,
+                "variables": execution.variables,
+            }
+            audit.record("run", program, channel="admin", request=request, changes=changes)
+
         try:
-            with transaction.atomic():
-                execution = runner.create_execution(
-                    program,
-                    form.inputs(),
-                    form.variables(),
-                    user=request.user,
-                    use_cache=form.cleaned_data["use_cache"],
-                )
-                audit.record(
-                    "run",
-                    program,
-                    channel="admin",
-                    request=request,
-                    changes={
-                        "execution": str(execution.id),
-                        "input": execution.input,
-                        "variables": execution.variables,
-                    },
-                )
-        except ProgramSpecError as exc:
+            outcome = runner.run_now(
+                program,
+                form.inputs(),
+                form.variables(),
+                user=request.user,
+                use_cache=form.cleaned_data["use_cache"],
+                on_created=audited,
+            )
+        except ProgramSpecError as exc:  # on the fields they concern
             form.add_spec_errors(exc.errors)
             return None
-        except runner.ProgramNotRunnable as exc:
-            form.add_error(None, str(exc))
+        except DomainError as exc:  # a spent budget, an archived program: a message, not a 500
+            show_domain_error(request, exc)
             return None
-        return runner.run_execution(execution).execution
+        return outcome.execution
 
 
 def _rerun_initial(program: CognitiveProgram, execution_id: str | None) -> dict[str, Any]:

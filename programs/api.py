@@ -9,11 +9,13 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from dspex_site.api_errors import APIError, LimitedJSONParser
+from dspex_site.api.parsers import LimitedJSONParser
+from dspex_site.api.schema import raises
+from dspex_site.errors import QueueUnavailable
 from executions import runner
 from executions.models import CognitiveExecution
 from executions.serializers import ExecutionSerializer, QueuedExecutionSerializer
-from llm import resilience
+from llm.budgets import BudgetExceeded
 from monitoring import audit
 from programs.filters import ProgramFilter
 from programs.models import CognitiveProgram
@@ -58,11 +60,16 @@ class ProgramViewSet(viewsets.ModelViewSet):
         responses={
             200: ExecutionSerializer,
             202: QueuedExecutionSerializer,
-            409: OpenApiResponse(description="Program archived"),
-            502: ExecutionSerializer,
-            503: OpenApiResponse(description="Execution queue unavailable (nothing was queued)"),
+            402: OpenApiResponse(ExecutionSerializer, description="A spend limit was reached during the run"),
+            409: OpenApiResponse(ExecutionSerializer, description="Cancelled while it ran"),
+            422: OpenApiResponse(ExecutionSerializer, description="The program failed on this input"),
+            502: OpenApiResponse(ExecutionSerializer, description="The provider failed"),
+            503: OpenApiResponse(
+                ExecutionSerializer, description="Refused for now (breaker, rate limit, bulkhead)"
+            ),
         },
     )
+    @raises(runner.ProgramNotRunnable, BudgetExceeded, QueueUnavailable)
     @action(detail=True, methods=["post"])
     def execute(self, request: Request, pk: str | None = None) -> Response:
         """Run the program on one input: `wait=true` returns the finished execution."""
@@ -70,33 +77,40 @@ class ProgramViewSet(viewsets.ModelViewSet):
         body = ExecuteSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
+        if data["wait"]:
+            outcome = runner.run_now(
+                program,
+                data["input"],
+                data["variables"],
+                user=request.user,
+                priority=data["priority"],
+                use_cache=data["cache"],
+            )
+            return execution_response(outcome)
         unpublished: list[str] = []
-        try:
-            with transaction.atomic():
-                execution = runner.create_execution(
-                    program,
-                    data["input"],
-                    data["variables"],
-                    user=request.user,
-                    priority=data["priority"],
-                    use_cache=data["cache"],
-                )
-                if not data["wait"]:
-                    transaction.on_commit(lambda: publish(execution, unpublished))
-        except runner.ProgramNotRunnable as exc:
-            raise APIError(status.HTTP_409_CONFLICT, "program_archived", str(exc)) from exc
+        with transaction.atomic():
+            execution = runner.create_execution(
+                program,
+                data["input"],
+                data["variables"],
+                user=request.user,
+                priority=data["priority"],
+                use_cache=data["cache"],
+            )
+            transaction.on_commit(lambda: publish(execution, unpublished))
         if unpublished:
             execution.fail_unpublished(unpublished[0])
-            raise APIError(status.HTTP_503_SERVICE_UNAVAILABLE, "queue_unavailable", unpublished[0])
-        if not data["wait"]:
-            return Response(QueuedExecutionSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
-        with resilience.traffic(resilience.INTERACTIVE):  # a caller is waiting: served first
-            outcome = runner.run_execution(execution)
-        response = Response(ExecutionSerializer(outcome.execution).data, status=http_status_for(outcome))
-        retry_after = (outcome.execution.error or {}).get("retry_after")
-        if response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE and retry_after:
-            response["Retry-After"] = f"{float(retry_after):g}"
-        return response
+            raise QueueUnavailable(unpublished[0])
+        return Response(QueuedExecutionSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
+
+
+def execution_response(outcome: runner.Outcome) -> Response:
+    """A finished execution with the status that says how it ended (`http_status_for`)."""
+    response = Response(ExecutionSerializer(outcome.execution).data, status=http_status_for(outcome))
+    retry_after = (outcome.execution.error or {}).get("retry_after")
+    if response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE and retry_after:
+        response["Retry-After"] = f"{float(retry_after):g}"
+    return response
 
 
 def publish(execution: CognitiveExecution, unpublished: list[str]) -> None:

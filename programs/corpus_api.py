@@ -3,12 +3,16 @@
 from typing import Any
 
 from django.db import transaction
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from dspex_site.api_errors import APIError
+from dspex_site.api.errors import APIError
+from dspex_site.api.schema import raises
+from llm.budgets import BudgetExceeded
+from llm.resilience import AdmissionError
 from monitoring import audit
 from programs import retrieval
 from programs.models import Corpus
@@ -50,6 +54,15 @@ class CorpusViewSet(viewsets.ModelViewSet):
             audit.record("delete", instance, channel="api", request=self.request)
             instance.delete()
 
+    @extend_schema(
+        request=DocumentsSerializer,
+        responses={
+            202: inline_serializer(
+                "DocumentsQueued",
+                {"loaded": serializers.IntegerField(), "status": serializers.CharField(help_text="`queued`")},
+            )
+        },
+    )
     @action(detail=True, methods=["post"])
     def documents(self, request: Request, pk: Any = None) -> Response:
         """Add or replace documents (by `id`), then embed them on the embeddings queue."""
@@ -62,6 +75,12 @@ class CorpusViewSet(viewsets.ModelViewSet):
             transaction.on_commit(lambda: embed_corpus.delay(corpus.id))
         return Response({"loaded": count, "status": "queued"}, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(
+        request=None,
+        responses={
+            202: inline_serializer("IndexQueued", {"status": serializers.CharField(help_text="`queued`")})
+        },
+    )
     @action(detail=True, methods=["post"])
     def index(self, request: Request, pk: Any = None) -> Response:
         """Embed new and changed documents on the embeddings queue; progress on the corpus."""
@@ -69,6 +88,25 @@ class CorpusViewSet(viewsets.ModelViewSet):
         transaction.on_commit(lambda: embed_corpus.delay(corpus.id))
         return Response({"status": "queued"}, status=status.HTTP_202_ACCEPTED)
 
+    @extend_schema(
+        parameters=[
+            OpenApiParameter("q", str, description="The query text"),
+            OpenApiParameter("k", int, description="How many passages (1-100, default 5)"),
+        ],
+        responses={
+            200: inline_serializer(
+                "SearchResults",
+                {
+                    "results": inline_serializer(
+                        "SearchHit",
+                        {"text": serializers.CharField(), "score": serializers.FloatField()},
+                        many=True,
+                    )
+                },
+            )
+        },
+    )
+    @raises(BudgetExceeded, AdmissionError)  # the query is embedded through the gateway
     @action(detail=True, methods=["get"])
     def search(self, request: Request, pk: Any = None) -> Response:
         """`?q=...&k=5`: the top-k passages by cosine similarity, with scores."""

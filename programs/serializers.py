@@ -4,7 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
-from dspex_site.api_errors import StrictSerializer
+from dspex_site.api.serializers import StrictSerializer
 from programs.models import CognitiveProgram
 from programs.spec import ProgramSpecError, program_input_fields, program_output_fields, validate_program
 

@@ -3,6 +3,8 @@
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from dspex_site.errors import DomainError
+
 
 @dataclass(frozen=True)
 class SpecError:
@@ -18,12 +20,33 @@ class SpecError:
         return {"path": self.path, "message": self.message}
 
 
-class ProgramSpecError(Exception):
-    """A program, its variables or its inputs are invalid; `.errors` lists every problem."""
+class ProgramSpecError(DomainError):
+    """A program, its variables or its inputs are invalid; `.errors` lists every problem.
+
+    `code` says whose fault it is: `invalid_input` when only the execution's input is wrong,
+    `invalid_variables` when only its input or variable overrides are, else `invalid_program`.
+    """
 
     def __init__(self, errors: list[SpecError]) -> None:
         self.errors = list(errors)
+        roots = {error.path.split(".", 1)[0].split("[", 1)[0] for error in self.errors}
+        if roots and roots <= {"input"}:
+            self.code = "invalid_input"
+        elif roots and roots <= {"variables", "input"}:
+            self.code = "invalid_variables"
+        else:
+            self.code = "invalid_program"
         super().__init__("; ".join(str(error) for error in self.errors) or "invalid program")
+
+    def summary(self, shown: int = 3) -> str:
+        """The first few problems, for a one-line message."""
+        text = "; ".join(str(error) for error in self.errors[:shown]) or "Invalid program."
+        if len(self.errors) > shown:
+            text += f" (and {len(self.errors) - shown} more)"
+        return text
+
+    def problems(self) -> list[dict[str, str]]:
+        return [error.as_dict() for error in self.errors]
 
 
 class PipelineRuntimeError(RuntimeError):

@@ -99,9 +99,7 @@ def test_the_detail_page_reads_the_trace_as_a_timeline(superuser_client, make_pr
     assert "dspex-module" in page and "Capital of France?" in page
 
 
-def test_a_retrieve_steps_embedding_call_shows_its_model_tokens_and_cost(
-    superuser_client, make_program
-):
+def test_a_retrieve_steps_embedding_call_shows_its_model_tokens_and_cost(superuser_client, make_program):
     embedding = {
         "kind": "embedding",
         "step": "retrieve",

@@ -15,10 +15,10 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 from tqdm import tqdm
 
+from dspex_site.commands import domain_errors_as_command_errors
 from executions import batches, runner
 from executions.models import CognitiveExecution
 from programs.models import CognitiveProgram
-from programs.spec import ProgramSpecError
 
 
 class Command(BaseCommand):
@@ -36,11 +36,12 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         program = self._program(options["program"])
-        try:
+        # Bytes in, decoded per line by parse_jsonl: a file that is not UTF-8 is a clear error.
+        with domain_errors_as_command_errors():
             if options["inputs"] == "-":
-                inputs = batches.parse_jsonl(sys.stdin)
+                inputs = batches.parse_jsonl(sys.stdin.buffer)
             else:
-                with Path(options["inputs"]).open() as source:
+                with Path(options["inputs"]).open("rb") as source:
                     inputs = batches.parse_jsonl(source)
             batch = batches.create_batch(
                 program,
@@ -50,8 +51,6 @@ class Command(BaseCommand):
                 use_cache=not options["no_cache"],
                 dispatch_on_commit=not options["in_process"],
             )
-        except (ProgramSpecError, batches.BatchTooLarge, runner.ProgramNotRunnable) as exc:
-            raise CommandError(str(exc)) from exc
         self.stderr.write(f"batch {batch.id}: {batch.total} inputs, concurrency {batch.concurrency}")
         if options["in_process"]:
             self._run_here(batch)

@@ -5,6 +5,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from dspex_site.commands import domain_errors_as_command_errors
+from dspex_site.errors import decode_text
 from optimization import datasets
 from optimization.models import Dataset
 
@@ -25,8 +27,10 @@ class Command(BaseCommand):
         file = Path(path)
         fmt = options["format"] or ("csv" if file.suffix.lower() == ".csv" else "jsonl")
         outputs = [name for name in options["outputs"].split(",") if name]
+        with domain_errors_as_command_errors():
+            text = decode_text(file.read_bytes(), path=str(file))
         try:
-            rows = datasets.parse(file.read_text(encoding="utf-8-sig"), fmt, outputs)
+            rows = datasets.parse(text, fmt, outputs)
         except datasets.DatasetError as exc:
             for error in exc.errors[:100]:
                 self.stderr.write(f"row {error.row}: {error.path or '(row)'}: {error.message}")

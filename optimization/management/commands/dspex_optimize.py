@@ -8,6 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 
+from dspex_site.commands import domain_errors_as_command_errors
 from optimization import runner
 from optimization.models import Dataset, OptimizationRun
 from optimization.optimizers import OPTIMIZERS
@@ -43,21 +44,18 @@ class Command(BaseCommand):
         dataset = self.lookup(Dataset, options["dataset"])
         metric = options["metric"]
         metric = json.loads(metric) if metric.startswith("{") else metric
-        try:
-            with transaction.atomic():
-                run = runner.create_run(
-                    program,
-                    dataset,
-                    options["optimizer"],
-                    metric,
-                    config=json.loads(options["config"]),
-                    split=json.loads(options["split"]),
-                    apply=options["apply"],
-                )
-                if not options["inline"]:
-                    transaction.on_commit(run.publish)
-        except runner.RunRequestError as exc:
-            raise CommandError("\n".join(f"{e['path']}: {e['message']}" for e in exc.errors)) from exc
+        with domain_errors_as_command_errors(), transaction.atomic():
+            run = runner.create_run(
+                program,
+                dataset,
+                options["optimizer"],
+                metric,
+                config=json.loads(options["config"]),
+                split=json.loads(options["split"]),
+                apply=options["apply"],
+            )
+            if not options["inline"]:
+                transaction.on_commit(run.publish)
         self.stdout.write(f"Run {run.id} queued.")
         worker = None
         if options["inline"]:

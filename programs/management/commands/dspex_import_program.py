@@ -8,6 +8,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
+from dspex_site.commands import domain_errors_as_command_errors
+from dspex_site.errors import decode_text
 from monitoring import audit
 from optimization.models import OptimizationResult
 from programs.management.commands.dspex_export_program import FORMAT
@@ -19,7 +21,9 @@ REQUIRED = {"name": str, "pipeline": (dict, str), "variables": dict, "status": s
 
 def read_document(source: str) -> dict[str, Any]:
     try:
-        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+        data = sys.stdin.buffer.read() if source == "-" else Path(source).read_bytes()
+        with domain_errors_as_command_errors():
+            text = decode_text(data, path=source)
     except OSError as exc:
         raise CommandError(f"Cannot read {source}: {exc.strerror}") from exc
     try:

@@ -10,6 +10,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from dspex_site.commands import domain_errors_as_command_errors
+from dspex_site.errors import decode_text
 from monitoring import audit
 from programs.models import Corpus
 from programs.retrieval import index_corpus, load_documents
@@ -43,7 +45,9 @@ class Command(BaseCommand):
         if not path.exists():
             raise CommandError(f"{path} does not exist")
         rows = []
-        for number, line in enumerate(path.read_text().splitlines(), start=1):
+        with domain_errors_as_command_errors():
+            text = decode_text(path.read_bytes(), path=str(path))
+        for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
             try:

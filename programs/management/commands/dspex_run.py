@@ -7,15 +7,15 @@ from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import transaction
 from tqdm import tqdm
 
+from dspex_site.commands import domain_errors_as_command_errors
 from dspex_site.display import money
+from dspex_site.errors import decode_text
 from executions import runner
 from executions.models import CognitiveExecution
 from monitoring import audit
 from programs.management.commands.dspex_export_program import find_program
-from programs.spec import ProgramSpecError
 
 
 def parse_inputs(value: str) -> list[dict[str, Any]]:
@@ -24,7 +24,8 @@ def parse_inputs(value: str) -> list[dict[str, Any]]:
     if value.startswith("@"):
         source = value[1:]
         try:
-            text = Path(source).read_text(encoding="utf-8")
+            with domain_errors_as_command_errors():
+                text = decode_text(Path(source).read_bytes(), path=source)
         except OSError as exc:
             raise CommandError(f"Cannot read {source}: {exc.strerror}") from exc
     if source.endswith(".jsonl"):
@@ -102,20 +103,13 @@ class Command(BaseCommand):
             raise CommandError(f"{len(failed)} of {len(executions)} run(s) did not succeed.")
 
     def run_one(self, program: Any, item: dict, variables: dict, *, use_cache: bool) -> CognitiveExecution:
-        try:
-            with transaction.atomic():
-                execution = runner.create_execution(program, item, variables, use_cache=use_cache)
-                audit.record(
-                    "run",
-                    program,
-                    channel="command",
-                    changes={"execution": str(execution.id), "input": item, "os_user": _os_user()},
-                )
-        except ProgramSpecError as exc:
-            raise CommandError("Invalid input:\n  " + "\n  ".join(str(e) for e in exc.errors)) from exc
-        except runner.ProgramNotRunnable as exc:
-            raise CommandError(str(exc)) from exc
-        return runner.run_execution(execution).execution
+        def audited(execution: CognitiveExecution) -> None:
+            changes = {"execution": str(execution.id), "input": item, "os_user": _os_user()}
+            audit.record("run", program, channel="command", changes=changes)
+
+        # An invalid input, an archived program, a spent budget: a clear error and a non-zero exit.
+        with domain_errors_as_command_errors():
+            return runner.run_now(program, item, variables, use_cache=use_cache, on_created=audited).execution
 
     def report(self, execution: CognitiveExecution, *, as_json: bool) -> None:
         metrics = execution.metrics or {}
