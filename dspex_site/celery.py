@@ -33,7 +33,7 @@ class Queue(StrEnum):
     PRIORITY = "priority"
 
 
-# Default worker concurrency per queue (DESIGN.md); the Procfile and `make run` read these.
+# Default worker concurrency per queue (README, "Background work"); the Procfile and `make run` read these.
 CONCURRENCY = {
     Queue.DEFAULT: 10,
     Queue.OPTIMIZATION: 2,

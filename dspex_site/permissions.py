@@ -1,4 +1,4 @@
-"""API access by role (DESIGN.md groups): viewers read, operators run and edit, superusers all.
+"""API access by role (dspex_site.roles): viewers read, operators run and edit, superusers all.
 
 The roles are the `Viewers` and `Operators` groups (`dspex_site.roles`), checked through the
 permissions they grant rather than group names, so a site can make other groups with the same

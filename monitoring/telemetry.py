@@ -1,7 +1,7 @@
 """The one telemetry emitter. Code emits events where things happen; handlers turn them into
 metrics, logs and spans. A failing handler is logged and never breaks the work that emitted.
 
-Events (DESIGN.md): execution.{start,stop,exception}, module.execute.{start,stop},
+Events: execution.{start,stop,exception}, module.execute.{start,stop},
 llm.request.{start,stop}, llm.tokens, cache.{hit,miss}, module.call.{start,stop,error}.
 """
 

@@ -10,7 +10,7 @@ from programs.spec import SpecError, validate_program
 
 
 class CognitiveProgram(models.Model):
-    """A DSPy program described by a pipeline spec (see DESIGN.md "Pipeline spec").
+    """A DSPy program described by a pipeline spec (the README, "Programs").
 
     `version` is bumped whenever `pipeline` or `variables` change; each version is kept as a
     `ProgramVersion` so executions can say exactly what they ran and operators can roll back.

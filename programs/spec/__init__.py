@@ -1,6 +1,6 @@
 """The pipeline spec: validate JSON programs and compile them to DSPy modules.
 
-See DESIGN.md "Pipeline spec". Nothing in a spec can import a module, read a file, reach
+See the README, "Programs". Nothing in a spec can import a module, read a file, reach
 the network or evaluate code: tools, rewards and custom classes are named from a
 `Registry`, and types are parsed from an allowlist.
 """

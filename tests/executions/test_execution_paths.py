@@ -137,7 +137,7 @@ def test_the_provider_key_is_never_stored(api, make_program, http_provider):
 
 
 def test_http_calls_stay_on_dspys_native_engine_without_litellm(db, simlm):
-    """DSPY_NOTES: a setting lm15 cannot serve moves calls to litellm (~4 ms CPU each)."""
+    """docs/dspy.md: a setting lm15 cannot serve moves calls to litellm (~4 ms CPU each)."""
     code = f"""
 import sys, django
 django.setup()

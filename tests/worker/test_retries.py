@@ -1,4 +1,4 @@
-"""Retry policy on a real worker against the simulated provider over HTTP (DESIGN.md "Retries")."""
+"""Retry policy on a real worker against the simulated provider over HTTP."""
 
 import pytest
 import requests
