@@ -9,6 +9,7 @@ from rest_framework.decorators import action
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 from rest_framework.views import APIView
 
 from dspex_site.api.errors import APIError
@@ -39,7 +40,7 @@ class DatasetViewSet(
     serializer_class = DatasetSerializer
     parser_classes = [LimitedJSONParser]
 
-    def perform_create(self, serializer: DatasetSerializer) -> None:
+    def perform_create(self, serializer: "BaseSerializer[Dataset]") -> None:
         rows = serializer.validated_data.pop("examples", [])
         with transaction.atomic():
             dataset = serializer.save()
@@ -177,12 +178,12 @@ class ScheduleViewSet(viewsets.ModelViewSet):
     serializer_class = ScheduleSerializer
     parser_classes = [LimitedJSONParser]
 
-    def perform_create(self, serializer: ScheduleSerializer) -> None:
+    def perform_create(self, serializer: "BaseSerializer[OptimizationSchedule]") -> None:
         with transaction.atomic():
             schedule = serializer.save()
             schedules.sync_periodic_task(schedule)
 
-    def perform_update(self, serializer: ScheduleSerializer) -> None:
+    def perform_update(self, serializer: "BaseSerializer[OptimizationSchedule]") -> None:
         with transaction.atomic():
             schedules.sync_periodic_task(serializer.save())
 

@@ -269,7 +269,9 @@ def trials_total(name: str, config: dict, train_size: int) -> int | None:
     if name == "BootstrapFewShotWithRandomSearch":
         return config.get("num_candidate_programs", 16) + 3
     if name == "MIPROv2":
-        return config.get("num_trials") or {"light": 10, "medium": 20, "heavy": 30}.get(config.get("auto"))
+        auto = config.get("auto")
+        by_auto = {"light": 10, "medium": 20, "heavy": 30}
+        return config.get("num_trials") or (by_auto.get(auto) if isinstance(auto, str) else None)
     if name == "COPRO":
         return config.get("breadth", 10) * config.get("depth", 3)
     if name == "GEPA":

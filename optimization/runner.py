@@ -291,6 +291,8 @@ class Optimization:
     # --- outcomes -----------------------------------------------------------------------------
     def metrics_base(self, baseline: Scored | None) -> dict[str, Any]:
         snap = self.monitor.snapshot()
+        # Also called for runs that failed before a start result was looked up.
+        start_result: OptimizationResult | None = getattr(self, "start_result", None)
         return {
             "metric": metrics.metric_name(self.run.metric),
             "baseline_score": baseline.score if baseline else None,
@@ -304,7 +306,7 @@ class Optimization:
             "cost_usd": snap["cost_usd"],
             "duration_s": round(time.monotonic() - self.started, 2),
             "attempt": self.attempt,
-            "started_from_result": str(self.start_result.id) if getattr(self, "start_result", None) else None,
+            "started_from_result": str(start_result.id) if start_result else None,
         }
 
     def save(self, baseline: Scored, optimized: float, compiled: dspy.Module, extra: dict) -> None:
@@ -327,7 +329,7 @@ class Optimization:
             )
             program = CognitiveProgram.objects.select_for_update().get(id=run.program_id)
             history = [*program.optimization_history, result.history_entry()]
-            fields = {"optimization_history": history}
+            fields: dict[str, Any] = {"optimization_history": history}
             applied = run.apply and result.beats_baseline
             if applied:
                 fields["active_result"] = result

@@ -3,7 +3,7 @@
 import difflib
 import json
 from datetime import timedelta
-from typing import Any
+from typing import Any, cast
 
 from django import forms
 from django.contrib import admin, messages
@@ -91,6 +91,8 @@ class ProgramForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         data = super().clean()
+        if data is None:  # as Django's _clean_form: a clean() returning None keeps cleaned_data
+            data = self.cleaned_data
         if "pipeline" in data and "variables" in data:
             for error in validate_program(data["pipeline"], data["variables"]):
                 field = "variables" if error.path.startswith("variables") else "pipeline"
@@ -122,7 +124,9 @@ def _variable_field(decl: VarDecl) -> forms.Field:
     if decl.type == "float":
         return forms.FloatField(min_value=decl.min, max_value=decl.max, **common)
     if decl.type == "int":
-        return forms.IntegerField(min_value=decl.min, max_value=decl.max, **common)
+        # An int variable's bounds were checked to be integers (variables._check_bounds).
+        low, high = cast(int | None, decl.min), cast(int | None, decl.max)
+        return forms.IntegerField(min_value=low, max_value=high, **common)
     if decl.type == "bool":
         return forms.BooleanField(required=False, **common)
     if decl.type == "choice":

@@ -8,6 +8,7 @@ from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import BaseSerializer
 
 from dspex_site.api.parsers import LimitedJSONParser
 from dspex_site.api.schema import raises
@@ -38,12 +39,13 @@ class ProgramViewSet(viewsets.ModelViewSet):
         # The filters select lists; a detail route (execute, the hot path) needs none of their work.
         return queryset if self.detail else super().filter_queryset(queryset)
 
-    def perform_create(self, serializer: ProgramSerializer) -> None:
+    def perform_create(self, serializer: "BaseSerializer[CognitiveProgram]") -> None:
         with transaction.atomic():
             program = serializer.save()
             audit.record("create", program, channel="api", request=self.request, changes=snapshot(program))
 
-    def perform_update(self, serializer: ProgramSerializer) -> None:
+    def perform_update(self, serializer: "BaseSerializer[CognitiveProgram]") -> None:
+        assert serializer.instance is not None  # UpdateModelMixin.update passes get_object()
         with transaction.atomic():
             before = snapshot(serializer.instance)
             program = serializer.save()

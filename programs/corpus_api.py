@@ -44,7 +44,7 @@ class CorpusViewSet(viewsets.ModelViewSet):
     filterset_fields = ["name", "status"]
     http_method_names = ["get", "post", "patch", "delete"]
 
-    def perform_create(self, serializer: CorpusSerializer) -> None:
+    def perform_create(self, serializer: "serializers.BaseSerializer[Corpus]") -> None:
         with transaction.atomic():
             corpus = serializer.save()
             audit.record("create", corpus, channel="api", request=self.request)

@@ -4,6 +4,7 @@ import uuid
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import models, transaction
 
 from programs.spec import SpecError, validate_program
@@ -156,7 +157,12 @@ class Corpus(models.Model):
 
     @property
     def model_name(self) -> str:
-        return self.embedding_model or settings.DSPEX_EMBEDDING_MODEL
+        if self.embedding_model:
+            return self.embedding_model
+        default: str | None = settings.DSPEX_EMBEDDING_MODEL  # env_str(..., "sim/embedding")
+        if default is None:  # only a settings module that drops the default gets here
+            raise ImproperlyConfigured("DSPEX_EMBEDDING_MODEL is not set")
+        return default
 
 
 class Document(models.Model):

@@ -8,7 +8,7 @@ it when the corpus changes (its `updated_at`, bumped by every indexing pass).
 import hashlib
 import threading
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from django.db import transaction
@@ -98,10 +98,14 @@ def _matrix(name: str) -> _Matrix:
     if cached is not None and cached.stamp == row["updated_at"]:
         return cached
     model = Corpus(embedding_model=row["embedding_model"]).model_name
-    docs = list(
-        Document.objects.filter(corpus_id=row["id"], embedding__isnull=False)
-        .order_by("id")
-        .values_list("text", "embedding")
+    # embedding__isnull=False: no row has a None embedding, which the stubs cannot see.
+    docs = cast(
+        list[tuple[str, bytes | memoryview]],
+        list(
+            Document.objects.filter(corpus_id=row["id"], embedding__isnull=False)
+            .order_by("id")
+            .values_list("text", "embedding")
+        ),
     )
     vectors = np.array([np.frombuffer(bytes(blob), dtype=np.float32) for _t, blob in docs], dtype=np.float32)
     if len(docs):

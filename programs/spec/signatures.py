@@ -220,7 +220,8 @@ def _parse_object_side(value: Any, errors: Errors, path: str) -> list[FieldSpec]
         errors.add(path, f"more than {MAX_FIELDS} fields")
         return None
     fields = [_parse_object_field(entry, errors) for entry in entries]
-    return None if None in fields else fields
+    parsed = [field for field in fields if field is not None]
+    return parsed if len(parsed) == len(fields) else None
 
 
 def _list_entry(item: Any, path: str) -> tuple[str, Any, Any]:

@@ -86,6 +86,9 @@ def demo_target(step: StepPlan, module: dspy.Module) -> dspy.Predict:
 
 
 def _signature(step: StepPlan) -> type[dspy.Signature]:
+    # Validation gives every step of a usable plan a signature (Retrieve's is fixed).
+    if step.signature is None:
+        raise ValueError(f"step {step.name!r} has no signature; build modules from a validated plan only")
     return build_signature(step.signature, step.instructions)
 
 

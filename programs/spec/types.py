@@ -9,7 +9,9 @@ Literal[...] of strings, numbers and booleans. Nothing is ever looked up by name
 
 import ast
 import math
+import types
 import typing
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
 
@@ -75,8 +77,8 @@ def _parse_name(name: str) -> ParsedType:
     raise TypeExprError(f"unknown type {name[:80]!r} (allowed: {allowed_types_hint()})")
 
 
-def _parse_subscript(name: str, slice_node: ast.AST, depth: int) -> ParsedType:
-    args = slice_node.elts if isinstance(slice_node, ast.Tuple) else [slice_node]
+def _parse_subscript(name: str, slice_node: ast.expr, depth: int) -> ParsedType:
+    args: list[ast.expr] = slice_node.elts if isinstance(slice_node, ast.Tuple) else [slice_node]
     if name == "Literal":
         return _parse_literal(args)
     if name == "Optional":
@@ -86,14 +88,15 @@ def _parse_subscript(name: str, slice_node: ast.AST, depth: int) -> ParsedType:
     if kind == "list":
         _expect_args(name, args, 1)
         item = _parse_node(args[0], depth + 1)
-        return ParsedType(list[item.annotation], f"list[{item.text}]")
+        # `list[X]` with X only known at run time: build the alias the subscript would build.
+        return ParsedType(types.GenericAlias(list, item.annotation), f"list[{item.text}]")
     if kind == "dict":
         _expect_args(name, args, 2)
         key = _parse_node(args[0], depth + 1)
         if key.annotation is not str:
             raise TypeExprError("dict keys must be str (JSON objects have string keys)")
         value = _parse_node(args[1], depth + 1)
-        return ParsedType(dict[str, value.annotation], f"dict[str, {value.text}]")
+        return ParsedType(types.GenericAlias(dict, (str, value.annotation)), f"dict[str, {value.text}]")
     raise TypeExprError(f"unknown generic type {name[:80]!r} (allowed: {allowed_types_hint()})")
 
 
@@ -106,7 +109,7 @@ def _parse_union(node: ast.BinOp, depth: int) -> ParsedType:
     raise TypeExprError("unions other than `T | None` are not supported")
 
 
-def _parse_literal(args: list[ast.AST]) -> ParsedType:
+def _parse_literal(args: Sequence[ast.AST]) -> ParsedType:
     if not args:
         raise TypeExprError("Literal needs at least one value")
     if len(args) > MAX_LITERAL_VALUES:
@@ -122,8 +125,9 @@ def _parse_literal(args: list[ast.AST]) -> ParsedType:
 
 
 def _literal_value(node: ast.AST) -> Any:
-    negative = isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub)
-    if negative:
+    negative = False
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        negative = True
         node = node.operand
     if not isinstance(node, ast.Constant) or not isinstance(node.value, str | int | float | bool):
         raise TypeExprError("Literal values must be strings, numbers or booleans")
@@ -147,7 +151,7 @@ def _optional(inner: ParsedType) -> ParsedType:
     return ParsedType(Optional[inner.annotation], f"Optional[{inner.text}]")  # noqa: UP045
 
 
-def _expect_args(name: str, args: list[ast.AST], count: int) -> None:
+def _expect_args(name: str, args: Sequence[ast.AST], count: int) -> None:
     if len(args) != count:
         raise TypeExprError(f"{name} takes {count} type argument{'s' if count > 1 else ''}")
 

@@ -142,7 +142,7 @@ class _Analyzer(OptionChecks, ReferenceChecks):
         step.lm = {**top_lm, **self._step_lm(path, raw, kind)}
         step.bindings = self._bindings(path, raw, step.signature)
         if kind is not None and step.signature is not None:
-            step.demos = self._demos(path, raw, step, kind)
+            step.demos = self._demos(path, raw, step, step.signature, kind)
             step.outputs = self._extra_outputs(kind, step.base) + tuple(step.signature.output_names)
         return step if name is not None else None
 
@@ -239,14 +239,16 @@ class _Analyzer(OptionChecks, ReferenceChecks):
 
     # --- demos and outputs -----------------------------------------------------------------------
 
-    def _demos(self, path: str, raw: dict, step: StepPlan, kind: ModuleKind) -> list[dict[str, Any]]:
+    def _demos(
+        self, path: str, raw: dict, step: StepPlan, signature: SignatureSpec, kind: ModuleKind
+    ) -> list[dict[str, Any]]:
         demos, demos_path = raw.get("demos"), join(path, "demos")
         if demos is None or not kind.demos:
             return []
         if not isinstance(demos, list) or len(demos) > MAX_DEMOS:
             self.errors.add(demos_path, f"must be a list of at most {MAX_DEMOS} examples")
             return []
-        allowed = set(step.signature.input_names) | set(step.signature.output_names)
+        allowed = set(signature.input_names) | set(signature.output_names)
         if kind.name in ("ChainOfThought", "MultiChainComparison") or step.base == "ChainOfThought":
             allowed.add("reasoning")
         valid = []

@@ -39,14 +39,14 @@ class ReferenceChecks:
         bindings = {}
         for key, value in mapping.items():
             key_path = join_key(inputs_path, key)
-            field = signature.field(key) if signature is not None and isinstance(key, str) else None
-            if signature is not None and (field is None or key not in signature.input_names):
+            key_field = signature.field(key) if signature is not None and isinstance(key, str) else None
+            if signature is not None and (key_field is None or key not in signature.input_names):
                 self.errors.add(
                     key_path,
                     f"not an input field of the signature (inputs: {listing(signature.input_names)})",
                 )
                 continue
-            binding = self._binding(value, key_path, field.type if field else ANY)
+            binding = self._binding(value, key_path, key_field.type if key_field else ANY)
             if binding is not None:
                 bindings[key] = binding
         self._check_missing(inputs_path, mapping, signature)

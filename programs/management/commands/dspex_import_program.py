@@ -16,7 +16,13 @@ from programs.management.commands.dspex_export_program import FORMAT
 from programs.models import CognitiveProgram
 from programs.spec import compile_program, validate_program
 
-REQUIRED = {"name": str, "pipeline": (dict, str), "variables": dict, "status": str, "version": int}
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "name": str,
+    "pipeline": (dict, str),
+    "variables": dict,
+    "status": str,
+    "version": int,
+}
 
 
 def read_document(source: str) -> dict[str, Any]:
