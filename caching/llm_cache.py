@@ -112,7 +112,8 @@ def _cost_of(model: str, usage: dict) -> float | None:
     log = calllog.current_call()
     if log is not None and log.calls:
         costs = [call.cost_usd for call in log.calls]
-        return None if any(cost is None for cost in costs) else sum(costs)
+        known = [cost for cost in costs if cost is not None]
+        return sum(known) if len(known) == len(costs) else None
     prompt, completion = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
     return pricing.cost_for_tokens(model, prompt, completion)
 

@@ -1,5 +1,6 @@
 """Console pages for providers: breaker state with a reset action, and spend budgets."""
 
+from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -75,7 +76,7 @@ class BudgetAdmin(admin.ModelAdmin):
     autocomplete_fields = ()
     raw_id_fields = ("program",)
 
-    def save_model(self, request: HttpRequest, obj: Budget, form: object, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: Budget, form: forms.ModelForm, change: bool) -> None:
         super().save_model(request, obj, form, change)
         budgets.invalidate()
         audit.record(

@@ -24,7 +24,7 @@ class Failure:
     retry_after: float | None = None
 
     def as_error(self) -> dict:
-        error = {"type": self.type, "message": self.message}
+        error: dict[str, str | float] = {"type": self.type, "message": self.message}
         if self.retry_after is not None:
             error["retry_after"] = self.retry_after
         return error
@@ -32,9 +32,10 @@ class Failure:
 
 def _chain(exc: BaseException) -> list[BaseException]:
     seen: list[BaseException] = []
-    while exc is not None and exc not in seen:
-        seen.append(exc)
-        exc = exc.__cause__ or exc.__context__
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
     return seen
 
 

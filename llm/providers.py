@@ -1,5 +1,7 @@
 """What operators see about providers: breaker state, limits, in-flight calls and spend."""
 
+from collections.abc import Sequence
+
 from django.conf import settings
 
 from llm import budgets, resilience
@@ -18,7 +20,8 @@ def overview() -> list[dict]:
         provider_limits = [
             limit for limit in limits if limit.scope == "provider" and limit.target == info["provider"]
         ]
-        amounts = budgets.spent(provider_limits) or [None] * len(provider_limits)
+        # None for every limit when Redis is unavailable.
+        amounts: Sequence[float | None] = budgets.spent(provider_limits) or [None] * len(provider_limits)
         info["budgets"] = [
             {"period": limit.period, "limit_usd": limit.usd, "spent_usd": amount}
             for limit, amount in zip(provider_limits, amounts, strict=False)

@@ -142,7 +142,8 @@ class Policy:
 def policy_for(provider: str, kind: str = "chat") -> Policy:
     """Defaults, then `DSPEX_PROVIDER_LIMITS["default"]`, then the provider's (or "embeddings") entry."""
     limits = settings.DSPEX_PROVIDER_LIMITS
-    base = {
+    # Numbers from settings, then the operator's DSPEX_PROVIDER_LIMITS JSON entries as they were given.
+    base: dict[str, Any] = {
         "failure_threshold": settings.DSPEX_BREAKER_FAILURES,
         "reset_timeout_s": settings.DSPEX_BREAKER_RESET_S,
         "call_timeout_s": settings.DSPEX_LM_TIMEOUT_S,

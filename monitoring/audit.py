@@ -1,10 +1,23 @@
 """Write audit events from any channel (API, admin, management commands)."""
 
-from typing import Any
-
-from django.db import models
+from typing import Any, Protocol
 
 from monitoring.models import AuditEvent
+
+
+class _Labelled(Protocol):
+    @property
+    def label(self) -> str: ...
+
+
+class Audited(Protocol):
+    """What an audit event is about: a model instance, or a stand-in with the same label and pk."""
+
+    @property
+    def _meta(self) -> _Labelled: ...
+
+    @property
+    def pk(self) -> object: ...
 
 
 def client_ip(request: Any) -> str | None:
@@ -16,7 +29,7 @@ def client_ip(request: Any) -> str | None:
 
 def record(
     action: str,
-    obj: models.Model,
+    obj: Audited,
     *,
     channel: str,
     user: Any = None,

@@ -4,7 +4,7 @@ Each function returns SVG markup (marked safe; every label is escaped) sized to 
 """
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from django.utils.html import escape
 from django.utils.safestring import SafeString, mark_safe
@@ -75,7 +75,7 @@ def _legend(names: Sequence[str]) -> list[str]:
 
 
 def bar_chart(
-    labels: Sequence[str], series: dict[str, Sequence[float]], *, title: str, unit: str = ""
+    labels: Sequence[str], series: Mapping[str, Sequence[float]], *, title: str, unit: str = ""
 ) -> SafeString:
     """Stacked bars: one bar per label, one colored segment per series."""
     totals = [sum(values[i] for values in series.values()) for i in range(len(labels))]
@@ -85,7 +85,7 @@ def bar_chart(
     slot = plot_w / max(1, len(labels))
     bar_w = max(1.0, slot * 0.7)
     for i in range(len(labels)):
-        base = TOP + plot_h
+        base: float = TOP + plot_h
         for index, (name, values) in enumerate(series.items()):
             height = plot_h * values[i] / top if top else 0
             if height <= 0:
@@ -103,7 +103,7 @@ def bar_chart(
 
 
 def line_chart(
-    labels: Sequence[str], series: dict[str, Sequence[float | None]], *, title: str, unit: str = ""
+    labels: Sequence[str], series: Mapping[str, Sequence[float | None]], *, title: str, unit: str = ""
 ) -> SafeString:
     """Lines with a point per label; None leaves a gap."""
     values = [v for line in series.values() for v in line if v is not None]

@@ -53,7 +53,7 @@ def alive(queues: list[str]) -> dict[str, list[str]]:
 class HeartbeatStep(bootsteps.StartStopStep):
     """Celery worker bootstep (registered in dspex_site/celery.py) that sends the heartbeats."""
 
-    requires = {"celery.worker.components:Timer"}
+    requires = ("celery.worker.components:Timer",)
 
     def __init__(self, worker: Any, **kwargs: Any):
         super().__init__(worker, **kwargs)

@@ -8,6 +8,7 @@ and previous hour every minute, and a backfill can redo any range.
 import bisect
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+from uuid import UUID
 
 from django.db import transaction
 from django.utils import timezone
@@ -36,7 +37,7 @@ def _rows_for_hour(hour: datetime) -> list[UsageRollup]:
     )
     rows: dict[tuple, UsageRollup] = {}
 
-    def row(program_id: object, name: str, status: str, model: str) -> UsageRollup:
+    def row(program_id: UUID, name: str, status: str, model: str) -> UsageRollup:
         key = (program_id, status, model)
         if key not in rows:
             rows[key] = UsageRollup(

@@ -17,6 +17,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ class DefaultRegistry:
 class Derived:
     """Passes the base metrics through and adds gauges derived from them."""
 
-    def __init__(self, base: object):
+    def __init__(self, base: Collector):
         self.base = base
 
     def collect(self) -> Iterator[Metric]:
@@ -121,6 +122,7 @@ class Liveness:
 
 def registry() -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
+    base: Collector
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         base = CollectorRegistry(auto_describe=False)
         multiprocess.MultiProcessCollector(base)
@@ -135,7 +137,7 @@ def registry() -> CollectorRegistry:
 
 
 # Other apps add scrape-time collectors here (e.g. circuit breaker state from llm).
-EXTRA_COLLECTORS: list[object] = []
+EXTRA_COLLECTORS: list[Collector] = []
 
 
 def allowed(request: HttpRequest) -> bool:

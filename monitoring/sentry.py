@@ -6,9 +6,12 @@ provider client, the API key), and the configured provider key is replaced where
 """
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dspex_site.env import env_bool, env_str
+
+if TYPE_CHECKING:
+    from sentry_sdk.types import Event, Hint
 
 SCRUBBED = "[scrubbed]"
 # Keys whose values are prompts or program data (sent only when explicitly allowed) or secrets
@@ -45,7 +48,7 @@ def scrub(value: Any, secrets: list[str], send_prompts: bool, depth: int = 0) ->
     return value
 
 
-def before_send(event: dict, hint: dict) -> dict:
+def before_send(event: "Event", hint: "Hint") -> "Event":
     send_prompts = env_bool("DSPEX_SENTRY_SEND_PROMPTS", False)
     request = event.get("request")
     if isinstance(request, dict) and not send_prompts:

@@ -7,7 +7,7 @@ import ast
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from llm.sim.prompts import FieldSpec, Program, Tool, squash
 from llm.sim.text import (
@@ -60,7 +60,8 @@ def _instruction_associations(instructions: str, choices: tuple) -> list[set[str
         alternatives.append((i, "|".join(sorted(forms, key=len, reverse=True))))
     pattern = re.compile("|".join(f"(?P<l{i}>(?<![\\w]){forms}(?![\\w]))" for i, forms in alternatives), re.I)
     for line in re.split(r"[\n;]+", instructions):
-        mentions = [(m.start(), m.end(), int(m.lastgroup[1:])) for m in pattern.finditer(line)]
+        # Every alternative of the pattern is a named group, so a match always has a lastgroup.
+        mentions = [(m.start(), m.end(), int(cast(str, m.lastgroup)[1:])) for m in pattern.finditer(line)]
         if not mentions:
             continue
         label_set = {mention[2] for mention in mentions}
@@ -219,7 +220,7 @@ def _unquote(text: str) -> str:
 
 
 def split_sentences(text: str) -> list[str]:
-    out = []
+    out: list[str] = []
     for chunk in text.split("\n"):
         out.extend(s.strip() for s in SENTENCE_SPLIT_RE.split(chunk) if s.strip())
     return out
@@ -515,7 +516,7 @@ class FieldAnswerer:
 
     def _tool_args(self, tool: Tool) -> dict:
         text = self.question_text.strip() or self.all_text.strip()
-        args = {}
+        args: dict[str, object] = {}
         for name, schema in tool.args.items():
             kind = schema.get("type") if isinstance(schema, dict) else None
             if kind == "integer":
@@ -580,7 +581,8 @@ def _span(sentence: str, question: str, max_words: int) -> str:
         if in_question:
             near.append(index)
         keep.append(not in_question and lower not in STOPWORDS)
-    runs, current = [], []
+    runs: list[list[int]] = []
+    current: list[int] = []
     for index, ok in enumerate(keep):
         joined = bool(current) and _only_space(sentence[words[current[-1]][2] : words[index][1]])
         if ok and (not current or joined):

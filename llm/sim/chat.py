@@ -56,7 +56,8 @@ def _response_format_kind(params: dict) -> tuple[str, dict | None]:
     kind = fmt.get("type", "")
     if kind == "json_schema":
         # OpenAI nests the schema under "json_schema"; a dspy.lm15 Config carries it flat.
-        spec = fmt.get("json_schema") if isinstance(fmt.get("json_schema"), dict) else fmt
+        nested = fmt.get("json_schema")
+        spec = nested if isinstance(nested, dict) else fmt
         schema = spec.get("schema")
         return kind, schema if isinstance(schema, dict) else None
     return (kind if kind == "json_object" else ""), None

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 _MASK64 = (1 << 64) - 1
 
@@ -42,7 +42,8 @@ class FaultConfig:
             raise ValueError(f"unknown config keys: {', '.join(unknown)}")
         values = dataclasses.asdict(self)
         for key, value in changes.items():
-            values[key] = _convert(key, value, fields[key].type)
+            # `from __future__ import annotations` leaves each field's type as its source text.
+            values[key] = _convert(key, value, cast(str, fields[key].type))
         config = FaultConfig(**values)
         config._validate()
         return config

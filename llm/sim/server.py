@@ -41,7 +41,7 @@ import threading
 import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, TypedDict
 
 from llm.sim.chat import simulate_chat
 from llm.sim.embeddings import simulate_embeddings
@@ -56,6 +56,9 @@ _MAX_BODY = 32 * 1024 * 1024
 
 class SimServer(ThreadingHTTPServer):
     """The simulated provider's HTTP server: fault state, stats and the request counter."""
+
+    # Bound from a (host, port) pair on an AF_INET socket, whose getsockname() is (str, int) too.
+    server_address: tuple[str, int]
 
     daemon_threads = True  # a stuck keep-alive connection never blocks shutdown
     allow_reuse_address = True
@@ -199,6 +202,8 @@ class SimHandler(BaseHTTPRequestHandler):
     server_version = "dspex-sim/1.0"
     sys_version = ""
     server: SimServer
+    # Set by the stdlib's handle_one_request before it calls parse_request; typeshed omits it.
+    raw_requestline: bytes
 
     def log_message(self, format: str, *args: Any) -> None:
         """Quiet: no access log (and so never a header or key)."""
@@ -230,7 +235,7 @@ class SimHandler(BaseHTTPRequestHandler):
                 raise ValueError("request body too large")
             return self.rfile.read(size) if size else b""
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            chunks = []
+            chunks: list[bytes] = []
             while True:
                 size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                 if size == 0:
@@ -402,7 +407,7 @@ class SimHandler(BaseHTTPRequestHandler):
         }
         replies = [simulate_chat(model, messages, params, choice=i) for i in range(n)]
         malformed = decision.kind == "malformed"
-        choices = []
+        choices: list[_Choice] = []
         for i, reply in enumerate(replies):
             content = _MALFORMED[(decision.index + i) % len(_MALFORMED)] if malformed else reply.content
             choices.append(
@@ -439,10 +444,12 @@ class SimHandler(BaseHTTPRequestHandler):
             },
         )
 
-    def _stream(self, ident: str, created: int, model: str, choices: list[dict], usage: dict | None) -> None:
+    def _stream(
+        self, ident: str, created: int, model: str, choices: list[_Choice], usage: dict | None
+    ) -> None:
         """Server-sent events for `stream: true`, assembled first and sent with a Content-Length."""
         base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
-        events = []
+        events: list[dict[str, object]] = []
         for choice in choices:
             index = choice["index"]
             content = choice["message"]["content"]
@@ -503,6 +510,21 @@ class SimHandler(BaseHTTPRequestHandler):
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             },
         )
+
+
+class _Message(TypedDict):
+    role: str
+    content: str
+    refusal: None
+
+
+class _Choice(TypedDict):
+    """One choice of a chat completion as the server sends it."""
+
+    index: int
+    message: _Message
+    logprobs: None
+    finish_reason: str
 
 
 class _Headers(dict):

@@ -16,5 +16,5 @@ class Command(BaseCommand):
         if not settings.SENTRY_DSN:
             raise CommandError("SENTRY_DSN is not set: Sentry is disabled.")
         marker = uuid.uuid4().hex[:12]
-        selftest_error.apply_async(args=[marker], queue="default")
+        selftest_error.apply_async(args=(marker,), queue="default")
         self.stdout.write(f"Queued a failing task; look for 'DSPex Sentry self-test {marker}' in Sentry.")
