@@ -8,6 +8,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
+from monitoring.dashboards import LIVE_CACHE_COLUMNS
 from monitoring.models import UsageRollup
 from monitoring.rollups import DURATION_BUCKETS_MS, percentile, rollup_hours
 from tests.factories import (
@@ -103,6 +104,21 @@ def test_executions_dashboard_shows_status_latency_and_errors(admin_client, usag
 def test_cache_dashboard_values_hits(admin_client, usage):
     html = admin_client.get("/admin/dashboards/cache/").content.decode()
     assert "Money saved by cache hits" in html and "$0.0050" in html
+
+
+def test_cache_dashboard_lists_every_cache_now_with_the_same_columns(admin_client):
+    from caching.registry import CACHES
+
+    html = admin_client.get("/admin/dashboards/cache/").content.decode()
+    assert "Caches now" in html
+    table = html[html.index("Caches now") :]
+    table = table[: table.index("</table>")]
+    header = table[: table.index("</thead>")]
+    assert header.count("<th>") == len(LIVE_CACHE_COLUMNS)
+    rows = table.split("<tr>")[2:]  # after the header row
+    assert len(rows) == len(CACHES)
+    for name, row in zip(CACHES, rows, strict=True):
+        assert f"<td>{name}</td>" in row and row.count("<td>") == len(LIVE_CACHE_COLUMNS)
 
 
 def test_queues_dashboard_renders(admin_client):
