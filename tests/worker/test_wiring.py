@@ -110,6 +110,6 @@ def test_domain_code_publishes_through_the_wiring(make_program, monkeypatch):
     normal.publish()
     high.publish(countdown=2.5)
     assert sent == [
-        {"args": (str(normal.id),), "queue": "llm_calls"},
-        {"args": (str(high.id),), "countdown": 2.5, "queue": "priority"},
+        {"args": [str(normal.id)], "countdown": None, "queue": "llm_calls"},
+        {"args": [str(high.id)], "countdown": 2.5, "queue": "priority"},
     ]
