@@ -162,7 +162,9 @@ def publish(name: str, *args: Any, queue: str | None = None, countdown: float | 
     if name not in app.tasks:
         app.loader.import_default_modules()  # autodiscovery: registers every app's tasks module
     options: dict[str, Any] = {"queue": queue} if queue else {}
-    app.tasks[name].apply_async(args=list(args), countdown=countdown or None, **options)
+    # celery-types admits only a tuple for `args` and a float for `countdown`; Celery takes any
+    # sequence and None ("no countdown"), and the published message keeps a list (its `argsrepr`).
+    app.tasks[name].apply_async(args=list(args), countdown=countdown or None, **options)  # type: ignore[arg-type]
 
 
 # Every worker reports which queues it serves (readiness, queues dashboard): monitoring.heartbeat.

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from django.db import close_old_connections, connection, connections, models
 from django.db.models import Q
@@ -46,7 +46,10 @@ def worker_name() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"[:200]
 
 
-class JobQuerySet(models.QuerySet):
+_JobT = TypeVar("_JobT", bound="Job")
+
+
+class JobQuerySet(models.QuerySet[_JobT]):
     def claim(self, pk: Any) -> Any:
         """Move a claimable row to `running` for this process; the claim's fence token for the one
         caller that won, None for every other. A conditional UPDATE rather than read-then-write."""
@@ -78,7 +81,7 @@ class JobQuerySet(models.QuerySet):
         sql = _claim_sql(self.model, self.db, tuple(values))
         return sql, [*values.values(), pk, PENDING]
 
-    def stale(self, stale_after_s: float, now: datetime | None = None) -> "JobQuerySet":
+    def stale(self, stale_after_s: float, now: datetime | None = None) -> Self:
         """Running rows whose heartbeat is older than `stale_after_s`: their worker is gone."""
         cutoff = (now or timezone.now()) - timedelta(seconds=stale_after_s)
         return self.filter(status=RUNNING, heartbeat_at__lt=cutoff)
@@ -94,10 +97,15 @@ class JobQuerySet(models.QuerySet):
         return self.filter(held_q, status=RUNNING).update(heartbeat_at=timezone.now())
 
 
+if TYPE_CHECKING:
+    # The manager type of every job model (`JobQuerySet.as_manager()` or a subclass's), for `Job.objects`.
+    JobManager = models.Manager.from_queryset(JobQuerySet)
+
+
 @functools.cache
 def _claim_sql(model: type["Job"], db: str, names: tuple[str, ...]) -> str:
     quote = connections[db].ops.quote_name
-    column = {name: quote(model._meta.get_field(name).column) for name in (*names, "attempts", "status")}
+    column = {name: quote(_column(model, name)) for name in (*names, "attempts", "status")}
     assignments = [f"{column[name]} = %s" for name in names]
     assignments.append(f"{column['attempts']} = {column['attempts']} + 1")
     table, pk_column = quote(model._meta.db_table), quote(model._meta.pk.column)
@@ -106,6 +114,14 @@ def _claim_sql(model: type["Job"], db: str, names: tuple[str, ...]) -> str:
         f"UPDATE {table} SET {', '.join(assignments)} "  # noqa: S608
         f"WHERE {pk_column} = %s AND {column['status']} = %s RETURNING *"
     )
+
+
+def _column(model: type["Job"], name: str) -> str:
+    """The database column of one of the model's concrete fields (claims write plain columns)."""
+    field = model._meta.get_field(name)
+    if not isinstance(field, models.Field) or field.column is None:
+        raise TypeError(f"{model.__name__}.{name} is not a concrete field")
+    return field.column
 
 
 class Job(models.Model):
@@ -128,6 +144,11 @@ class Job(models.Model):
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
+
+    if TYPE_CHECKING:
+        # Declared for the checker only: every concrete job model sets its own JobQuerySet manager
+        # (the reaper and the heartbeat take any job model and use it).
+        objects: "JobManager[Self]"
 
     class Meta:
         abstract = True
@@ -166,7 +187,9 @@ class Job(models.Model):
         """This run's row, only while it is running under this run's claim (and, for the reaper,
         only while its heartbeat is still stale)."""
         also = self.__dict__.get("_fence_also", {})
-        rows = type(self)._default_manager.filter(pk=self.pk, status=RUNNING, **also)
+        # The ignores on `status=` lookups here and below: every concrete job model declares `status`
+        # (this class's docstring), but the django-stubs plugin checks lookups against abstract Job.
+        rows = type(self)._default_manager.filter(pk=self.pk, status=RUNNING, **also)  # type: ignore[misc]
         return rows.filter(**{self.FENCE: self.claim_token})
 
     def fenced_update(self, **values: Any) -> bool:
@@ -255,7 +278,8 @@ def fail_overdue(model: type[Job], now: datetime | None = None) -> int:
         return 0
     cutoff = (now or timezone.now()) - timedelta(seconds=limit)
     failed = 0
-    for job in model.objects.filter(status=RUNNING, started_at__lt=cutoff):
+    # `status` is each concrete model's; the plugin checks against abstract Job (Job.fenced).
+    for job in model.objects.filter(status=RUNNING, started_at__lt=cutoff):  # type: ignore[misc]
         failed += job.give_up({"type": "time_limit_exceeded", "message": job.overdue_message()})
     return failed
 
@@ -329,7 +353,8 @@ class Heartbeat:
             # Rare: some row is not ours any more. Find which (one read), tell its run.
             still = {
                 (pk, token)
-                for pk, token in model.objects.filter(
+                # `status` is each concrete model's; the plugin checks against abstract Job (Job.fenced).
+                for pk, token in model.objects.filter(  # type: ignore[misc]
                     pk__in=[h.job.pk for h in holdings], status=RUNNING
                 ).values_list("pk", model.FENCE)
             }

@@ -72,8 +72,9 @@ def manage(*args: str, env: dict) -> None:
 _print_lock = threading.Lock()
 
 
-def pipe_output(name: str, proc: subprocess.Popen) -> None:
+def pipe_output(name: str, proc: subprocess.Popen[str]) -> None:
     """Prefix every line with the process that said it (one lock: lines never interleave)."""
+    assert proc.stdout is not None, "start() pipes every process's output"
     for line in proc.stdout:
         with _print_lock:
             sys.stdout.write(f"{name:>19} | {line}")
@@ -102,7 +103,7 @@ def worker_commands(env: dict) -> dict[str, list[str]]:
     return commands
 
 
-def start(name: str, cmd: list[str], env: dict) -> subprocess.Popen:
+def start(name: str, cmd: list[str], env: dict) -> subprocess.Popen[str]:
     # A session of its own: Ctrl-C in the terminal (or a TERM to the whole group) reaches this
     # launcher only, which then stops each process once. A second signal in the middle of a
     # Celery shutdown kills the worker outright or, seen with beat, hangs it.

@@ -7,7 +7,9 @@ when DSPEX_EMBEDDED=1, which `make run` sets after it has probed Postgres and Re
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -95,19 +97,19 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------------
+DATABASES: dict[str, Mapping[str, object]]
 if EMBEDDED:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": VAR_DIR / "dspex.sqlite3"}}
 else:
-    DATABASES = {
-        "default": dj_database_url.parse(
-            env_str("DATABASE_URL", "postgres://localhost:5432/dspex"),
-            conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
-            conn_health_checks=True,
-        )
-    }
-    DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = env_int("DATABASE_CONNECT_TIMEOUT", 5)
-    DATABASES["default"]["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME", "test_dspex")}
+    _database = dj_database_url.parse(
+        env_str("DATABASE_URL", "postgres://localhost:5432/dspex"),
+        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
+        conn_health_checks=True,
+    )
+    _database.setdefault("OPTIONS", {})["connect_timeout"] = env_int("DATABASE_CONNECT_TIMEOUT", 5)
+    _database["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME", "test_dspex")}
+    DATABASES = {"default": _database}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache and broker ----------------------------------------------------------------
@@ -116,7 +118,7 @@ REDIS_URL = env_str("REDIS_URL", "redis://localhost:6379/0")
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5)
 
 
-def _redis_cache(prefix: str) -> dict:
+def _redis_cache(prefix: str) -> dict[str, Any]:
     return {
         "BACKEND": "django_redis.cache.RedisCache",
         "LOCATION": REDIS_URL,
@@ -129,6 +131,8 @@ def _redis_cache(prefix: str) -> dict:
     }
 
 
+# Values per key differ (a backend path, an options dict, ...), as in Django's own declaration.
+CACHES: dict[str, dict[str, Any]]
 if EMBEDDED:
     CACHES = {
         name: {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": name}
@@ -214,11 +218,12 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "dspex_site.api.schema.ErrorDocumentingSchema",
     "EXCEPTION_HANDLER": "dspex_site.api.handler.exception_handler",
-    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_RENDERER_CLASSES": [
+        "rest_framework.renderers.JSONRenderer",
+        *(["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
+    ],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
 }
-if DEBUG:
-    REST_FRAMEWORK["DEFAULT_RENDERER_CLASSES"].append("rest_framework.renderers.BrowsableAPIRenderer")
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "DSPex API",

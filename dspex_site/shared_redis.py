@@ -51,7 +51,9 @@ class FailOpenRedis:
         """The redis-py client whatever the window, or None when the alias is not Redis (the
         embedded mode's in-process cache)."""
         client = getattr(backend or self.backend, "client", None)
-        return client.get_client(write=True) if hasattr(client, "get_client") else None
+        if client is None or not hasattr(client, "get_client"):
+            return None
+        return client.get_client(write=True)
 
     def client(self, backend: Any = None) -> Any | None:
         """The redis-py client, or None when Redis is being skipped or the alias is not Redis."""

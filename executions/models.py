@@ -2,7 +2,7 @@
 
 import uuid
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from django.conf import settings
 from django.db import connections, models
@@ -11,9 +11,18 @@ from django.utils import timezone
 from dspex_site.celery import Queue
 from dspex_site.jobs import Job, JobQuerySet
 
+if TYPE_CHECKING:
+    from django_stubs_ext import WithAnnotations
 
-class ExecutionQuerySet(JobQuerySet):
-    def claim_row(self, execution_id: uuid.UUID) -> "CognitiveExecution | None":
+
+class _ProgramName(TypedDict):
+    """The column `claim_row` reads alongside the claimed row."""
+
+    program_name: str
+
+
+class ExecutionQuerySet(JobQuerySet["CognitiveExecution"]):
+    def claim_row(self, execution_id: uuid.UUID | str) -> "ClaimedExecution | None":
         """`claim()` for the worker: the claimed row and its program's name come back from the
         same statement (the claim's UPDATE … RETURNING in a CTE), saving the read that would
         follow; None if another caller won or the execution is no longer pending."""
@@ -30,7 +39,8 @@ class ExecutionQuerySet(JobQuerySet):
         if not rows:
             return None
         rows[0].hold(rows[0].started_at)
-        return rows[0]
+        # The raw query's extra column is an attribute of the row: the stubs cannot see it.
+        return cast("ClaimedExecution", rows[0])
 
 
 class CognitiveExecution(Job):
@@ -234,3 +244,8 @@ class Batch(models.Model):
 
     def __str__(self) -> str:
         return str(self.id)
+
+
+if TYPE_CHECKING:
+    # An execution `claim_row` returned: the row with its program's name.
+    ClaimedExecution = WithAnnotations[CognitiveExecution, _ProgramName]

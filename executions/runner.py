@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypedDict
 from uuid import UUID
 
 import dspy
@@ -36,6 +36,9 @@ from programs.spec import (
     resolve_variables,
     validate_inputs,
 )
+
+if TYPE_CHECKING:
+    from executions.models import ClaimedExecution
 
 logger = logging.getLogger(__name__)
 
@@ -166,29 +169,31 @@ def compiled_program(program_id: UUID, version: int, result_id: UUID | None) -> 
     return module
 
 
-def _cancel_checker(execution_id: UUID, started_at: Any = None, every_s: float = 1.0) -> Any:
+def _cancel_checker(execution_id: UUID, started_at: Any = None, every_s: float = 1.0) -> Callable[[], bool]:
     """A cheap cancellation probe: at most one indexed query per `every_s` during a run.
 
     The first probe waits `every_s` after the claim: a run that has just been claimed was not
     cancelled, and short runs then cost no extra query at all.
     """
-    state = {"at": time.monotonic(), "cancelled": False}
+    probed_at = time.monotonic()
+    cancelled = False
 
     def check() -> bool:
+        nonlocal probed_at, cancelled
         now = time.monotonic()
-        if not state["cancelled"] and now - state["at"] >= every_s:
-            state["at"] = now
+        if not cancelled and now - probed_at >= every_s:
+            probed_at = now
             row = (
                 CognitiveExecution.objects.filter(id=execution_id).values_list("status", "started_at").first()
             )
             # Cancelled by a user, or failed/re-queued by the reaper (and maybe claimed again by
             # another worker: a new `started_at`): either way this run must stop.
-            state["cancelled"] = (
+            cancelled = (
                 row is None
                 or row[0] != CognitiveExecution.Status.RUNNING
                 or (started_at is not None and row[1] != started_at)
             )
-        return state["cancelled"]
+        return cancelled
 
     return check
 
@@ -207,10 +212,13 @@ def run_execution(execution: UUID | str | CognitiveExecution, *, retry: RetryPol
         execution.refresh_claimed(started_at)
         program_name = execution.program.name
     else:
-        execution_id, execution = execution, CognitiveExecution.objects.claim_row(execution)
-        if execution is None:
-            return Outcome(CognitiveExecution.objects.get(id=execution_id), ran=False)
-        program_name = execution.program_name
+        # Annotated: the manager's copy of `claim_row` loses its return type's annotated column
+        # in the django-stubs plugin; the queryset method's own type is this.
+        claimed: ClaimedExecution | None = CognitiveExecution.objects.claim_row(execution)
+        if claimed is None:
+            return Outcome(CognitiveExecution.objects.get(id=execution), ran=False)
+        program_name = claimed.program_name
+        execution = claimed
     # Traffic class for llm.resilience (rate-limit reserve, bulkhead pool), also on the execution's
     # telemetry: high priority is interactive; so is a run someone waits for (`run_now`).
     interactive = execution.priority == CognitiveExecution.Priority.HIGH
@@ -276,6 +284,14 @@ def _with_db_retry(write: Callable[[], Any], tries: int = 8) -> Any:
     return None
 
 
+class _RunFields(TypedDict):
+    """What every outcome write of a run stores, whatever its status."""
+
+    trace: list[dict]
+    metrics: dict
+    duration_ms: int
+
+
 def _record(
     execution: CognitiveExecution,
     recorder: TraceRecorder,
@@ -285,7 +301,7 @@ def _record(
     retry_in: float | None = None,
 ) -> None:
     # Each branch is one UPDATE: atomic on its own, no transaction round trips needed.
-    fields = {"trace": recorder.entries, "metrics": recorder.metrics(), "duration_ms": duration_ms}
+    fields = _RunFields(trace=recorder.entries, metrics=recorder.metrics(), duration_ms=duration_ms)
     if failure is None and output is not None:
         # `PipelineModule.run` already returns `to_jsonable` output: no second conversion here.
         execution.finish(CognitiveExecution.Status.SUCCEEDED, output=output, **fields)

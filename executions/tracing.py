@@ -83,12 +83,13 @@ class TraceRecorder(BaseCallback):
         calls = log.calls
         cache_hit = exception is None and not calls
         costs = [c.cost_usd for c in calls]
+        known_costs = [c for c in costs if c is not None]
         entry.update(
             outputs=to_jsonable(outputs),
             prompt_tokens=sum(c.prompt_tokens for c in calls),
             completion_tokens=sum(c.completion_tokens for c in calls),
             # Unknown price (None) stays unknown rather than pretending the call was free.
-            cost_usd=None if any(c is None for c in costs) else round(sum(costs), 10),
+            cost_usd=None if len(known_costs) < len(costs) else round(sum(known_costs), 10),
             latency_ms=round((time.perf_counter() - started) * 1000, 2),
             provider_latency_ms=round(sum(c.latency_ms for c in calls), 2),
             cache_hit=cache_hit,
