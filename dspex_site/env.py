@@ -6,9 +6,10 @@ process, not silently run with a default. Secrets may also come from `<NAME>_FIL
 Kubernetes secrets), so they never need to sit in the environment of every child process.
 """
 
+import json
 import os
 from pathlib import Path
-from typing import overload
+from typing import Any, overload
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -70,3 +71,17 @@ def env_list(name: str, default: list[str]) -> list[str]:
     if raw is None:
         return default
     return [item.strip() for item in raw.split(",") if item.strip()]
+
+
+def env_json(name: str, default: dict[str, Any]) -> dict[str, Any]:
+    """A JSON object from the variable (or `<name>_FILE`), or the default; anything else refuses to start."""
+    raw = env_str(name)
+    if raw is None or raw.strip() == "":
+        return dict(default)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ImproperlyConfigured(f"{name} must be a JSON object: {exc}") from exc
+    if not isinstance(value, dict):
+        raise ImproperlyConfigured(f"{name} must be a JSON object, not {type(value).__name__}")
+    return value

@@ -14,7 +14,7 @@ from typing import Any
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from dspex_site.env import env_bool, env_float, env_int, env_list, env_str
+from dspex_site.env import env_bool, env_float, env_int, env_json, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(env_str("DSPEX_VAR_DIR", str(BASE_DIR / "var")))
@@ -273,6 +273,17 @@ DSPEX_PRICES.setdefault(
 )
 # Local embedding models (`local/...`) run on our own CPU: free, not unknown.
 DSPEX_PRICES.setdefault("local", {"prompt": 0.0, "completion": 0.0})
+
+# Providers, deployments and fallbacks (llm.routing; README "Providers"). Keys come from the
+# environment (`api_key_env`) or a file (`api_key_file`), never from these JSON documents or the
+# database: {"openai": {"kind": "openai", "api_base": "https://api.openai.com/v1",
+# "api_key_env": "OPENAI_API_KEY", "timeout_s": 30, "limits": {"rpm": 500}}}.
+DSPEX_PROVIDERS = env_json("DSPEX_PROVIDERS", {})
+# {"<model alias>": {"strategy": "weighted" | "least-busy", "deployments": [{"model": "<provider>/<model>",
+# "weight": 3}, ...]}}
+DSPEX_MODEL_DEPLOYMENTS = env_json("DSPEX_MODEL_DEPLOYMENTS", {})
+# {"<model>": ["<model>", ...], "default": [...]}: tried in order within one execution attempt.
+DSPEX_MODEL_FALLBACKS = env_json("DSPEX_MODEL_FALLBACKS", {})
 
 # Provider resilience (llm.resilience), shared by every process through Redis. Limits per provider
 # name, with "default" for all and "embeddings" for the embeddings backend; 0 = unlimited:
