@@ -73,7 +73,9 @@ def test_an_unreadable_key_file_names_the_provider(registry, tmp_path):
         found["p"].api_key()
 
 
-@pytest.mark.parametrize(("raw", "message"), [("{oops", "must be a JSON object: "), ("[1]", "not list")])
+@pytest.mark.parametrize(
+    ("raw", "message"), [("{oops", "must be a JSON object: "), ("[1]", "must be a JSON object, not list")]
+)
 def test_the_registry_settings_must_be_json_objects(monkeypatch, raw, message):
     from dspex_site.env import env_json
 
