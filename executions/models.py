@@ -28,6 +28,8 @@ class ExecutionQuerySet(JobQuerySet["CognitiveExecution"]):
         follow; None if another caller won or the execution is no longer pending."""
         from programs.models import CognitiveProgram
 
+        if connections[self.db].vendor != "postgresql":
+            return self._claim_then_read(execution_id)
         claim, params = self.claim_statement(execution_id)
         programs = connections[self.db].ops.quote_name(CognitiveProgram._meta.db_table)
         sql = (
@@ -41,6 +43,17 @@ class ExecutionQuerySet(JobQuerySet["CognitiveExecution"]):
         rows[0].hold(rows[0].started_at)
         # The raw query's extra column is an attribute of the row: the stubs cannot see it.
         return cast("ClaimedExecution", rows[0])
+
+    def _claim_then_read(self, execution_id: uuid.UUID | str) -> "ClaimedExecution | None":
+        """The same claim in two statements, for SQLite (the embedded mode of `make run`), which
+        has no UPDATE … RETURNING inside a CTE."""
+        token = self.claim(execution_id)
+        if token is None:
+            return None
+        row = self.select_related("program").get(pk=execution_id)
+        row.hold(token)
+        row.program_name = row.program.name  # type: ignore[attr-defined]  # what the CTE's column gives
+        return cast("ClaimedExecution", row)
 
 
 class CognitiveExecution(Job):
