@@ -151,7 +151,9 @@ def overview() -> list[dict]:
         info.update(
             kind=provider.kind if provider else None,
             # An endpoint no longer configured is known only by its (secret-free) name.
-            endpoint=display_endpoint(provider.endpoint) if name in configured else name.partition("@")[2],
+            endpoint=(
+                display_endpoint(configured[name].endpoint) if name in configured else name.partition("@")[2]
+            ),
             key_source=provider.key_source if provider else "none",
             has_key=has_key,
             key_error=key_error,
