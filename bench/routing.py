@@ -236,6 +236,9 @@ class Call:
 def answered_by(log: Any) -> str | None:
     """Who answered one LM call, from its call log: the deployment (or model) of the last provider
     request that succeeded."""
+    answered = getattr(log, "deployment", None)  # what the routing names as the answer
+    if answered:
+        return str(answered).partition("/")[0]
     for call in reversed(log.calls if log else []):
         if call.error is None:
             deployment = getattr(call, "deployment", None) or call.model

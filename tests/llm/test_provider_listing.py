@@ -201,3 +201,35 @@ def test_the_key_presence_gauge_says_which_providers_have_a_key(client, three_pr
     assert 'provider="sim"' not in exposed.split("dspex_provider_key_present", 1)[1].split("# HELP", 1)[0]
     for key in KEYS:
         assert key not in exposed
+
+
+@pytest.fixture
+def wsgi_app():
+    """The WSGI app called directly, keeping the test's database connection between requests."""
+    from django.core import signals
+    from django.db import close_old_connections
+
+    from dspex_site.wsgi import application
+
+    signals.request_started.disconnect(close_old_connections)
+    signals.request_finished.disconnect(close_old_connections)
+    yield application
+    signals.request_started.connect(close_old_connections)
+    signals.request_finished.connect(close_old_connections)
+
+
+@pytest.mark.parametrize("path", ["/api/v1/providers/", "/api/v1/providers/routing/"])
+def test_a_full_configuration_answers_as_the_schema_documents(api, three_providers, wsgi_app, path):
+    import schemathesis
+    from schemathesis.specs.openapi.checks import response_schema_conformance
+
+    ticket = resilience.admit("vendor", "http://127.0.0.1:2")
+    ticket.finish(failure="provider_error: 503")  # a last error and its time, too
+    try:
+        operation = schemathesis.openapi.from_wsgi("/api/schema/", wsgi_app)[path]["GET"]
+        case = operation.Case()
+        response = case.call(headers={"Authorization": api._credentials["HTTP_AUTHORIZATION"]})
+        assert response.status_code == 200
+        case.validate_response(response, checks=[response_schema_conformance])
+    finally:
+        resilience.clear("vendor@127.0.0.1:2")
