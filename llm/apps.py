@@ -6,16 +6,14 @@ class LlmConfig(AppConfig):
     verbose_name = "LLM gateway"
 
     def ready(self) -> None:
-        from llm import budgets, gateway, providers, resilience
+        from llm import budgets, gateway, resilience
         from monitoring import scrape
 
         gateway.configure_dspy()
         # Breaker state and spend (from Redis) and key presence (from the key sources) are read
         # when Prometheus scrapes, so any process answers the same.
-        for collector in (
-            resilience.BreakerCollector(),
-            budgets.BudgetCollector(),
-            providers.ProviderCollector(),
-        ):
+        from llm.providers import ProviderCollector
+
+        for collector in (resilience.BreakerCollector(), budgets.BudgetCollector(), ProviderCollector()):
             if not any(type(c) is type(collector) for c in scrape.EXTRA_COLLECTORS):
                 scrape.EXTRA_COLLECTORS.append(collector)
