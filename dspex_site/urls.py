@@ -8,7 +8,7 @@ from rest_framework.routers import DefaultRouter
 from caching.api import cache_purge, cache_stats, program_cache_policy
 from executions.api import BatchViewSet, ExecutionViewSet
 from llm import admin as llm_admin
-from llm.api import providers
+from llm.api import providers, routing
 from monitoring import dashboards, health, scrape
 from optimization.api import (
     DatasetViewSet,
@@ -41,6 +41,7 @@ urlpatterns = [
     path("api/v1/programs/<uuid:pk>/optimize/", OptimizeView.as_view(), name="program-optimize"),
     path("api/v1/programs/<uuid:pk>/rollback/", RollbackView.as_view(), name="program-rollback"),
     path("api/v1/providers/", providers, name="providers"),
+    path("api/v1/providers/routing/", routing, name="providers-routing"),
     path("api/v1/", include(router.urls)),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),

@@ -1,4 +1,5 @@
-"""Console pages for providers: breaker state with a reset action, and spend budgets."""
+"""Console pages for providers: every configured provider (kind, endpoint, key source — never the
+key), its breaker with a reset action, limits and spend; model deployments and fallbacks; budgets."""
 
 from django import forms
 from django.contrib import admin, messages
@@ -23,6 +24,7 @@ def providers_page(request: HttpRequest) -> HttpResponse:
         **admin.site.each_context(request),
         "title": "Providers",
         "providers": provider_info.overview(),
+        "routing": provider_info.routing_overview(),
         "can_operate": is_operator(request.user),
     }
     return TemplateResponse(request, "llm/providers.html", context)

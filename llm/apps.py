@@ -10,7 +10,10 @@ class LlmConfig(AppConfig):
         from monitoring import scrape
 
         gateway.configure_dspy()
-        # Breaker state and spend are read from Redis when Prometheus scrapes (any process answers).
-        for collector in (resilience.BreakerCollector(), budgets.BudgetCollector()):
+        # Breaker state and spend (from Redis) and key presence (from the key sources) are read
+        # when Prometheus scrapes, so any process answers the same.
+        from llm.providers import ProviderCollector
+
+        for collector in (resilience.BreakerCollector(), budgets.BudgetCollector(), ProviderCollector()):
             if not any(type(c) is type(collector) for c in scrape.EXTRA_COLLECTORS):
                 scrape.EXTRA_COLLECTORS.append(collector)

@@ -31,6 +31,24 @@ LLM_DURATION = Histogram(
     ["provider", "model"],
     buckets=LATENCY_BUCKETS,
 )
+# Per deployment: the model string that answered (`<provider>/<model>`), which for a model alias
+# with several deployments or a fallback is not the model that was asked for.
+DEPLOYMENT_REQUESTS = Counter(
+    "dspex_llm_deployment_requests",
+    "LM requests that reached a provider, by the deployment that answered",
+    ["provider", "deployment", "status"],
+)
+DEPLOYMENT_DURATION = Histogram(
+    "dspex_llm_deployment_request_duration_seconds",
+    "Provider request latency by deployment",
+    ["provider", "deployment"],
+    buckets=LATENCY_BUCKETS,
+)
+FALLBACKS = Counter(
+    "dspex_llm_fallbacks",
+    "LM calls moved from a model to its next fallback",
+    ["model", "fallback", "reason"],
+)
 LLM_TOKENS = Counter("dspex_llm_tokens", "Tokens billed by providers", ["provider", "model", "type"])
 LLM_COST = Counter("dspex_llm_cost_usd", "Provider cost in USD", ["provider", "model"])
 CACHE_HITS = Counter("dspex_cache_hit", "Cache hits", ["cache"])
@@ -59,8 +77,19 @@ def _on_module_stop(event: str, measurements: dict, metadata: dict) -> None:
 
 def _on_llm_stop(event: str, measurements: dict, metadata: dict) -> None:
     provider, model = _label(metadata.get("provider")), _label(metadata.get("model"))
-    LLM_REQUESTS.labels(provider, model, _label(metadata.get("status"))).inc()
-    LLM_DURATION.labels(provider, model).observe(measurements.get("duration_ms", 0) / 1000)
+    status, seconds = _label(metadata.get("status")), measurements.get("duration_ms", 0) / 1000
+    LLM_REQUESTS.labels(provider, model, status).inc()
+    LLM_DURATION.labels(provider, model).observe(seconds)
+    # Events that name no deployment (embeddings, a single-deployment model) answered as `model`.
+    deployment = _label(metadata.get("deployment") or metadata.get("model"))
+    DEPLOYMENT_REQUESTS.labels(provider, deployment, status).inc()
+    DEPLOYMENT_DURATION.labels(provider, deployment).observe(seconds)
+
+
+def _on_fallback(event: str, measurements: dict, metadata: dict) -> None:
+    FALLBACKS.labels(
+        _label(metadata.get("model")), _label(metadata.get("fallback")), _label(metadata.get("reason"))
+    ).inc()
 
 
 def _on_tokens(event: str, measurements: dict, metadata: dict) -> None:
@@ -87,6 +116,7 @@ HANDLERS = {
     "module.execute.stop": _on_module_stop,
     "llm.request.stop": _on_llm_stop,
     "llm.tokens": _on_tokens,
+    "llm.fallback": _on_fallback,
     "cache.hit": _on_cache(CACHE_HITS),
     "cache.miss": _on_cache(CACHE_MISSES),
     "cache.error": _on_cache(CACHE_ERRORS),

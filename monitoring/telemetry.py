@@ -2,7 +2,7 @@
 metrics, logs and spans. A failing handler is logged and never breaks the work that emitted.
 
 Events: execution.{start,stop,exception}, module.execute.{start,stop},
-llm.request.{start,stop}, llm.tokens, cache.{hit,miss}, module.call.{start,stop,error}.
+llm.request.{start,stop}, llm.tokens, llm.fallback, cache.{hit,miss}, module.call.{start,stop,error}.
 """
 
 import logging

@@ -270,7 +270,10 @@ class TestProgramCachePolicy(APIViewTestCases.Actions):
 
 
 class TestProviders(APIViewTestCases.Actions):
-    actions = [Action("overview", "GET", "/api/v1/providers/", READ, 200, target=lambda case: None)]
+    actions = [
+        Action("overview", "GET", "/api/v1/providers/", READ, 200, target=lambda case: None),
+        Action("routing", "GET", "/api/v1/providers/routing/", READ, 200, target=lambda case: None),
+    ]
 
 
 def _assert_equal(actual: Any, expected: Any) -> None:
