@@ -58,10 +58,6 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DB_URL = os.environ.get("PEERS_DATABASE_URL", "postgres://localhost:5432/dspex_peers")
-os.environ["DATABASE_URL"] = DB_URL
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dspex_site.settings")
-os.environ.setdefault("DJANGO_DEBUG", "1")  # this process only; the servers run production settings
-os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
 from bench.common import (  # noqa: E402
     bench_direct,
@@ -463,7 +459,7 @@ def report(rounds: list[dict], args: argparse.Namespace, setup: str) -> dict:
         for phase in ("uncached", "cached", "saturation"):
             split = split_median(rounds, side, phase)
             text = ", ".join(f"{name} {ms:.2f}" for name, ms in split.items() if name != "total")
-            print(f"  CPU ms/request {side} {phase}: {text}")
+            print(f"  CPU ms/request {side} {phase}, by process (median of each): {text}")
     return {"medians": medians, "uncached_p50_over_direct_ms": overhead}
 
 
@@ -486,6 +482,11 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true", help="also write the figures to bench/results/")
     args = parser.parse_args()
+    # Set here, not at import: the tests import this module and must keep their own environment.
+    os.environ["DATABASE_URL"] = DB_URL
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dspex_site.settings")
+    os.environ.setdefault("DJANGO_DEBUG", "1")  # this process only; the servers run production settings
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: `apt-get install -y wrk` (Debian's package), then run this again")
     if not LITELLM.exists():
