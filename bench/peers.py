@@ -175,13 +175,18 @@ def program_messages(execution: dict[str, Any]) -> list[dict[str, Any]]:
 @contextlib.contextmanager
 def processes() -> Iterator[list[subprocess.Popen]]:
     """Every process started goes in the list; all of them (and their children) are stopped on
-    the way out, whatever the way out is. SIGTERM becomes SystemExit so that is a way out too."""
+    the way out, whatever the way out is (SIGTERM becomes SystemExit so that is one too)."""
     started: list[subprocess.Popen] = []
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    # SIGINT too: a shell starting this in the background hands it SIGINT ignored.
+    previous = {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum)),
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+    }
     try:
         yield started
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         family: list[psutil.Process] = []
         for proc in started:
             with contextlib.suppress(psutil.Error):
