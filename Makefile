@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 
-.PHONY: run test install install-local-embeddings lint format typecheck migrate bench-sync clean
+.PHONY: run test install install-local-embeddings lint format typecheck migrate bench-sync peers-env clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,5 +48,23 @@ migrate: install
 bench-sync: install
 	$(PY) bench/sync_overhead.py
 
+# LiteLLM proxy, the peer `bench/peers.py` compares DSPex with, in a virtualenv of its own so it
+# never enters the product's dependencies (the product pins litellm without the proxy extra).
+# 1.108.5: the newest release whose `proxy` extra resolves on the registry (1.108.9-1.110.2 pin
+# litellm-proxy / litellm-enterprise builds the registry does not have).
+# redis: the proxy's Redis cache backend, which the extra does not pull in.
+PEERS_VENV := .venv-peers
+PEERS_PINS := "litellm[proxy]==1.108.5" "redis==8.1.0"
+PEERS_STAMP := $(PEERS_VENV)/.installed-$(shell echo '$(PEERS_PINS)' | sha256sum | cut -c1-12)
+
+$(PEERS_STAMP):
+	test -x $(PEERS_VENV)/bin/python || $(PYTHON) -m venv $(PEERS_VENV)
+	$(PEERS_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PEERS_VENV)/bin/python -m pip install --quiet $(PEERS_PINS)
+	rm -f $(PEERS_VENV)/.installed-*
+	touch $(PEERS_STAMP)
+
+peers-env: $(PEERS_STAMP)
+
 clean:
-	rm -rf $(VENV) var staticfiles .pytest_cache .ruff_cache
+	rm -rf $(VENV) $(PEERS_VENV) var staticfiles .pytest_cache .ruff_cache

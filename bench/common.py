@@ -7,6 +7,7 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import requests
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,3 +61,71 @@ def start_web(env: dict, workers: int = 1, threads: int = 4) -> tuple[subprocess
         web.kill()
         raise
     return web, port
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def postgres_cpu_s() -> float:
+    """CPU seconds of every Postgres backend process (they serve the web worker's queries)."""
+    total = 0.0
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] and proc.info["name"].startswith("postgres"):
+            try:
+                times = proc.cpu_times()
+                total += times.user + times.system
+            except psutil.Error:
+                pass
+    return total
+
+
+def pg_backends(dbname: str) -> dict[int, float]:
+    """CPU seconds of each Postgres backend connected to `dbname` (asked through Django's connection)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", [dbname])
+        pids = [row[0] for row in cursor.fetchall()]
+    out = {}
+    for pid in pids:
+        try:
+            t = psutil.Process(pid).cpu_times()
+            out[pid] = t.user + t.system
+        except psutil.Error:
+            pass
+    return out
+
+
+def tree_cpu_s(pid: int) -> float:
+    parent = psutil.Process(pid)
+    total = 0.0
+    for proc in [parent, *parent.children(recursive=True)]:
+        try:
+            times = proc.cpu_times()
+            total += times.user + times.system
+        except psutil.Error:
+            pass
+    return total
+
+
+def bench_direct(base_url: str, n: int, model: str, question: str = "What is question {i}?") -> dict:
+    """`dspy.Predict("question -> answer")` called `n` times in this process against `base_url`
+    (cache off, no retries): the floor any service running the same program adds to.
+    `question` is formatted with the call's index `i`."""
+    import dspy
+
+    lm = dspy.LM(model, api_base=base_url, api_key="sk-bench", cache=False, num_retries=0)
+    program = dspy.Predict("question -> answer")
+    with dspy.context(lm=lm, disable_history=True):
+        for i in range(50):
+            program(question=f"warm up {i}?")
+        latencies = []
+        cpu0 = time.process_time()
+        for i in range(n):
+            started = time.perf_counter()
+            program(question=question.format(i=i))
+            latencies.append((time.perf_counter() - started) * 1000)
+        cpu = time.process_time() - cpu0
+    return {"latencies": latencies, "cpu_ms": cpu * 1000 / n}

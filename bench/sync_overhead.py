@@ -30,55 +30,16 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dspex_site.settings")
 os.environ.setdefault("DJANGO_DEBUG", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from bench.common import free_port, server_env, start_web, wait_http  # noqa: E402
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def postgres_cpu_s() -> float:
-    """CPU seconds of every Postgres backend process (they serve the web worker's queries)."""
-    total = 0.0
-    for proc in psutil.process_iter(["name"]):
-        if proc.info["name"] and proc.info["name"].startswith("postgres"):
-            try:
-                times = proc.cpu_times()
-                total += times.user + times.system
-            except psutil.Error:
-                pass
-    return total
-
-
-def tree_cpu_s(pid: int) -> float:
-    parent = psutil.Process(pid)
-    total = 0.0
-    for proc in [parent, *parent.children(recursive=True)]:
-        try:
-            times = proc.cpu_times()
-            total += times.user + times.system
-        except psutil.Error:
-            pass
-    return total
-
-
-def bench_direct(base_url: str, n: int, model: str) -> dict:
-    import dspy
-
-    lm = dspy.LM(model, api_base=base_url, api_key="sk-bench", cache=False, num_retries=0)
-    program = dspy.Predict("question -> answer")
-    with dspy.context(lm=lm, disable_history=True):
-        for i in range(50):
-            program(question=f"warm up {i}?")
-        latencies = []
-        cpu0 = time.process_time()
-        for i in range(n):
-            started = time.perf_counter()
-            program(question=f"What is question {i}?")
-            latencies.append((time.perf_counter() - started) * 1000)
-        cpu = time.process_time() - cpu0
-    return {"latencies": latencies, "cpu_ms": cpu * 1000 / n}
+from bench.common import (  # noqa: E402
+    bench_direct,
+    free_port,
+    percentile,
+    postgres_cpu_s,
+    server_env,
+    start_web,
+    tree_cpu_s,
+    wait_http,
+)
 
 
 def setup_django_objects() -> tuple[str, str]:

@@ -38,7 +38,7 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "bench-" + "k" * 50)
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("DJANGO_HTTPS", "0")  # plain http on 127.0.0.1
 
-from bench.common import free_port, server_env, wait_http  # noqa: E402
+from bench.common import free_port, pg_backends, server_env, wait_http  # noqa: E402
 
 
 def cpu_s(procs: list[psutil.Process]) -> float:
@@ -55,23 +55,6 @@ def cpu_s(procs: list[psutil.Process]) -> float:
 def tree(pid: int) -> list[psutil.Process]:
     parent = psutil.Process(pid)
     return [parent, *parent.children(recursive=True)]
-
-
-def pg_backends(dbname: str) -> dict[int, float]:
-    """CPU seconds of each Postgres backend connected to the benchmark database."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", [dbname])
-        pids = [row[0] for row in cursor.fetchall()]
-    out = {}
-    for pid in pids:
-        try:
-            t = psutil.Process(pid).cpu_times()
-            out[pid] = t.user + t.system
-        except psutil.Error:
-            pass
-    return out
 
 
 def setup(redis_url: str) -> tuple[str, str]:
