@@ -19,7 +19,7 @@ from django.conf import settings
 
 from dspex_site.errors import DomainError
 from llm import resilience
-from llm.routing import lm_config, route_for
+from llm.routing import UnknownProvider, lm_config, route_for
 
 REFRESH_S = 10.0
 PERIODS = ("daily", "monthly")
@@ -136,7 +136,10 @@ def program_providers(program: Any) -> tuple[str, ...]:
     model = model.get("model") if isinstance(model, dict) else None
     if not isinstance(model, str) or model.startswith("$"):
         model = lm_config()["model"]
-    return (route_for(model).provider,)
+    try:
+        return (route_for(model).provider,)
+    except UnknownProvider:
+        return ()  # refused at its first LM call, naming the model
 
 
 class BudgetCollector:

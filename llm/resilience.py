@@ -36,6 +36,7 @@ from prometheus_client import Counter
 
 from dspex_site.errors import DomainError
 from dspex_site.shared_redis import FailOpenRedis
+from llm.routing import providers
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +153,16 @@ def policy_for(provider: str, kind: str = "chat") -> Policy:
     if kind == "embeddings":
         base.update(failure_threshold=3, reset_timeout_s=30.0, call_timeout_s=120.0)
     base.update(limits.get("default", {}))
-    base.update(limits.get("embeddings" if kind == "embeddings" else provider, {}))
+    if kind == "embeddings":
+        base.update(limits.get("embeddings", {}))
+    else:
+        base.update(limits.get(provider, {}))
+        # The registry's own entry (DSPEX_PROVIDERS.<name>.limits, timeout_s) is the most specific.
+        registered = providers().get(provider)
+        if registered is not None:
+            base.update(registered.limits)
+            if registered.timeout_s is not None:
+                base["call_timeout_s"] = registered.timeout_s
     fields = Policy.__dataclass_fields__
     return Policy(**{key: value for key, value in base.items() if key in fields})
 
@@ -355,9 +365,12 @@ def estimate_tokens(request: Any) -> int:
     return max(1, chars // 4)
 
 
-def admit(provider: str, endpoint: str, *, estimate: int = 1, kind: str = "chat") -> Ticket:
-    """Admit one provider call or raise an AdmissionError (waiting up to the policy's bound
-    when only the rate limit or the bulkhead is short)."""
+def admit(
+    provider: str, endpoint: str, *, estimate: int = 1, kind: str = "chat", max_wait_s: float | None = None
+) -> Ticket:
+    """Admit one provider call or raise an AdmissionError (waiting up to the policy's bound, or
+    `max_wait_s` when given, when only the rate limit or the bulkhead is short: the gateway
+    passes 0 while another deployment could take the call at once)."""
     name = endpoint_name(provider, endpoint)
     policy = policy_for(provider, kind)
     traffic_class = current_traffic()
@@ -378,7 +391,7 @@ def admit(provider: str, endpoint: str, *, estimate: int = 1, kind: str = "chat"
         slots,
         ticket.lease_id,
     ]
-    deadline = time.monotonic() + policy.max_wait_s
+    deadline = time.monotonic() + (policy.max_wait_s if max_wait_s is None else max_wait_s)
     while True:
         client = _redis.client()
         if client is None:
@@ -470,6 +483,26 @@ def status(name: str) -> dict:
         },
     )
     return info
+
+
+def in_flight(names: list[str]) -> list[int] | None:
+    """Live calls in flight per endpoint name across every process (one round trip), or None
+    when Redis is unavailable: what `least-busy` deployments are ordered by."""
+    client = _redis.client()
+    if client is None:
+        return None
+    try:
+        seconds, micros = client.time()
+        now_ms = seconds * 1000 + micros // 1000
+        with client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zcount(_key(name, "inflight:main"), now_ms, "+inf")
+                pipe.zcount(_key(name, f"inflight:{OPTIMIZATION}"), now_ms, "+inf")
+            counts = pipe.execute()
+    except Exception as exc:
+        _redis.failed("in_flight", exc)
+        return None
+    return [int(counts[2 * i]) + int(counts[2 * i + 1]) for i in range(len(names))]
 
 
 def reset(name: str) -> None:
