@@ -27,7 +27,8 @@ is a pure function of (`seed`, counter, fault kind), so a run is reproducible. A
 `Authorization: Bearer ...` header is accepted and never logged (`require_auth` makes a missing
 one a 401); a server made with `api_key` (`manage.py simlm --api-key K`) answers 401
 `invalid_api_key` (OpenAI's error shape) to any request without exactly `Bearer K`, so tests
-can prove which key each provider receives. The key is never shown by `/_sim/config`. The server is a stdlib `ThreadingHTTPServer` speaking HTTP/1.1 keep-alive.
+can prove which key each provider receives. The key is never shown by `/_sim/config`. The
+server is a stdlib `ThreadingHTTPServer` speaking HTTP/1.1 keep-alive.
 """
 
 from __future__ import annotations
@@ -351,7 +352,7 @@ class SimHandler(BaseHTTPRequestHandler):
             if not hmac.compare_digest(authorization.encode(), f"Bearer {server.api_key}".encode()):
                 server.record(endpoint, "unauthorized")
                 # OpenAI's wording, without echoing any part of the key that was sent.
-                message = "Incorrect API key provided (simulated)." if authorization else "Missing bearer token."
+                message = "Incorrect API key provided." if authorization else "Missing bearer token."
                 self._send(401, _error_body(message, "invalid_request_error", "invalid_api_key"))
                 return
         elif server.config.require_auth and not authorization.startswith("Bearer "):
