@@ -15,6 +15,8 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 SIM_PROVIDER = "sim"
 LOCAL_PROVIDER = "local"  # sentence-transformers from disk (embeddings only)
@@ -168,6 +170,26 @@ def reset_registry() -> None:
     _route.cache_clear()
     plan_for.cache_clear()
     _routing_settings.cache_clear()
+
+
+# The settings the registry, routes and plans are built from.
+ROUTING_SETTINGS = frozenset(
+    {
+        "DSPEX_PROVIDERS",
+        "DSPEX_MODEL_DEPLOYMENTS",
+        "DSPEX_MODEL_FALLBACKS",
+        "DSPEX_LM_API_BASE",
+        "DSPEX_LM_API_KEY",
+    }
+)
+
+
+@receiver(setting_changed)
+def _settings_changed(*, setting: str, **kwargs: Any) -> None:
+    """Overridden settings (tests, `override_settings`) take effect at once, as before the
+    registry was memoised; the engines built from them are the gateway's (`llm.gateway.reset`)."""
+    if setting in ROUTING_SETTINGS:
+        reset_registry()
 
 
 class UnknownProvider(ValueError):
