@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from dspex_site.errors import DomainError
 from llm import resilience
@@ -138,8 +139,8 @@ def program_providers(program: Any) -> tuple[str, ...]:
         model = lm_config()["model"]
     try:
         return (route_for(model).provider,)
-    except UnknownProvider:
-        return ()  # refused at its first LM call, naming the model
+    except (UnknownProvider, ImproperlyConfigured):
+        return ()  # the run's first LM call fails with the error, naming the model or setting
 
 
 class BudgetCollector:

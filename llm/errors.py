@@ -12,6 +12,7 @@ from dspy import lm15
 
 from dspex_site.errors import DomainError
 from llm.resilience import AdmissionError, CircuitOpenError
+from llm.routing import UnknownProvider
 
 RATE_LIMIT, TRANSIENT, PERMANENT = "rate_limit", "transient", "permanent"
 
@@ -55,6 +56,8 @@ def classify(exc: BaseException) -> Failure:
             # Refused by our own breaker, rate limit or bulkhead before reaching the provider: like
             # a 429, come back after `retry_after` without spending an attempt.
             return Failure(RATE_LIMIT, err.reason, message, err.retry_after)
+        if isinstance(err, UnknownProvider):
+            return Failure(PERMANENT, "unknown_provider", str(err))
         if isinstance(err, DomainError) and err.code == "budget_exceeded":  # llm.budgets.BudgetExceeded
             return Failure(PERMANENT, "budget_exceeded", str(err))
         if isinstance(err, dspy.LMRateLimitError | lm15.RateLimitError):

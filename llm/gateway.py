@@ -158,7 +158,7 @@ class GatewayEngine:
                         raise  # a permanent error (400, 401, unparseable) fails the same anywhere
                     break  # one provider request per model tried
             following = None if reason is None else _next_target(plan, index, reason, target)
-            if following is None:
+            if reason is None or following is None:
                 assert error is not None
                 raise error
             calllog.note_fallback(target.model, reason)

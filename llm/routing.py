@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.dispatch import receiver
@@ -366,6 +367,17 @@ def plan_for(model: str) -> Plan:
             seen.add(fallback)
             targets.append(_target(fallback))
     return Plan(model, tuple(targets))
+
+
+def check_settings(**kwargs: Any) -> list[checks.CheckMessage]:
+    """System check (`manage.py check`, test runs, deploy checks): the registry, deployments and
+    fallbacks are valid, so a typo is reported with its path before the first LM call meets it."""
+    try:
+        providers()
+        _routing_settings()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="llm.E001")]
+    return []
 
 
 def context_window(route: Route) -> int | None:

@@ -140,6 +140,7 @@ class FakeEngine:
 @pytest.fixture
 def engines(monkeypatch):
     found: dict[str, FakeEngine] = {"a": FakeEngine("a"), "b": FakeEngine("b")}
+
     def engine_of(name: str) -> FakeEngine:
         return found[name]
 
@@ -278,3 +279,26 @@ def test_an_alias_is_answered_by_an_entry_of_any_of_its_deployments_and_says_whi
     assert (log.deployment, log.provider) == ("b/m", "b")
     # Never the key: entries of two providers with different keys are the same key.
     assert "key" not in cache.key_for({**asked, "model": "b/m", "api_key": "sk-secret"})
+
+
+def test_the_system_check_reports_bad_routing_settings_with_their_path(settings):
+    assert routing.check_settings() == []
+    settings.DSPEX_MODEL_DEPLOYMENTS = {"fast": {"deployments": [{"model": "a/m"}, {"model": "x/m"}]}}
+    [error] = routing.check_settings()
+    assert (error.id, error.msg) == (
+        "llm.E001",
+        "DSPEX_MODEL_DEPLOYMENTS.fast.deployments[1].model: unknown provider 'x'",
+    )
+
+
+def test_a_model_of_an_unregistered_provider_fails_its_run_naming_the_provider(api, make_program):
+    program = make_program(pipeline={"lm": {"model": "nope/m"}, "signature": "question -> answer"})
+    response = api.post(
+        f"/api/v1/programs/{program.id}/execute/", {"input": {"question": "x"}, "wait": True}, format="json"
+    )
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["type"] == "unknown_provider"
+    assert error["message"].startswith(
+        "model 'nope/m': unknown provider 'nope' (registered: a, b, openai, sim"
+    )
