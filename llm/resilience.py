@@ -1,6 +1,9 @@
 """Admission control for provider calls, shared by every process through Redis.
 
-Per provider endpoint (`Route.provider` + host of `Route.endpoint`, never a secret):
+Per provider endpoint (`Route.provider` + host of `Route.endpoint`, never a secret), which is
+per deployment wherever deployments differ by provider or region (two models on one server share
+its breaker and its account's limits). Limits come from `DSPEX_PROVIDER_LIMITS` and the
+registry's own `DSPEX_PROVIDERS.<name>.limits` and `timeout_s`:
 
 * a circuit breaker: closed -> open after N consecutive transient failures (5xx, timeouts,
   connection errors; not 429s or 4xx), open -> half-open after the reset timeout with exactly
