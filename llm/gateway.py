@@ -146,7 +146,7 @@ class GatewayEngine:
                 # slot (up to its policy's bound); any other candidate is tried at once instead.
                 wait = None if (index == last and position == len(routes) - 1) else 0.0
                 try:
-                    return self._call(route, request, wait)
+                    return self._call(route, request, wait, track=target.strategy == "least-busy")
                 except (resilience.AdmissionError, budgets.BudgetExceeded) as exc:
                     # Nothing was sent: the model's next deployment may take the call.
                     error = exc
@@ -167,7 +167,9 @@ class GatewayEngine:
             )
             index = plan.targets.index(following)
 
-    def _call(self, route: Route, request: Request, max_wait_s: float | None = None) -> Response:
+    def _call(
+        self, route: Route, request: Request, max_wait_s: float | None = None, track: bool = False
+    ) -> Response:
         """One provider request to one deployment: budget, admission, the request, accounting."""
         # Admission before anything is counted as a request: breaker, rate limits, bulkhead, budget.
         # A refusal raises an AdmissionError (classified like a 429 by llm.errors).
@@ -177,6 +179,7 @@ class GatewayEngine:
             route.endpoint,
             estimate=resilience.estimate_tokens(request),
             max_wait_s=max_wait_s,
+            track=track,
         )
         meta = {"provider": route.provider, "model": self.model, "deployment": route.model}
         telemetry.emit("llm.request.start", {}, meta)

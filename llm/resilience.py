@@ -217,10 +217,11 @@ local rt, rwait = bucket(KEYS[2], rpm, 1)
 local tt, twait = bucket(KEYS[3], tpm, est)
 local wait = math.max(rwait, twait)
 if wait > 0 then return {2, wait, 0} end
--- bulkhead
-if slots > 0 then
+-- bulkhead (and in-flight tracking for least-busy deployments, which need the count without a cap)
+local track = tonumber(ARGV[9] or '0')
+if slots > 0 or track == 1 then
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-  if redis.call('ZCARD', KEYS[4]) >= slots then
+  if slots > 0 and redis.call('ZCARD', KEYS[4]) >= slots then
     local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
     return {3, math.max(1, tonumber(first[2]) - now), 0}
   end
@@ -369,11 +370,18 @@ def estimate_tokens(request: Any) -> int:
 
 
 def admit(
-    provider: str, endpoint: str, *, estimate: int = 1, kind: str = "chat", max_wait_s: float | None = None
+    provider: str,
+    endpoint: str,
+    *,
+    estimate: int = 1,
+    kind: str = "chat",
+    max_wait_s: float | None = None,
+    track: bool = False,
 ) -> Ticket:
     """Admit one provider call or raise an AdmissionError (waiting up to the policy's bound, or
     `max_wait_s` when given, when only the rate limit or the bulkhead is short: the gateway
-    passes 0 while another deployment could take the call at once)."""
+    passes 0 while another deployment could take the call at once). `track` holds an in-flight
+    lease even without a bulkhead, so `in_flight()` counts the call (least-busy deployments)."""
     name = endpoint_name(provider, endpoint)
     policy = policy_for(provider, kind)
     traffic_class = current_traffic()
@@ -393,6 +401,7 @@ def admit(
         estimate if policy.tpm else 0,
         slots,
         ticket.lease_id,
+        1 if track else 0,
     ]
     deadline = time.monotonic() + (policy.max_wait_s if max_wait_s is None else max_wait_s)
     while True:

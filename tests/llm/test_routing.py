@@ -302,3 +302,24 @@ def test_a_model_of_an_unregistered_provider_fails_its_run_naming_the_provider(a
     assert error["message"].startswith(
         "model 'nope/m': unknown provider 'nope' (registered: a, b, openai, sim"
     )
+
+
+def test_least_busy_picks_the_deployment_with_fewest_calls_in_flight_across_processes(settings, engines):
+    settings.DSPEX_MODEL_DEPLOYMENTS = {
+        "busy": {
+            "strategy": "least-busy",
+            "deployments": [{"model": "a/m", "weight": 1e6}, {"model": "b/m", "weight": 1}],
+        }
+    }
+    engine = gateway.GatewayEngine("busy")
+    engine.complete(request())
+    assert len(engines["a"].requests) == 1  # idle: the weight decides
+    # Two calls in flight on a (leases in Redis, as another process's would be), none on b.
+    held = [resilience.admit("a", route_for("a/m").endpoint, track=True) for _ in range(2)]
+    try:
+        for _ in range(3):
+            engine.complete(request())
+    finally:
+        for ticket in held:
+            ticket.finish(failure=None)
+    assert (len(engines["a"].requests), len(engines["b"].requests)) == (1, 3)
