@@ -503,9 +503,10 @@ def in_flight(names: list[str]) -> list[int] | None:
     client = _redis.client()
     if client is None:
         return None
+    # This host's clock, not Redis' TIME (a second round trip on every least-busy call): a lease
+    # lives for the call timeout + 1 s, so clock skew of a few ms does not change the count.
+    now_ms = int(time.time() * 1000)
     try:
-        seconds, micros = client.time()
-        now_ms = seconds * 1000 + micros // 1000
         with client.pipeline(transaction=False) as pipe:
             for name in names:
                 pipe.zcount(_key(name, "inflight:main"), now_ms, "+inf")
