@@ -135,16 +135,16 @@ class GatewayEngine:
     def _routed(self, request: Request) -> Response:
         plan = self.plan
         error: BaseException | None = None
-        last = len(plan.targets) - 1
         index = 0
         while True:
             target = plan.targets[index]
             reason: str | None = None
             routes = _ordered(target)
             for position, route in enumerate(routes):
-                # Only the last deployment of the last model waits for a rate limit or a bulkhead
-                # slot (up to its policy's bound); any other candidate is tried at once instead.
-                wait = None if (index == last and position == len(routes) - 1) else 0.0
+                # A model's last (or only) deployment waits for a rate limit or a bulkhead slot up
+                # to its policy's bound, and only past it falls back; while another deployment of
+                # the model could take the call at once, nobody waits.
+                wait = None if position == len(routes) - 1 else 0.0
                 try:
                     return self._call(route, request, wait, track=target.strategy == "least-busy")
                 except (resilience.AdmissionError, budgets.BudgetExceeded) as exc:

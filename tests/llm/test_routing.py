@@ -323,3 +323,24 @@ def test_least_busy_picks_the_deployment_with_fewest_calls_in_flight_across_proc
         for ticket in held:
             ticket.finish(failure=None)
     assert (len(engines["a"].requests), len(engines["b"].requests)) == (1, 3)
+
+
+def test_a_rate_limit_beyond_its_wait_or_a_providers_429_falls_back(settings, engines):
+    limits = {"rpm": 1, "max_wait_s": 0.05}
+    settings.DSPEX_PROVIDERS = {**PROVIDERS, "a": {**PROVIDERS["a"], "limits": limits}}
+    settings.DSPEX_MODEL_FALLBACKS = {"a/m": ["b/m"]}
+    engine = gateway.GatewayEngine("a/m")
+    engine.complete(request())  # takes a's one request of this minute
+    for error in (None, lm15.RateLimitError("slow down", retry_after=30)):
+        if error is not None:  # a's bucket refilled by hand: now the provider itself says 429
+            resilience.clear(resilience.endpoint_name("a", route_for("a/m").endpoint))
+            engines["a"].fail = error
+        log = calllog.begin_call()
+        try:
+            engine.complete(request())
+        finally:
+            calllog.end_call()
+        assert log.fallbacks == [{"model": "a/m", "reason": "rate_limited"}]
+        assert log.deployment == "b/m"
+    # The admission refusal sent nothing; the provider's 429 was one request.
+    assert (len(engines["a"].requests), len(engines["b"].requests)) == (2, 2)
