@@ -23,8 +23,7 @@ import orjson
 
 from caching.registry import LLM
 from caching.store import BoundedCache
-from llm import calllog, pricing
-from llm.routing import route_for
+from llm import calllog, pricing, routing
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +40,32 @@ def canonical_request(request: dict[str, Any]) -> dict[str, Any]:
     for name in FLOAT_PARAMS:
         if isinstance(keyed.get(name), int | float) and not isinstance(keyed[name], bool):
             keyed[name] = float(keyed[name])
-    keyed["_endpoint"] = route_for(request_model(request)).endpoint
+    keyed["_endpoint"] = _endpoint(request_model(request))
     return keyed
+
+
+def _endpoint(model: str) -> str:
+    try:
+        return routing.route_for(model).endpoint
+    except routing.UnknownProvider:
+        return "unrouted"  # the call itself will be refused; the lookup simply misses
+
+
+def with_model(request: dict[str, Any], model: str) -> dict[str, Any]:
+    """The same request as if it had named `model` (the deployment that answers or answered)."""
+    if "model" in request or not isinstance(request.get("request"), dict):
+        return {**request, "model": model}
+    return {**request, "request": {**request["request"], "model": model}}
+
+
+def deployments_of(model: str) -> tuple[tuple[str, str], ...]:
+    """The (deployment, provider) pairs whose entries may answer a call to `model`: the model
+    itself, or every deployment of an alias (the alias declares them interchangeable)."""
+    try:
+        target = routing.plan_for(model).targets[0]
+    except (routing.UnknownProvider, ValueError):
+        return ((model, ""),)
+    return tuple((d.route.model, d.route.provider) for d in target.deployments)
 
 
 def request_model(request: dict[str, Any]) -> str:
@@ -74,18 +97,25 @@ class LLMCache(dspy.clients.Cache):
         return f"llm:{request_model(request)}:{temperature}:{digest}"
 
     def get(self, request: dict[str, Any], ignored_args_for_cache_key: list[str] | None = None) -> Any:
-        try:
-            key = self.key_for(request, ignored_args_for_cache_key)
-        except Exception:  # an unhashable request is simply not cached
-            logger.warning("LLM request cannot be keyed; not cached")
-            return None
-        hit = self.store.get(key)
-        if hit is None:
-            return None
-        log = calllog.current_call()
-        if log is not None and isinstance(hit.value, dict):
-            log.cached_usage = {**(hit.value.get("usage") or {}), "cost_usd": hit.cost_usd}
-        return hit.value
+        """An entry of the deployment that would answer: for a plain model its own, for an alias
+        any of its deployments' (the trace names the one whose entry answered)."""
+        model = request_model(request)
+        for deployment, provider in deployments_of(model):
+            keyed = request if deployment == model else with_model(request, deployment)
+            try:
+                key = self.key_for(keyed, ignored_args_for_cache_key)
+            except Exception:  # an unhashable request is simply not cached
+                logger.warning("LLM request cannot be keyed; not cached")
+                return None
+            hit = self.store.get(key)
+            if hit is None:
+                continue
+            log = calllog.current_call()
+            if log is not None and isinstance(hit.value, dict):
+                log.cached_usage = {**(hit.value.get("usage") or {}), "cost_usd": hit.cost_usd}
+                log.deployment, log.provider = deployment, provider or None
+            return hit.value
+        return None
 
     def put(
         self,
@@ -94,16 +124,22 @@ class LLMCache(dspy.clients.Cache):
         ignored_args_for_cache_key: list[str] | None = None,
         enable_memory_cache: bool = True,
     ) -> None:
+        # The model that produced the answer: a fallback's or an alias deployment's answer is
+        # stored under that model, so the primary never gets a fallback's answer silently.
+        answer = calllog.take_answer()
         if not isinstance(value, dict):
             # Only DSPy's JSON records are cached; an SDK object would need pickle.
             return
+        model = request_model(request)
+        if answer is not None and answer[0] != model:
+            request, model = with_model(request, answer[0]), answer[0]
         try:
             key = self.key_for(request, ignored_args_for_cache_key)
         except Exception:
             return
         usage = value.get("usage") or {}
         tokens = int(usage.get("prompt_tokens") or 0) + int(usage.get("completion_tokens") or 0)
-        self.store.set(key, value, cost_usd=_cost_of(request_model(request), usage), tokens=tokens)
+        self.store.set(key, value, cost_usd=_cost_of(model, usage), tokens=tokens)
 
 
 def _cost_of(model: str, usage: dict) -> float | None:

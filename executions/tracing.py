@@ -97,13 +97,21 @@ class TraceRecorder(BaseCallback):
             if exception is None
             else {"type": type(exception).__name__, "message": str(exception)[:1000]},
         )
+        # Routing: who answered (a provider, or the deployment whose cache entry answered), and
+        # every fallback taken on the way with its reason.
+        deployment = log.deployment or (entry.get("model") if cache_hit else None)
+        entry.update(
+            provider=log.provider or (calls[-1].provider if calls else None),
+            deployment=deployment,
+            fallbacks=list(log.fallbacks),
+        )
         if cache_hit and log.cached_usage:
             saved = {
                 "prompt_tokens": log.cached_usage.get("prompt_tokens", 0),
                 "completion_tokens": log.cached_usage.get("completion_tokens", 0),
             }
             entry["saved_usage"] = saved
-            model = entry.get("model")
+            model = deployment or entry.get("model")
             entry["saved_cost_usd"] = (
                 pricing.cost_for_tokens(model, saved["prompt_tokens"], saved["completion_tokens"])
                 if model

@@ -6,8 +6,12 @@ class LlmConfig(AppConfig):
     verbose_name = "LLM gateway"
 
     def ready(self) -> None:
-        from llm import budgets, gateway, resilience
+        from django.core import checks
+
+        from llm import budgets, gateway, resilience, routing
         from monitoring import scrape
+
+        checks.register(routing.check_settings, checks.Tags.compatibility)
 
         gateway.configure_dspy()
         # Breaker state and spend (from Redis) and key presence (from the key sources) are read

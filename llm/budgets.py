@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 
 from dspex_site.errors import DomainError
 from llm import resilience
-from llm.routing import lm_config, route_for
+from llm.routing import UnknownProvider, lm_config, route_for
 
 REFRESH_S = 10.0
 PERIODS = ("daily", "monthly")
@@ -136,7 +137,10 @@ def program_providers(program: Any) -> tuple[str, ...]:
     model = model.get("model") if isinstance(model, dict) else None
     if not isinstance(model, str) or model.startswith("$"):
         model = lm_config()["model"]
-    return (route_for(model).provider,)
+    try:
+        return (route_for(model).provider,)
+    except (UnknownProvider, ImproperlyConfigured):
+        return ()  # the run's first LM call fails with the error, naming the model or setting
 
 
 class BudgetCollector:

@@ -16,7 +16,9 @@ from typing import Any
 
 @dataclass
 class ProviderCall:
-    """One request that reached a provider."""
+    """One request that reached a provider. `model` is the deployment that was asked
+    (`<provider>/<model>`), which for an alias or a fallback differs from the model the program
+    named; it is what the call is priced by."""
 
     model: str
     provider: str
@@ -33,6 +35,11 @@ class CallLog:
 
     calls: list[ProviderCall] = field(default_factory=list)
     cached_usage: dict[str, Any] | None = None  # usage recorded with a cache entry that answered this call
+    # Routing: every fallback taken ({"model": the model given up, "reason"}), and the
+    # deployment (`<provider>/<model>`) and provider that answered, from a provider or a cache entry.
+    fallbacks: list[dict[str, str]] = field(default_factory=list)
+    deployment: str | None = None
+    provider: str | None = None
 
 
 _local = threading.local()
@@ -60,6 +67,32 @@ def end_call() -> CallLog | None:
 def current_call() -> CallLog | None:
     stack = _stack()
     return stack[-1] if stack else None
+
+
+def note_answer(deployment: str, provider: str) -> None:
+    """The gateway names the deployment that answered the LM call in progress on this thread, so
+    the LLM cache stores the answer under the model that produced it (log or not)."""
+    _local.answer = (deployment, provider)
+    log = current_call()
+    if log is not None:
+        log.deployment, log.provider = deployment, provider
+
+
+def take_answer() -> tuple[str, str] | None:
+    """The deployment (and provider) that answered the last LM call on this thread, once."""
+    answer = getattr(_local, "answer", None)
+    _local.answer = None
+    return answer
+
+
+def clear_answer() -> None:
+    _local.answer = None
+
+
+def note_fallback(model: str, reason: str) -> None:
+    log = current_call()
+    if log is not None:
+        log.fallbacks.append({"model": model, "reason": reason})
 
 
 def report(call: ProviderCall) -> None:

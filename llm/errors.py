@@ -11,7 +11,8 @@ import dspy
 from dspy import lm15
 
 from dspex_site.errors import DomainError
-from llm.resilience import AdmissionError
+from llm.resilience import AdmissionError, CircuitOpenError
+from llm.routing import UnknownProvider
 
 RATE_LIMIT, TRANSIENT, PERMANENT = "rate_limit", "transient", "permanent"
 
@@ -55,6 +56,8 @@ def classify(exc: BaseException) -> Failure:
             # Refused by our own breaker, rate limit or bulkhead before reaching the provider: like
             # a 429, come back after `retry_after` without spending an attempt.
             return Failure(RATE_LIMIT, err.reason, message, err.retry_after)
+        if isinstance(err, UnknownProvider):
+            return Failure(PERMANENT, "unknown_provider", str(err))
         if isinstance(err, DomainError) and err.code == "budget_exceeded":  # llm.budgets.BudgetExceeded
             return Failure(PERMANENT, "budget_exceeded", str(err))
         if isinstance(err, dspy.LMRateLimitError | lm15.RateLimitError):
@@ -77,3 +80,32 @@ def classify(exc: BaseException) -> Failure:
         retryable = dspy.is_retryable_lm_error(exc)
         return Failure(TRANSIENT if retryable else PERMANENT, "provider_error", message)
     return Failure(PERMANENT, "execution_error", f"{type(exc).__name__}: {message}")
+
+
+# Why a call moved to its next fallback model (the trace's `fallbacks[].reason`, `llm.fallback`).
+CIRCUIT_OPEN, RATE_LIMITED, TIMEOUT = "circuit_open", "rate_limited", "timeout"
+CONNECTION_ERROR, SERVER_ERROR, CONTEXT_WINDOW = "connection_error", "server_error", "context_window"
+
+_CONTEXT_WORDS = ("context length", "context_length", "context window", "maximum context")
+
+
+def fallback_reason(exc: BaseException) -> str | None:
+    """The reason a failed call may fall back to the next model, or None when it must not: a
+    permanent error (bad request, authentication, an unparseable reply) fails the same anywhere."""
+    for err in _chain(exc):
+        if isinstance(err, AdmissionError):
+            return CIRCUIT_OPEN if isinstance(err, CircuitOpenError) else RATE_LIMITED
+        if isinstance(err, dspy.LMRateLimitError | lm15.RateLimitError):
+            return RATE_LIMITED
+        if isinstance(err, lm15.ContextLengthError):
+            return CONTEXT_WINDOW
+        if isinstance(err, lm15.TimeoutError | TimeoutError):
+            return TIMEOUT
+        if isinstance(err, dspy.LMServerError | lm15.ServerError):
+            return SERVER_ERROR
+        if isinstance(err, dspy.LMTransportError | lm15.TransportError | ConnectionError):
+            return TIMEOUT if "timed out" in str(err).lower() else CONNECTION_ERROR
+        if isinstance(err, lm15.InvalidRequestError) and any(w in str(err).lower() for w in _CONTEXT_WORDS):
+            # Some OpenAI-compatible servers say so only in the message of a plain 400.
+            return CONTEXT_WINDOW
+    return None

@@ -20,7 +20,9 @@ report to the DSPy callbacks in effect that have one (the execution's trace reco
 """
 
 import functools
+import random
 import time
+from dataclasses import replace
 from typing import Any
 
 import dspy
@@ -28,31 +30,34 @@ from django.conf import settings
 from dspy.lm15 import Request, Response
 
 from caching.llm_cache import install_llm_cache
-from llm import budgets, calllog, embedders, pricing, resilience
+from llm import budgets, calllog, embedders, pricing, resilience, routing
 from llm.calllog import ProviderCall
-from llm.errors import TRANSIENT, classify
-from llm.routing import SAMPLING_KEYS, SIM_PROVIDER, Route, embedding_route_for, lm_config, route_for
+from llm.errors import CONTEXT_WINDOW, TRANSIENT, classify, fallback_reason
+from llm.routing import SAMPLING_KEYS, Route, embedding_route_for, lm_config
 from monitoring import telemetry
 
 
 @functools.cache
 def _provider_engine(provider: str) -> Any:
-    """The real engine for a provider, one per process: it owns the connection pool."""
-    if provider == SIM_PROVIDER:
+    """The real engine of one registered provider, one per process (it owns the connection pool),
+    built with that provider's key and base URL only: two providers never share a server or a key."""
+    registered = routing.providers()[provider]
+    if registered.in_process:
         from llm.sim.engines import SimEngine  # a production process never needs the simulator
 
         return SimEngine()
     from dspy.clients.engines.lm15_engine import LM15Engine
     from dspy.lm15 import RouterConfig, Timeouts
 
-    timeout = resilience.policy_for(provider).call_timeout_s  # DSPEX_LM_TIMEOUT_S unless overridden
+    # DSPEX_LM_TIMEOUT_S unless the provider's timeout_s or limits say otherwise.
+    timeout = resilience.policy_for(provider).call_timeout_s
     # lm15's key for OpenAI-compatible chat is "openai-chat": a base URL registered under
     # "openai" is ignored and the call silently goes to api.openai.com (docs/dspy.md).
-    key_name = "openai-chat" if provider == "openai" else provider
+    key_name = registered.lm15_key or "openai-chat"
     config = RouterConfig(
         env={},  # never pick credentials or endpoints up from the process environment implicitly
-        api_keys={key_name: settings.DSPEX_LM_API_KEY or "not-set"},
-        base_urls={key_name: settings.DSPEX_LM_API_BASE} if settings.DSPEX_LM_API_BASE else None,
+        api_keys={key_name: registered.api_key() or "not-set"},
+        base_urls={key_name: registered.api_base} if registered.api_base else None,
         timeouts=Timeouts(connect=min(5.0, timeout), read=timeout, write=timeout, pool=timeout),
     )
     return LM15Engine(config, model_type="chat")
@@ -64,13 +69,16 @@ def _capabilities(route: Route) -> tuple[bool, bool, bool, frozenset]:
 
     DSPy asks a custom engine for these hints (JSONAdapter picks `response_format` from them);
     answering them keeps structured output working through the gateway. Offline: the native
-    path reads DSPy's bundled model metadata, never the network.
+    path reads DSPy's bundled model metadata (by the provider's kind and the model it is sent),
+    never the network.
     """
-    if route.provider != SIM_PROVIDER:
+    if route.lm15_provider is not None:
         from dspy.clients.capabilities import capabilities
 
         try:
-            caps = capabilities(dspy.LM(route.model, api_base=route.endpoint, api_key="capability-probe"))
+            native = f"{route.lm15_provider}/{route.wire_model}"
+            probe = dspy.LM(native, api_base=route.endpoint, api_key="capability-probe")
+            caps = capabilities(probe)
         except Exception:
             return (False, False, False, frozenset())
         return (caps.function_calling, caps.reasoning, caps.response_schema, frozenset(caps.params))
@@ -84,11 +92,19 @@ def _capabilities(route: Route) -> tuple[bool, bool, bool, frozenset]:
 
 
 class GatewayEngine:
-    """DSPy engine wrapper: admission, accounting and telemetry around the real engine."""
+    """DSPy engine wrapper: routing, admission, accounting and telemetry around the real engines.
 
-    def __init__(self, route: Route):
-        self.route = route
-        self.inner = _provider_engine(route.provider)
+    One DSPy LM call is one `complete()`: a plain model makes one provider request; an alias picks
+    one of its deployments (skipping those admission refuses: open breaker, exhausted limits or
+    budget); a transient failure moves on to the next fallback model inside the same call, so DSPy
+    and the task layer see one LM call and at most one provider request per model tried.
+    """
+
+    def __init__(self, model: str):
+        self.model = model
+        self.plan = routing.plan_for(model)
+        self.route = self.plan.targets[0].deployments[0].route  # capabilities, resolve
+        self.inner = _provider_engine(self.route.provider)
 
     @property
     def supports_function_calling(self) -> bool:
@@ -108,22 +124,71 @@ class GatewayEngine:
 
     def resolve(self, model: str) -> Any:
         resolve = getattr(self.inner, "resolve", None)
-        return resolve(model) if resolve else None
+        return resolve(self.route.lm15_model) if resolve else None
 
     def complete(self, request: Request) -> Response:
-        route = self.route
+        calllog.clear_answer()
+        if self.plan.simple:
+            return self._call(self.route, request)
+        return self._routed(request)
+
+    def _routed(self, request: Request) -> Response:
+        plan = self.plan
+        error: BaseException | None = None
+        index = 0
+        while True:
+            target = plan.targets[index]
+            reason: str | None = None
+            routes = _ordered(target)
+            for position, route in enumerate(routes):
+                # A model's last (or only) deployment waits for a rate limit or a bulkhead slot up
+                # to its policy's bound, and only past it falls back; while another deployment of
+                # the model could take the call at once, nobody waits.
+                wait = None if position == len(routes) - 1 else 0.0
+                try:
+                    return self._call(route, request, wait, track=target.strategy == "least-busy")
+                except (resilience.AdmissionError, budgets.BudgetExceeded) as exc:
+                    # Nothing was sent: the model's next deployment may take the call.
+                    error = exc
+                    if isinstance(exc, resilience.AdmissionError):
+                        reason = fallback_reason(exc)
+                except Exception as exc:
+                    error, reason = exc, fallback_reason(exc)
+                    if reason is None:
+                        raise  # a permanent error (400, 401, unparseable) fails the same anywhere
+                    break  # one provider request per model tried
+            following = None if reason is None else _next_target(plan, index, reason, target)
+            if reason is None or following is None:
+                assert error is not None
+                raise error
+            calllog.note_fallback(target.model, reason)
+            telemetry.emit(
+                "llm.fallback", {}, {"model": target.model, "fallback": following.model, "reason": reason}
+            )
+            index = plan.targets.index(following)
+
+    def _call(
+        self, route: Route, request: Request, max_wait_s: float | None = None, track: bool = False
+    ) -> Response:
+        """One provider request to one deployment: budget, admission, the request, accounting."""
         # Admission before anything is counted as a request: breaker, rate limits, bulkhead, budget.
         # A refusal raises an AdmissionError (classified like a 429 by llm.errors).
         budgets.check(providers=(route.provider,), program_id=resilience.current_program())
         ticket = resilience.admit(
-            route.provider, route.endpoint, estimate=resilience.estimate_tokens(request)
+            route.provider,
+            route.endpoint,
+            estimate=resilience.estimate_tokens(request),
+            max_wait_s=max_wait_s,
+            track=track,
         )
-        meta = {"provider": route.provider, "model": route.model}
+        meta = {"provider": route.provider, "model": self.model, "deployment": route.model}
         telemetry.emit("llm.request.start", {}, meta)
         started = time.perf_counter()
         call = ProviderCall(model=route.model, provider=route.provider)
+        inner = _provider_engine(route.provider)
         try:
-            response = self.inner.complete(request)
+            sent = request if request.model == route.lm15_model else replace(request, model=route.lm15_model)
+            response = inner.complete(sent)
         except BaseException as exc:
             call.latency_ms = (time.perf_counter() - started) * 1000
             call.error = type(exc).__name__
@@ -134,11 +199,13 @@ class GatewayEngine:
         call.latency_ms = (time.perf_counter() - started) * 1000
         call.prompt_tokens = response.usage.input_tokens or 0
         call.completion_tokens = response.usage.output_tokens or 0
+        # Priced by the deployment that answered, and spent against its provider.
         call.cost_usd = pricing.cost_usd(route.model, route.lm15_provider, response)
         ticket.finish(
             failure=None, tokens=call.prompt_tokens + call.completion_tokens, cost_usd=call.cost_usd or 0.0
         )
         self._report(call)
+        calllog.note_answer(route.model, route.provider)
         # Tokens first: a span handler closes the request span on llm.request.stop.
         telemetry.emit(
             "llm.tokens",
@@ -153,7 +220,7 @@ class GatewayEngine:
         return response
 
     def stream(self, request: Request) -> Any:
-        return self.inner.stream(request)
+        return self.inner.stream(replace(request, model=self.route.lm15_model))
 
     def close(self) -> None:
         """The inner engine is shared by the process; closing one LM must not close it."""
@@ -161,6 +228,45 @@ class GatewayEngine:
     @staticmethod
     def _report(call: ProviderCall) -> None:
         calllog.report(call)
+
+
+def _ordered(target: routing.Target) -> list[Route]:
+    """The deployments of a model in the order this call tries them: `weighted` a random order
+    by weight (the first is chosen with probability weight / total), `least-busy` by the fewest
+    calls in flight across processes (ties by weight). Admission refusals move down the list."""
+    deployments = target.deployments
+    if len(deployments) == 1:
+        return [deployments[0].route]
+    # Efraimidis-Spirakis: sorting by u ** (1 / w) is a weighted random permutation.
+    keys = {id(d): random.random() ** (1.0 / d.weight) for d in deployments}
+    ordered = sorted(deployments, key=lambda d: keys[id(d)], reverse=True)
+    if target.strategy == "least-busy":
+        names = [resilience.endpoint_name(d.route.provider, d.route.endpoint) for d in ordered]
+        counts = resilience.in_flight(names)
+        if counts is not None:  # Redis unavailable: weighted order (admission fails open too)
+            busy = dict(zip(names, counts, strict=True))
+            ordered.sort(key=lambda d: busy[resilience.endpoint_name(d.route.provider, d.route.endpoint)])
+    return [d.route for d in ordered]
+
+
+def _next_target(
+    plan: routing.Plan, index: int, reason: str, failed: routing.Target
+) -> routing.Target | None:
+    """The model to fall back to after `failed`: the next one, or for a context-window error the
+    next whose known window is larger (a model with the same or an unknown window would refuse
+    the same prompt)."""
+    rest = plan.targets[index + 1 :]
+    if reason != CONTEXT_WINDOW:
+        return rest[0] if rest else None
+    windows = [routing.context_window(d.route) for d in failed.deployments]
+    known = [w for w in windows if w is not None]
+    if not known:
+        return None
+    for target in rest:
+        theirs = [routing.context_window(d.route) for d in target.deployments]
+        if theirs and all(w is not None and w > max(known) for w in theirs):
+            return target
+    return None
 
 
 def embed(model: str, texts: list[str]) -> list[list[float]]:
@@ -216,9 +322,8 @@ def _breaker_failure(exc: BaseException) -> str | None:
 
 @functools.lru_cache(maxsize=256)
 def _lm(model: str, cache: bool, sampling: tuple[tuple[str, Any], ...]) -> dspy.LM:
-    route = route_for(model)
     # num_retries=0: the task layer owns retries (executions.tasks), so attempts never multiply.
-    return dspy.LM(model, engine=GatewayEngine(route), num_retries=0, cache=cache, **dict(sampling))
+    return dspy.LM(model, engine=GatewayEngine(model), num_retries=0, cache=cache, **dict(sampling))
 
 
 def lm_for(config: dict | None = None, *, cache: bool = True) -> dspy.LM:
@@ -234,7 +339,9 @@ def configure_dspy() -> None:
 
 
 def reset() -> None:
-    """Forget memoised engines and LMs (after settings change: tests, reconfiguration)."""
+    """Forget memoised engines, LMs and the provider registry with its routes (after settings
+    change: tests, reconfiguration, a rotated key)."""
+    routing.reset_registry()
     _provider_engine.cache_clear()
     _capabilities.cache_clear()
     _lm.cache_clear()

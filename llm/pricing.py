@@ -13,7 +13,7 @@ from dspy.clients.costs import estimate_cost
 from dspy.clients.model_metadata import model_info
 from dspy.lm15 import Message, Response, TextPart, Usage
 
-from llm.routing import route_for
+from llm.routing import UnknownProvider, route_for
 
 PER_TOKENS = 1_000_000  # DSPEX_PRICES are USD per million tokens
 
@@ -63,4 +63,8 @@ def cost_for_tokens(model: str, prompt_tokens: int, completion_tokens: int = 0) 
         finish_reason="stop",
         usage=usage,
     )
-    return cost_usd(model, route_for(model).lm15_provider, response)
+    try:
+        lm15_provider = route_for(model).lm15_provider
+    except UnknownProvider:
+        lm15_provider = None  # only a configured price can apply
+    return cost_usd(model, lm15_provider, response)

@@ -1,6 +1,9 @@
 """Admission control for provider calls, shared by every process through Redis.
 
-Per provider endpoint (`Route.provider` + host of `Route.endpoint`, never a secret):
+Per provider endpoint (`Route.provider` + host of `Route.endpoint`, never a secret), which is
+per deployment wherever deployments differ by provider or region (two models on one server share
+its breaker and its account's limits). Limits come from `DSPEX_PROVIDER_LIMITS` and the
+registry's own `DSPEX_PROVIDERS.<name>.limits` and `timeout_s`:
 
 * a circuit breaker: closed -> open after N consecutive transient failures (5xx, timeouts,
   connection errors; not 429s or 4xx), open -> half-open after the reset timeout with exactly
@@ -36,6 +39,7 @@ from prometheus_client import Counter
 
 from dspex_site.errors import DomainError
 from dspex_site.shared_redis import FailOpenRedis
+from llm.routing import providers
 
 logger = logging.getLogger(__name__)
 
@@ -152,7 +156,16 @@ def policy_for(provider: str, kind: str = "chat") -> Policy:
     if kind == "embeddings":
         base.update(failure_threshold=3, reset_timeout_s=30.0, call_timeout_s=120.0)
     base.update(limits.get("default", {}))
-    base.update(limits.get("embeddings" if kind == "embeddings" else provider, {}))
+    if kind == "embeddings":
+        base.update(limits.get("embeddings", {}))
+    else:
+        base.update(limits.get(provider, {}))
+        # The registry's own entry (DSPEX_PROVIDERS.<name>.limits, timeout_s) is the most specific.
+        registered = providers().get(provider)
+        if registered is not None:
+            base.update(registered.limits)
+            if registered.timeout_s is not None:
+                base["call_timeout_s"] = registered.timeout_s
     fields = Policy.__dataclass_fields__
     return Policy(**{key: value for key, value in base.items() if key in fields})
 
@@ -204,10 +217,11 @@ local rt, rwait = bucket(KEYS[2], rpm, 1)
 local tt, twait = bucket(KEYS[3], tpm, est)
 local wait = math.max(rwait, twait)
 if wait > 0 then return {2, wait, 0} end
--- bulkhead
-if slots > 0 then
+-- bulkhead (and in-flight tracking for least-busy deployments, which need the count without a cap)
+local track = tonumber(ARGV[9] or '0')
+if slots > 0 or track == 1 then
   redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', now)
-  if redis.call('ZCARD', KEYS[4]) >= slots then
+  if slots > 0 and redis.call('ZCARD', KEYS[4]) >= slots then
     local first = redis.call('ZRANGE', KEYS[4], 0, 0, 'WITHSCORES')
     return {3, math.max(1, tonumber(first[2]) - now), 0}
   end
@@ -355,9 +369,19 @@ def estimate_tokens(request: Any) -> int:
     return max(1, chars // 4)
 
 
-def admit(provider: str, endpoint: str, *, estimate: int = 1, kind: str = "chat") -> Ticket:
-    """Admit one provider call or raise an AdmissionError (waiting up to the policy's bound
-    when only the rate limit or the bulkhead is short)."""
+def admit(
+    provider: str,
+    endpoint: str,
+    *,
+    estimate: int = 1,
+    kind: str = "chat",
+    max_wait_s: float | None = None,
+    track: bool = False,
+) -> Ticket:
+    """Admit one provider call or raise an AdmissionError (waiting up to the policy's bound, or
+    `max_wait_s` when given, when only the rate limit or the bulkhead is short: the gateway
+    passes 0 while another deployment could take the call at once). `track` holds an in-flight
+    lease even without a bulkhead, so `in_flight()` counts the call (least-busy deployments)."""
     name = endpoint_name(provider, endpoint)
     policy = policy_for(provider, kind)
     traffic_class = current_traffic()
@@ -377,8 +401,9 @@ def admit(provider: str, endpoint: str, *, estimate: int = 1, kind: str = "chat"
         estimate if policy.tpm else 0,
         slots,
         ticket.lease_id,
+        1 if track else 0,
     ]
-    deadline = time.monotonic() + policy.max_wait_s
+    deadline = time.monotonic() + (policy.max_wait_s if max_wait_s is None else max_wait_s)
     while True:
         client = _redis.client()
         if client is None:
@@ -470,6 +495,27 @@ def status(name: str) -> dict:
         },
     )
     return info
+
+
+def in_flight(names: list[str]) -> list[int] | None:
+    """Live calls in flight per endpoint name across every process (one round trip), or None
+    when Redis is unavailable: what `least-busy` deployments are ordered by."""
+    client = _redis.client()
+    if client is None:
+        return None
+    # This host's clock, not Redis' TIME (a second round trip on every least-busy call): a lease
+    # lives for the call timeout + 1 s, so clock skew of a few ms does not change the count.
+    now_ms = int(time.time() * 1000)
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.zcount(_key(name, "inflight:main"), now_ms, "+inf")
+                pipe.zcount(_key(name, f"inflight:{OPTIMIZATION}"), now_ms, "+inf")
+            counts = pipe.execute()
+    except Exception as exc:
+        _redis.failed("in_flight", exc)
+        return None
+    return [int(counts[2 * i]) + int(counts[2 * i + 1]) for i in range(len(names))]
 
 
 def reset(name: str) -> None:

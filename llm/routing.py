@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 SIM_PROVIDER = "sim"
 LOCAL_PROVIDER = "local"  # sentence-transformers from disk (embeddings only)
@@ -163,32 +166,234 @@ def providers() -> dict[str, Provider]:
 
 
 def reset_registry() -> None:
+    """Forget the registry and every resolved route and plan (after settings change)."""
     providers.cache_clear()
+    _route.cache_clear()
+    plan_for.cache_clear()
+    _routing_settings.cache_clear()
+
+
+# The settings the registry, routes and plans are built from.
+ROUTING_SETTINGS = frozenset(
+    {
+        "DSPEX_PROVIDERS",
+        "DSPEX_MODEL_DEPLOYMENTS",
+        "DSPEX_MODEL_FALLBACKS",
+        "DSPEX_LM_API_BASE",
+        "DSPEX_LM_API_KEY",
+    }
+)
+
+
+@receiver(setting_changed)
+def _settings_changed(*, setting: str, **kwargs: Any) -> None:
+    """Overridden settings (tests, `override_settings`) take effect at once, as before the
+    registry was memoised; the engines built from them are the gateway's (`llm.gateway.reset`)."""
+    if setting in ROUTING_SETTINGS:
+        reset_registry()
+
+
+class UnknownProvider(ValueError):
+    """A model names a provider the registry does not know (`anthropic/...` with no `anthropic`
+    in `DSPEX_PROVIDERS`). Refused rather than sent to the default server with the default key."""
+
+    def __init__(self, model: str, provider: str):
+        self.model, self.provider = model, provider
+        super().__init__(
+            f"model {model!r}: unknown provider {provider!r} "
+            f"(registered: {', '.join(sorted(providers()))}; add it to DSPEX_PROVIDERS)"
+        )
 
 
 @dataclass(frozen=True)
 class Route:
     """Where a model's calls go. `endpoint` identifies the server for cache keys and breakers
-    (never a secret); `lm15_provider` is DSPy's provider name for HTTP models, None in-process."""
+    (never a secret); `lm15_provider` is DSPy's provider name for pricing and model metadata
+    (the provider's kind), None in-process; `lm15_model` is what the provider's engine is asked
+    for (`openai-chat:<model>`: the provider receives `<model>`)."""
 
     provider: str
     model: str
     endpoint: str
     lm15_provider: str | None
+    lm15_model: str = ""
+    wire_model: str = ""
 
 
 def provider_of(model: str) -> str:
-    """The provider a model name belongs to: its `provider/` prefix, else OpenAI."""
+    """The provider a model name belongs to: its `provider/` prefix, else the default provider."""
     return model.partition("/")[0] if "/" in model else DEFAULT_PROVIDER
 
 
+@functools.lru_cache(maxsize=1024)
+def _route(model: str) -> Route:
+    name, _, rest = model.partition("/")
+    if not rest:
+        # No prefix: the default provider, the model name as given (today's single endpoint).
+        name, rest = DEFAULT_PROVIDER, model
+    provider = providers().get(name)
+    if provider is None:
+        raise UnknownProvider(model, name)
+    if provider.in_process:
+        return Route(provider.name, model, provider.endpoint, None, model, rest)
+    return Route(provider.name, model, provider.endpoint, provider.kind, f"{provider.lm15_key}:{rest}", rest)
+
+
 def route_for(model: str) -> Route:
-    """The route of a chat model."""
-    provider = provider_of(model)
-    if provider == SIM_PROVIDER:
-        return Route(SIM_PROVIDER, model, "sim:in-process", None)
-    base = settings.DSPEX_LM_API_BASE or "https://api.openai.com/v1"
-    return Route(provider, model, base.rstrip("/"), provider)
+    """The route of a chat model `<provider>/<model>` through the registry (memoised per process).
+
+    A name without a prefix goes to the default provider; an unregistered prefix raises
+    `UnknownProvider`. A deployment alias (`DSPEX_MODEL_DEPLOYMENTS`) gives the route of its first
+    deployment: what pricing and budgets assume before a call picks one (`plan_for` has them all).
+    """
+    deployments = _routing_settings()[0].get(model)
+    if deployments is not None:
+        return deployments.deployments[0].route
+    return _route(model)
+
+
+# --- deployments and fallbacks ---------------------------------------------------------------
+STRATEGIES = ("weighted", "least-busy")
+FALLBACK_DEFAULT = "default"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    route: Route
+    weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class Target:
+    """A model as a program or a fallback list names it: one deployment, or an alias standing for
+    several (`strategy` picks one per call)."""
+
+    model: str
+    strategy: str
+    deployments: tuple[Deployment, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a call to `model` may try, in order: the model itself, then its fallbacks."""
+
+    model: str
+    targets: tuple[Target, ...]
+
+    @property
+    def simple(self) -> bool:
+        """One deployment and no fallback: the gateway's fast path (no choice, no Redis read)."""
+        return len(self.targets) == 1 and len(self.targets[0].deployments) == 1
+
+
+def _direct(model: str, where: str) -> Route:
+    try:
+        return _route(model)
+    except UnknownProvider as exc:
+        raise ImproperlyConfigured(f"{where}: unknown provider {exc.provider!r}") from None
+
+
+@functools.cache
+def _routing_settings() -> tuple[dict[str, Target], dict[str, tuple[str, ...]]]:
+    """`DSPEX_MODEL_DEPLOYMENTS` and `DSPEX_MODEL_FALLBACKS`, checked whole at first use; an error
+    names its path (`DSPEX_MODEL_DEPLOYMENTS.fast.deployments[1].model: unknown provider 'x'`)."""
+    aliases: dict[str, Target] = {}
+    raw_deployments = settings.DSPEX_MODEL_DEPLOYMENTS
+    for alias, raw in raw_deployments.items():
+        where = f"DSPEX_MODEL_DEPLOYMENTS.{alias}"
+        if not isinstance(raw, dict):
+            raise ImproperlyConfigured(f"{where} must be a JSON object")
+        unknown = sorted(set(raw) - {"strategy", "deployments"})
+        if unknown:
+            raise ImproperlyConfigured(
+                f"{where}: unknown field {unknown[0]!r} (fields: deployments, strategy)"
+            )
+        strategy = raw.get("strategy", "weighted")
+        if strategy not in STRATEGIES:
+            raise ImproperlyConfigured(f"{where}.strategy: {strategy!r} is not one of {list(STRATEGIES)}")
+        entries = raw.get("deployments")
+        if not isinstance(entries, list) or not entries:
+            raise ImproperlyConfigured(f"{where}.deployments must be a non-empty list")
+        found = []
+        for i, entry in enumerate(entries):
+            at = f"{where}.deployments[{i}]"
+            if not isinstance(entry, dict):
+                raise ImproperlyConfigured(f"{at} must be a JSON object")
+            extra = sorted(set(entry) - {"model", "weight"})
+            if extra:
+                raise ImproperlyConfigured(f"{at}: unknown field {extra[0]!r} (fields: model, weight)")
+            model = entry.get("model")
+            if not isinstance(model, str) or "/" not in model:
+                raise ImproperlyConfigured(f"{at}.model must be a string '<provider>/<model>'")
+            if model in raw_deployments:
+                raise ImproperlyConfigured(f"{at}.model: {model!r} is an alias; deployments name models")
+            weight = entry.get("weight", 1)
+            if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
+                raise ImproperlyConfigured(f"{at}.weight must be a positive number")
+            found.append(Deployment(_direct(model, f"{at}.model"), float(weight)))
+        aliases[alias] = Target(alias, strategy, tuple(found))
+    fallbacks: dict[str, tuple[str, ...]] = {}
+    for model, chain in settings.DSPEX_MODEL_FALLBACKS.items():
+        where = f"DSPEX_MODEL_FALLBACKS.{model}"
+        if not isinstance(chain, list):
+            raise ImproperlyConfigured(f"{where} must be a list of models")
+        for i, fallback in enumerate(chain):
+            if not isinstance(fallback, str) or not fallback:
+                raise ImproperlyConfigured(f"{where}[{i}] must be a model name")
+            if fallback not in aliases:
+                _direct(fallback, f"{where}[{i}]")
+        fallbacks[model] = tuple(chain)
+    return aliases, fallbacks
+
+
+def _target(model: str) -> Target:
+    alias = _routing_settings()[0].get(model)
+    if alias is not None:
+        return alias
+    return Target(model, "single", (Deployment(_route(model)),))
+
+
+@functools.lru_cache(maxsize=1024)
+def plan_for(model: str) -> Plan:
+    """The deployments and fallbacks a call to `model` may use (memoised per process): the model
+    (an alias or `<provider>/<model>`), then `DSPEX_MODEL_FALLBACKS[model]`, else the `default`
+    list, each model once."""
+    fallbacks = _routing_settings()[1]
+    chain = fallbacks.get(model, fallbacks.get(FALLBACK_DEFAULT, ()))
+    targets = [_target(model)]
+    seen = {model}
+    for fallback in chain:
+        if fallback not in seen:
+            seen.add(fallback)
+            targets.append(_target(fallback))
+    return Plan(model, tuple(targets))
+
+
+def check_settings(**kwargs: Any) -> list[checks.CheckMessage]:
+    """System check (`manage.py check`, test runs, deploy checks): the registry, deployments and
+    fallbacks are valid, so a typo is reported with its path before the first LM call meets it."""
+    try:
+        providers()
+        _routing_settings()
+    except ImproperlyConfigured as exc:
+        return [checks.Error(str(exc), id="llm.E001")]
+    return []
+
+
+def context_window(route: Route) -> int | None:
+    """The input window of a routed model from DSPy's bundled metadata (None when unknown)."""
+    if route.lm15_provider is None:
+        return None
+    return _context_window(route.lm15_provider, route.wire_model)
+
+
+@functools.lru_cache(maxsize=256)
+def _context_window(kind: str, model: str) -> int | None:
+    from dspy.clients.model_metadata import model_info
+
+    info = model_info(kind, model) or {}
+    window = info.get("max_input_tokens") or info.get("max_tokens")
+    return int(window) if isinstance(window, int | float) else None
 
 
 def embedding_route_for(model: str) -> Route:

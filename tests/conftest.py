@@ -8,7 +8,7 @@ Tests run against the machine's real PostgreSQL (pytest-django creates `test_dsp
 """
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from django.core.cache import caches
@@ -35,6 +35,23 @@ def simlm() -> Iterator[SimServer]:
     yield server
     server.proc.terminate()
     server.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def simlm_factory() -> Iterator[Callable[..., SimServer]]:
+    """`make(api_key="k-a")`: one more `manage.py simlm` instance on its own free port, requiring
+    its own key when given (401 otherwise), each counting the requests it received
+    (`server.requests()`); all stopped after the test."""
+    started: list[SimServer] = []
+
+    def make(*args: str, api_key: str | None = None) -> SimServer:
+        server = start_simlm(*args, api_key=api_key)
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
 
 
 @pytest.fixture

@@ -237,9 +237,27 @@ class PostgresServer:
 class SimServer:
     """A `manage.py simlm` process; `configure()` changes its fault injection at runtime."""
 
-    def __init__(self, proc: subprocess.Popen, port: int):
-        self.proc, self.port = proc, port
+    def __init__(self, proc: subprocess.Popen, port: int, api_key: str | None = None):
+        self.proc, self.port, self.api_key = proc, port, api_key
         self.base_url = f"http://127.0.0.1:{port}/v1"
+
+    def requests(self, outcome: str | None = None) -> int:
+        """Chat requests this instance received (all, or those with one outcome: `ok`,
+        `unauthorized`, `error`, ...), since it started or was last `clear()`ed."""
+        stats = self.stats()
+        if outcome is None:
+            return int(stats["endpoints"].get("chat", 0))
+        return int(stats["outcomes"].get(outcome, 0))
+
+    def clear(self) -> None:
+        """Forget the request counts."""
+        requests.post(f"http://127.0.0.1:{self.port}/_sim/reset", timeout=5).raise_for_status()
+
+    def stop(self) -> None:
+        """Stop the process: its port then refuses connections, as a dead provider's would."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
 
     def configure(self, **config: object) -> None:
         requests.post(f"http://127.0.0.1:{self.port}/_sim/config", json=config, timeout=5).raise_for_status()
@@ -259,8 +277,11 @@ class SimServer:
         return requests.get(f"http://127.0.0.1:{self.port}/_sim/stats", timeout=5).json()
 
 
-def start_simlm(*args: str) -> SimServer:
+def start_simlm(*args: str, api_key: str | None = None) -> SimServer:
+    """`manage.py simlm` on a free port; with `api_key` it answers 401 to any other key."""
     port = free_port()
+    if api_key is not None:
+        args = (*args, "--api-key", api_key)
     proc = subprocess.Popen(
         [sys.executable, "manage.py", "simlm", "--host", "127.0.0.1", "--port", str(port), *args],
         cwd=ROOT,
@@ -272,7 +293,7 @@ def start_simlm(*args: str) -> SimServer:
     except RuntimeError:
         proc.kill()
         raise RuntimeError(f"simlm did not start: {proc.stderr.read().decode()[-2000:]}") from None
-    return SimServer(proc, port)
+    return SimServer(proc, port, api_key)
 
 
 class WorkerProcess:

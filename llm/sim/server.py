@@ -25,7 +25,10 @@ Faults (`llm.sim.faults`), applied to chat and embedding requests only:
 Each fault-eligible request takes the next value of a request counter; whether it gets a fault
 is a pure function of (`seed`, counter, fault kind), so a run is reproducible. Any
 `Authorization: Bearer ...` header is accepted and never logged (`require_auth` makes a missing
-one a 401). The server is a stdlib `ThreadingHTTPServer` speaking HTTP/1.1 keep-alive.
+one a 401); a server made with `api_key` (`manage.py simlm --api-key K`) answers 401
+`invalid_api_key` (OpenAI's error shape) to any request without exactly `Bearer K`, so tests
+can prove which key each provider receives. The key is never shown by `/_sim/config`. The
+server is a stdlib `ThreadingHTTPServer` speaking HTTP/1.1 keep-alive.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from __future__ import annotations
 import base64
 import collections
 import dataclasses
+import hmac
 import itertools
 import json
 import math
@@ -64,8 +68,10 @@ class SimServer(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 256
 
-    def __init__(self, address: tuple[str, int], config: FaultConfig):
+    def __init__(self, address: tuple[str, int], config: FaultConfig, api_key: str | None = None):
         super().__init__(address, SimHandler)
+        # Kept off FaultConfig: GET /_sim/config shows the config, and a key is never shown.
+        self.api_key = api_key
         self._config = config
         self._config_lock = threading.Lock()
         self._counter = itertools.count()
@@ -169,14 +175,18 @@ class SimServer(ThreadingHTTPServer):
         self.close()
 
 
-def make_server(host: str = "127.0.0.1", port: int = 0, **config: Any) -> SimServer:
+def make_server(
+    host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None, **config: Any
+) -> SimServer:
     """A bound, not yet serving SimServer (port 0 picks a free port). Call serve_forever() or start()."""
-    return SimServer((host, port), FaultConfig().updated(config))
+    return SimServer((host, port), FaultConfig().updated(config), api_key=api_key)
 
 
-def serve_in_thread(host: str = "127.0.0.1", port: int = 0, **config: Any) -> SimServer:
+def serve_in_thread(
+    host: str = "127.0.0.1", port: int = 0, *, api_key: str | None = None, **config: Any
+) -> SimServer:
     """A SimServer already serving in a daemon thread; `server.url` is its /v1 base URL."""
-    return make_server(host, port, **config).start()
+    return make_server(host, port, api_key=api_key, **config).start()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +347,15 @@ class SimHandler(BaseHTTPRequestHandler):
     def _api(self, endpoint: str, raw: bytes, answer: Any) -> None:
         """Shared path of the model endpoints: auth, JSON, fault decision, then the answer."""
         server = self.server
-        if server.config.require_auth and not (self.headers.get("Authorization") or "").startswith("Bearer "):
+        authorization = self.headers.get("Authorization") or ""
+        if server.api_key is not None:
+            if not hmac.compare_digest(authorization.encode(), f"Bearer {server.api_key}".encode()):
+                server.record(endpoint, "unauthorized")
+                # OpenAI's wording, without echoing any part of the key that was sent.
+                message = "Incorrect API key provided." if authorization else "Missing bearer token."
+                self._send(401, _error_body(message, "invalid_request_error", "invalid_api_key"))
+                return
+        elif server.config.require_auth and not authorization.startswith("Bearer "):
             server.record(endpoint, "unauthorized")
             self._send(
                 401,

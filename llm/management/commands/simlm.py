@@ -40,13 +40,18 @@ class Command(BaseCommand):
         parser.add_argument(
             "--port", type=int, default=8765, help="port to bind; 0 picks a free one (default 8765)"
         )
+        parser.add_argument(
+            "--api-key",
+            default=None,
+            help="answer 401 to any request without 'Authorization: Bearer <this key>' (default: any)",
+        )
         for option, key, kind, text in _FAULT_OPTIONS:
             parser.add_argument(option, dest=key, type=kind, default=None, help=text)
 
     def handle(self, *args: Any, **options: Any) -> None:
         config = {key: options[key] for _, key, _, _ in _FAULT_OPTIONS if options.get(key) is not None}
         try:
-            server = make_server(options["host"], options["port"], **config)
+            server = make_server(options["host"], options["port"], api_key=options["api_key"], **config)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
         except OSError as exc:
