@@ -123,4 +123,4 @@ def embedder_for(route: Route, api_key: str | None) -> Embedder:
             raise ValueError(f"unknown local embedding model {route.model!r}; known: {sorted(LOCAL_MODELS)}")
         return LocalEmbedder(route.model)
     api_base = None if route.endpoint == "default" else route.endpoint
-    return LiteLLMEmbedder(route.model, api_base, api_key)
+    return LiteLLMEmbedder(route.wire_model or route.model, api_base, api_key)

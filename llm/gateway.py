@@ -33,7 +33,7 @@ from caching.llm_cache import install_llm_cache
 from llm import budgets, calllog, embedders, pricing, resilience, routing
 from llm.calllog import ProviderCall
 from llm.errors import CONTEXT_WINDOW, TRANSIENT, classify, fallback_reason
-from llm.routing import SAMPLING_KEYS, Route, embedding_route_for, lm_config
+from llm.routing import SAMPLING_KEYS, Route, embedding_key, embedding_route_for, lm_config
 from monitoring import telemetry
 
 
@@ -272,7 +272,7 @@ def _next_target(
 def embed(model: str, texts: list[str]) -> list[list[float]]:
     """One provider request embedding `texts` with `model` (the caller batches and caches)."""
     route = embedding_route_for(model)
-    engine = embedders.embedder_for(route, settings.DSPEX_EMBEDDING_API_KEY)
+    engine = embedders.embedder_for(route, embedding_key(route))
     # Refused before anything is sent, exactly like a chat call.
     budgets.check(providers=(route.provider,), program_id=resilience.current_program())
     ticket = resilience.admit(route.provider, route.endpoint, kind="embeddings")

@@ -397,15 +397,29 @@ def _context_window(kind: str, model: str) -> int | None:
 
 
 def embedding_route_for(model: str) -> Route:
-    """The route of an embedding model: `sim/` and `local/` run in-process, anything else is a
-    LiteLLM model at `DSPEX_EMBEDDING_API_BASE` ("default": LiteLLM's own default endpoint)."""
+    """The route of an embedding model: `sim/` and `local/` run in-process; `<name>/<model>` of a
+    provider registered in `DSPEX_PROVIDERS` goes to that provider (its endpoint, its key: see
+    `embedding_key`) as a LiteLLM model of its kind; anything else is a LiteLLM model at
+    `DSPEX_EMBEDDING_API_BASE` ("default": LiteLLM's own default endpoint)."""
     provider = provider_of(model)
     if provider == SIM_PROVIDER:
         return Route(SIM_PROVIDER, model, "sim:in-process", None)
     if provider == LOCAL_PROVIDER:
         return Route(LOCAL_PROVIDER, model, "local:in-process", None)
+    if provider in settings.DSPEX_PROVIDERS:
+        entry = providers()[provider]
+        wire = f"{entry.kind}/{model.partition('/')[2]}"  # LiteLLM's name for it: kind/model
+        return Route(provider, model, entry.endpoint, entry.kind, wire_model=wire)
     # The base exactly as configured: embedding cache keys hash it.
     return Route(provider, model, settings.DSPEX_EMBEDDING_API_BASE or "default", provider)
+
+
+def embedding_key(route: Route) -> str | None:
+    """The key an embedding route sends: its registered provider's own, else the embedding
+    setting's (`DSPEX_EMBEDDING_API_KEY`, by default the single-endpoint key)."""
+    if route.provider in settings.DSPEX_PROVIDERS:
+        return providers()[route.provider].api_key()
+    return settings.DSPEX_EMBEDDING_API_KEY
 
 
 def lm_config(config: dict[str, Any] | None = None) -> dict[str, Any]:
