@@ -96,8 +96,9 @@ class GatewayEngine:
 
     One DSPy LM call is one `complete()`: a plain model makes one provider request; an alias picks
     one of its deployments (skipping those admission refuses: open breaker, exhausted limits or
-    budget); a transient failure moves on to the next fallback model inside the same call, so DSPy
-    and the task layer see one LM call and at most one provider request per model tried.
+    budget); a transient failure moves on to the model's next deployment, then to the next fallback
+    model, inside the same call, so DSPy and the task layer see one LM call and at most one
+    provider request per deployment tried.
     """
 
     def __init__(self, model: str):
@@ -156,6 +157,18 @@ class GatewayEngine:
                     error, reason = exc, fallback_reason(exc)
                     if reason is None:
                         raise  # a permanent error (400, 401, unparseable) fails the same anywhere
+                    if reason != CONTEXT_WINDOW and position < len(routes) - 1:
+                        # Another deployment of the same model (another provider or region) takes
+                        # the call: one request per deployment. Not for a context-window error,
+                        # which the same model refuses everywhere.
+                        following_route = routes[position + 1]
+                        calllog.note_fallback(route.model, reason)
+                        telemetry.emit(
+                            "llm.fallback",
+                            {},
+                            {"model": route.model, "fallback": following_route.model, "reason": reason},
+                        )
+                        continue
                     break  # one provider request per model tried
             following = None if reason is None else _next_target(plan, index, reason, target)
             if reason is None or following is None:

@@ -143,13 +143,19 @@ def test_a_deployment_with_an_open_breaker_is_skipped(api, make_program, provide
     gateway.reset()
     a.configure(error_rate=1.0)
     program = qa(make_program, "fast")
-    failed = execute(api, program, "first").json()
-    assert failed["error"]["type"] == "provider_error" and a.requests() == 1  # the breaker opens
+    # The first call fails at a (its breaker opens) and is handed to the model's other deployment.
+    first = execute(api, program, "first")
+    assert first.status_code == 200, first.json()
+    [entry] = lm_entries(first.json())
+    assert entry["deployment"] == "b/sim-default"
+    assert entry["fallbacks"] == [{"model": "a/sim-default", "reason": "server_error"}]
+    assert (a.requests(), b.requests()) == (1, 1)
     for i in range(10):
         response = execute(api, program, f"later {i}")
         assert response.status_code == 200, response.json()
-        assert lm_entries(response.json())[0]["deployment"] == "b/sim-default"
-    assert (a.requests(), b.requests()) == (1, 10)
+        [entry] = lm_entries(response.json())
+        assert entry["deployment"] == "b/sim-default" and entry["fallbacks"] == []  # a is skipped, unasked
+    assert (a.requests(), b.requests()) == (1, 11)
 
 
 @pytest.mark.django_db(transaction=True)

@@ -199,6 +199,27 @@ def test_a_transient_failure_falls_back_within_the_call_and_is_logged_with_its_r
     assert tokens == [{"provider": "b", "model": "a/m", "deployment": "b/m"}]
 
 
+def test_a_transient_failure_moves_to_the_models_other_deployment_first(settings, engines, events):
+    """Two regions of one model: the one that fails hands the call to the other, once each."""
+    engines["a"].fail = lm15.ServerError("region down", status=503)
+    settings.DSPEX_MODEL_DEPLOYMENTS = {
+        "fast": {"deployments": [{"model": "a/m", "weight": 1e9}, {"model": "b/m", "weight": 1e-9}]}
+    }
+    log = calllog.begin_call()
+    try:
+        response = gateway.GatewayEngine("fast").complete(request())
+    finally:
+        calllog.end_call()
+    assert response.model == "anthropic:m"
+    assert (len(engines["a"].requests), len(engines["b"].requests)) == (1, 1)
+    assert log.fallbacks == [{"model": "a/m", "reason": "server_error"}] and log.deployment == "b/m"
+    assert ("llm.fallback", {}, {"model": "a/m", "fallback": "b/m", "reason": "server_error"}) in events
+    engines["b"].fail = lm15.ServerError("both down", status=503)
+    with pytest.raises(lm15.ServerError):  # no fallback list: one request per deployment, then the error
+        gateway.GatewayEngine("fast").complete(request())
+    assert (len(engines["a"].requests), len(engines["b"].requests)) == (2, 2)
+
+
 def test_a_permanent_error_does_not_fall_back(settings, engines):
     engines["a"].fail = lm15.AuthError("bad key")
     settings.DSPEX_MODEL_FALLBACKS = {"default": ["b/m"]}
