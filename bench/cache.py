@@ -33,7 +33,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dspex_site.settings")
 os.environ.setdefault("DJANGO_DEBUG", "1")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from bench.common import free_port, server_env, start_web, wait_http  # noqa: E402
+from bench.common import free_port, server_env, setup_program, start_web, wait_http  # noqa: E402
 from bench.sync_overhead import percentile, postgres_cpu_s, tree_cpu_s  # noqa: E402
 
 QUESTION = {"question": "What does a fully cached execution cost?"}
@@ -71,25 +71,6 @@ def cache_lookup(n: int) -> dict:
         assert cache.get({**request, "temperature": 0.0}) is not None
         latencies.append((time.perf_counter() - started) * 1000)
     return {"latencies": latencies}
-
-
-def setup_objects() -> tuple[str, str]:
-    import django
-
-    django.setup()
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
-    from rest_framework.authtoken.models import Token
-
-    from programs.models import CognitiveProgram
-
-    call_command("migrate", verbosity=0)
-    user, _ = get_user_model().objects.get_or_create(username="bench", defaults={"is_superuser": True})
-    token, _ = Token.objects.get_or_create(user=user)
-    program, _ = CognitiveProgram.objects.update_or_create(
-        name="bench-cache-qa", defaults={"pipeline": {"signature": "question -> answer"}, "status": "active"}
-    )
-    return token.key, str(program.id)
 
 
 def caller(port: int, token: str, program_id: str) -> Callable[[], dict]:
@@ -136,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
 
     floor = redis_floor(args.n * 4)
-    token, program_id = setup_objects()
+    token, program_id = setup_program("bench-cache-qa")
     lookup = cache_lookup(args.n * 4)
     sim_port = free_port()
     sim = subprocess.Popen(

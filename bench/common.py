@@ -129,3 +129,24 @@ def bench_direct(base_url: str, n: int, model: str, question: str = "What is que
             latencies.append((time.perf_counter() - started) * 1000)
         cpu = time.process_time() - cpu0
     return {"latencies": latencies, "cpu_ms": cpu * 1000 / n}
+
+
+def setup_program(name: str) -> tuple[str, str]:
+    """Migrate the bench database and return (API token, program id) of a one-step `Predict`
+    program `name` owned by the superuser `bench`, creating them if needed."""
+    import django
+
+    django.setup()
+    from django.contrib.auth import get_user_model
+    from django.core.management import call_command
+    from rest_framework.authtoken.models import Token
+
+    from programs.models import CognitiveProgram
+
+    call_command("migrate", verbosity=0)
+    user, _ = get_user_model().objects.get_or_create(username="bench", defaults={"is_superuser": True})
+    token, _ = Token.objects.get_or_create(user=user)
+    program, _ = CognitiveProgram.objects.update_or_create(
+        name=name, defaults={"pipeline": {"signature": "question -> answer"}, "status": "active"}
+    )
+    return token.key, str(program.id)

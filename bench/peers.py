@@ -65,6 +65,7 @@ from bench.common import (  # noqa: E402
     percentile,
     pg_backends,
     server_env,
+    setup_program,
     start_web,
     tree_cpu_s,
     wait_http,
@@ -259,25 +260,6 @@ def start_litellm(
     except RuntimeError:
         sys.exit("LiteLLM proxy did not start:\n" + (tmp / "litellm.log").read_text()[-3000:])
     return proxy, port
-
-
-def setup_dspex() -> tuple[str, str]:
-    import django
-
-    django.setup()
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
-    from rest_framework.authtoken.models import Token
-
-    from programs.models import CognitiveProgram
-
-    call_command("migrate", verbosity=0)
-    user, _ = get_user_model().objects.get_or_create(username="bench", defaults={"is_superuser": True})
-    token, _ = Token.objects.get_or_create(user=user)
-    program, _ = CognitiveProgram.objects.update_or_create(
-        name="bench-peers-qa", defaults={"pipeline": {"signature": "question -> answer"}, "status": "active"}
-    )
-    return token.key, str(program.id)
 
 
 # -- measuring -----------------------------------------------------------------------------------
@@ -507,7 +489,7 @@ def main() -> None:
     if problem:
         sys.exit(problem)
 
-    token, program_id = setup_dspex()
+    token, program_id = setup_program("bench-peers-qa")
     from django.db import connection
 
     tmp = Path(tempfile.mkdtemp(prefix="dspex-peers-"))

@@ -79,26 +79,13 @@ class ProgramViewSet(viewsets.ModelViewSet):
         body = ExecuteSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
+        args = (program, data["input"], data["variables"])
+        options = {"user": request.user, "priority": data["priority"], "use_cache": data["cache"]}
         if data["wait"]:
-            outcome = runner.run_now(
-                program,
-                data["input"],
-                data["variables"],
-                user=request.user,
-                priority=data["priority"],
-                use_cache=data["cache"],
-            )
-            return execution_response(outcome)
+            return execution_response(runner.run_now(*args, **options))
         unpublished: list[str] = []
         with transaction.atomic():
-            execution = runner.create_execution(
-                program,
-                data["input"],
-                data["variables"],
-                user=request.user,
-                priority=data["priority"],
-                use_cache=data["cache"],
-            )
+            execution = runner.create_execution(*args, **options)
             transaction.on_commit(lambda: publish(execution, unpublished))
         if unpublished:
             execution.fail_unpublished(unpublished[0])

@@ -72,24 +72,7 @@ def test_scores_are_cosine_similarities_best_first(handbook):
 
 
 def test_a_retrieve_step_feeds_the_answer_step(api, make_program, handbook):
-    pipeline = {
-        "steps": [
-            {
-                "name": "retrieve",
-                "module": "Retrieve",
-                "corpus": "handbook",
-                "k": 2,
-                "inputs": {"query": "$input.question"},
-            },
-            {
-                "name": "answer",
-                "module": "Predict",
-                "signature": "context: list[str], question: str -> answer: str",
-                "inputs": {"context": "$retrieve.passages", "question": "$input.question"},
-            },
-        ]
-    }
-    program = make_program(name="handbook-qa", pipeline=pipeline)
+    program = make_program(name="handbook-qa", pipeline=RETRIEVE_AND_ANSWER)
     body = api.post(
         f"/api/v1/programs/{program.id}/execute/",
         {"input": {"question": "Who founded Acme Tasks?"}, "wait": True},
