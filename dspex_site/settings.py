@@ -204,7 +204,7 @@ if DEBUG:
 # --- REST API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "dspex_site.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     # Viewers read, operators run and edit, superusers everything (dspex_site/permissions.py).
@@ -219,7 +219,7 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "dspex_site.api.schema.ErrorDocumentingSchema",
     "EXCEPTION_HANDLER": "dspex_site.api.handler.exception_handler",
     "DEFAULT_RENDERER_CLASSES": [
-        "rest_framework.renderers.JSONRenderer",
+        "dspex_site.api.renderers.ORJSONRenderer",
         *(["rest_framework.renderers.BrowsableAPIRenderer"] if DEBUG else []),
     ],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
@@ -318,6 +318,10 @@ DSPEX_CUSTOM_METRICS = env_list("DSPEX_CUSTOM_METRICS", [])
 DSPEX_OPTIMIZATION_HEARTBEAT_S = env_float("DSPEX_OPTIMIZATION_HEARTBEAT_S", 2.0)
 DSPEX_OPTIMIZATION_STALE_S = env_float("DSPEX_OPTIMIZATION_STALE_S", 60.0)
 DSPEX_OPTIMIZATION_THREADS = env_int("DSPEX_OPTIMIZATION_THREADS", 4)
+
+# Per-process caches of the hot path's rows (tokens, programs): a change made elsewhere is seen
+# by every process within this many seconds; 0 turns them off (dspex_site.local_cache).
+DSPEX_LOCAL_CACHE_S = env_float("DSPEX_LOCAL_CACHE_S", 1.0)
 
 DSPEX_EXECUTION_RETENTION_DAYS = env_int("DSPEX_EXECUTION_RETENTION_DAYS", 7)
 DSPEX_EXECUTION_TIME_LIMIT_S = env_int("DSPEX_EXECUTION_TIME_LIMIT_S", 300)

@@ -22,6 +22,7 @@ from caching.models import ProgramCachePolicy
 from caching.optimizations import optimization_state
 from dspex_site.errors import DomainError
 from dspex_site.jobs import heartbeat
+from dspex_site.local_cache import LocalCache
 from executions.models import CognitiveExecution
 from executions.tracing import ExecutionCancelled, TraceRecorder
 from llm import budgets, gateway, resilience
@@ -63,8 +64,68 @@ class Outcome:
 RetryPolicy = Callable[[Failure, CognitiveExecution], float | None]
 
 
+@dataclass(frozen=True)
+class RunnableProgram:
+    """A program with what every new execution of it needs to know before it is stored, read
+    once: its spec's errors, the variable values an applied result tuned, whether its cache
+    policy allows the LLM cache, and the providers its runs will call (for the spend limits).
+
+    `runnable_program` serves it from the per-process cache (dspex_site.local_cache): the
+    `execute` endpoint's lookup. Any other caller passing a `CognitiveProgram` gets a fresh one.
+    """
+
+    program: CognitiveProgram
+    spec_errors: tuple
+    tuned_variables: dict
+    llm_cache: bool
+    providers: tuple[str, ...]
+
+    @classmethod
+    def of(cls, program: "CognitiveProgram | RunnableProgram") -> "RunnableProgram":
+        if isinstance(program, RunnableProgram):
+            return program
+        tuned = (
+            program.active_result.variables if program.active_result_id and program.active_result else None
+        )
+        return cls(
+            program=program,
+            spec_errors=tuple(program.spec_errors()),
+            tuned_variables=tuned or {},
+            llm_cache=ProgramCachePolicy.allows_llm_cache(program.id),
+            providers=budgets.program_providers(program),
+        )
+
+
+_runnable: LocalCache[RunnableProgram] = LocalCache("programs")
+
+
+def runnable_program(program_id: Any) -> RunnableProgram:
+    """The program `program_id` for a new execution, from this process's cache (a change made in
+    another process is seen within `DSPEX_LOCAL_CACHE_S`). Raises CognitiveProgram.DoesNotExist,
+    also for an id that is not a UUID."""
+    try:
+        key = UUID(str(program_id))
+    except ValueError:
+        raise CognitiveProgram.DoesNotExist(f"No program {program_id}.") from None
+    return _runnable.get(key, lambda: RunnableProgram.of(CognitiveProgram.objects.get(pk=key)))
+
+
+def forget_program(sender: Any, instance: Any, **kwargs: Any) -> None:
+    """Signal receiver (executions.apps): a program or its cache policy changed, or an
+    optimization result did (it may be any program's active one: rare, so all are forgotten)."""
+    if isinstance(instance, CognitiveProgram):
+        _runnable.evict(instance.pk)
+    elif isinstance(instance, ProgramCachePolicy):
+        _runnable.evict(instance.program_id)
+    else:
+        _runnable.clear()
+
+
+Program = CognitiveProgram | RunnableProgram
+
+
 def create_execution(
-    program: CognitiveProgram,
+    program: Program,
     input_data: Any,
     variables: Any = None,
     *,
@@ -72,21 +133,29 @@ def create_execution(
     priority: str = CognitiveExecution.Priority.NORMAL,
     use_cache: bool = True,
     batch: Any = None,
+    claimed: bool = False,
 ) -> CognitiveExecution:
-    """Validate and store a pending execution of the program's current version.
+    """Validate and store a pending execution of the program's current version (with `claimed`,
+    stored already claimed by this process: the one write that starts a run done in this thread).
 
     Raises ProgramNotRunnable (archived) or ProgramSpecError with `input.*` / `variables.*` paths;
     nothing is written unless everything is valid.
     """
     run = prepare_run(program, variables, use_cache)
-    cleaned = validate_inputs(program.pipeline, input_data)
-    execution = run.execution(cleaned, priority=priority, user=user, batch=batch, queued_at=timezone.now())
+    cleaned = validate_inputs(run.program.pipeline, input_data)
+    now = timezone.now()
+    fields: dict[str, Any] = {"queued_at": now}
+    if claimed:
+        fields |= CognitiveExecution.claim_values(now) | {"attempts": 1}
+    execution = run.execution(cleaned, priority=priority, user=user, batch=batch, **fields)
     execution.save(force_insert=True)
+    if claimed:
+        execution.hold(execution.started_at)
     return execution
 
 
 def run_now(
-    program: CognitiveProgram,
+    program: Program,
     input_data: Any,
     variables: Any = None,
     *,
@@ -98,19 +167,22 @@ def run_now(
     """Store and run one execution in the caller's thread: the one path of every "run now" entry
     point (the API's `execute` with `wait=true`, the console's Run page, `manage.py dspex_run`).
 
-    Someone is waiting for the answer, so the run is `interactive` traffic (served first, may use
-    the rate-limit reserve; llm.resilience) whichever entry point started it. Raises what
-    `create_execution` raises, with nothing written; `on_created` runs in the transaction that
-    stores the row (the console and the command record their audit event there).
+    The row is inserted already claimed (`running`, this process's worker name and heartbeat):
+    nobody else may run it, so the pending → running claim of a queued run would be a second
+    write for nothing. Someone is waiting for the answer, so the run is `interactive` traffic
+    (served first, may use the rate-limit reserve; llm.resilience) whichever entry point started
+    it. Raises what `create_execution` raises, with nothing written; `on_created` runs in the
+    transaction that stores the row (the console and the command record their audit event there).
     """
-    with transaction.atomic():
-        execution = create_execution(
-            program, input_data, variables, user=user, priority=priority, use_cache=use_cache
-        )
-        if on_created is not None:
+    options = {"user": user, "priority": priority, "use_cache": use_cache, "claimed": True}
+    if on_created is None:
+        execution = create_execution(program, input_data, variables, **options)
+    else:
+        with transaction.atomic():
+            execution = create_execution(program, input_data, variables, **options)
             on_created(execution)
     with resilience.traffic(resilience.INTERACTIVE):
-        return run_execution(execution)
+        return _run_claimed(execution, RunnableProgram.of(program).program.name)
 
 
 @dataclass
@@ -135,26 +207,26 @@ class RunSettings:
         )
 
 
-def prepare_run(program: CognitiveProgram, variables: Any, use_cache: bool) -> RunSettings:
+def prepare_run(program: Program, variables: Any, use_cache: bool) -> RunSettings:
     """What every new execution of a program needs before it is stored, one or a batch of them:
     the program may run now (not archived, a valid spec, within its spend limits), its variable
     values, and whether its policy lets it use the LLM cache."""
+    runnable = RunnableProgram.of(program)
+    program = runnable.program
     if not program.is_runnable:
         raise ProgramNotRunnable(f"Program '{program.name}' is archived and cannot be executed.")
-    errors = program.spec_errors()
-    if errors:
-        raise ProgramSpecError(errors)
+    if runnable.spec_errors:
+        raise ProgramSpecError(list(runnable.spec_errors))
     if variables is not None and not isinstance(variables, dict):
         from programs.spec import SpecError
 
         raise ProgramSpecError([SpecError("variables", "must be an object of variable overrides")])
     # An applied variable-search result sets the program's variable values; the request's own
     # overrides still win.
-    tuned = program.active_result.variables if program.active_result_id and program.active_result else {}
-    resolved = resolve_variables(program.variables, {**(tuned or {}), **(variables or {})})
+    resolved = resolve_variables(program.variables, {**runnable.tuned_variables, **(variables or {})})
     # Spend limits (llm.budgets): refuse new work with `budget_exceeded` (HTTP 402) once reached.
-    budgets.check(providers=budgets.program_providers(program), program_id=program.id)
-    return RunSettings(program, resolved, use_cache and ProgramCachePolicy.allows_llm_cache(program.id))
+    budgets.check(providers=runnable.providers, program_id=program.id)
+    return RunSettings(program, resolved, use_cache and runnable.llm_cache)
 
 
 @functools.lru_cache(maxsize=256)
@@ -210,15 +282,19 @@ def run_execution(execution: UUID | str | CognitiveExecution, *, retry: RetryPol
         if started_at is None:
             return Outcome(CognitiveExecution.objects.get(id=execution.id), ran=False)
         execution.refresh_claimed(started_at)
-        program_name = execution.program.name
-    else:
-        # Annotated: the manager's copy of `claim_row` loses its return type's annotated column
-        # in the django-stubs plugin; the queryset method's own type is this.
-        claimed: ClaimedExecution | None = CognitiveExecution.objects.claim_row(execution)
-        if claimed is None:
-            return Outcome(CognitiveExecution.objects.get(id=execution), ran=False)
-        program_name = claimed.program_name
-        execution = claimed
+        return _run_claimed(execution, execution.program.name, retry)
+    # Annotated: the manager's copy of `claim_row` loses its return type's annotated column
+    # in the django-stubs plugin; the queryset method's own type is this.
+    claimed: ClaimedExecution | None = CognitiveExecution.objects.claim_row(execution)
+    if claimed is None:
+        return Outcome(CognitiveExecution.objects.get(id=execution), ran=False)
+    return _run_claimed(claimed, claimed.program_name, retry)
+
+
+def _run_claimed(
+    execution: CognitiveExecution, program_name: str, retry: RetryPolicy | None = None
+) -> Outcome:
+    """Run an execution this process has claimed (`execution.claim_token` fences its writes)."""
     # Traffic class for llm.resilience (rate-limit reserve, bulkhead pool), also on the execution's
     # telemetry: high priority is interactive; so is a run someone waits for (`run_now`).
     interactive = execution.priority == CognitiveExecution.Priority.HIGH

@@ -1,5 +1,7 @@
 """API representations of executions."""
 
+from typing import Any
+
 from rest_framework import serializers
 
 from executions.models import CognitiveExecution
@@ -37,12 +39,43 @@ class ExecutionSummarySerializer(serializers.ModelSerializer):
 
 
 class ExecutionSerializer(serializers.ModelSerializer):
-    """An execution with its full trace."""
+    """An execution with its full trace.
+
+    Its representation is `execution_data` (the fields' values without building a
+    ModelSerializer's fields for every answer, which costs more than the rest of a cached
+    execution); the fields declared here are what the schema documents, and a test checks that
+    both give the same answer.
+    """
 
     class Meta:
         model = CognitiveExecution
         fields = [*SUMMARY_FIELDS[:9], "trace", *SUMMARY_FIELDS[9:]]
         read_only_fields = fields
+
+    def to_representation(self, instance: CognitiveExecution) -> dict[str, Any]:
+        return execution_data(instance)
+
+
+_datetime = serializers.DateTimeField()
+# Foreign keys: the API shows their ids.
+_KEYS = {"program": "program_id", "optimization_result": "optimization_result_id", "batch": "batch_id"}
+_DATETIMES = ("created_at", "started_at", "finished_at")
+
+
+def execution_data(execution: CognitiveExecution) -> dict[str, Any]:
+    """`ExecutionSerializer`'s representation of an execution (with its trace), field for field."""
+    data: dict[str, Any] = {}
+    for name in ExecutionSerializer.Meta.fields:
+        value = getattr(execution, _KEYS.get(name, name))
+        if value is None:
+            data[name] = None
+        elif name in _KEYS or name == "id":
+            data[name] = str(value)
+        elif name in _DATETIMES:
+            data[name] = _datetime.to_representation(value)
+        else:
+            data[name] = value
+    return data
 
 
 class QueuedExecutionSerializer(serializers.Serializer):

@@ -3,6 +3,7 @@
 from typing import Any
 
 from django.db import transaction
+from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
@@ -15,7 +16,7 @@ from dspex_site.api.schema import raises
 from dspex_site.errors import QueueUnavailable
 from executions import runner
 from executions.models import CognitiveExecution
-from executions.serializers import ExecutionSerializer, QueuedExecutionSerializer
+from executions.serializers import ExecutionSerializer, QueuedExecutionSerializer, execution_data
 from llm.budgets import BudgetExceeded
 from monitoring import audit
 from programs.filters import ProgramFilter
@@ -75,7 +76,13 @@ class ProgramViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["post"])
     def execute(self, request: Request, pk: str | None = None) -> Response:
         """Run the program on one input: `wait=true` returns the finished execution."""
-        program = self.get_object()
+        # From this process's cache of runnable programs (executions.runner.runnable_program):
+        # the hot path's lookup without a query per request.
+        try:
+            program = runner.runnable_program(pk)
+        except CognitiveProgram.DoesNotExist:
+            raise Http404 from None
+        self.check_object_permissions(request, program.program)
         body = ExecuteSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
@@ -84,9 +91,10 @@ class ProgramViewSet(viewsets.ModelViewSet):
         if data["wait"]:
             return execution_response(runner.run_now(*args, **options))
         unpublished: list[str] = []
-        with transaction.atomic():
-            execution = runner.create_execution(*args, **options)
-            transaction.on_commit(lambda: publish(execution, unpublished))
+        # One INSERT, committed on its own; the task is published once it is (inside a
+        # transaction of the caller's, after that commits).
+        execution = runner.create_execution(*args, **options)
+        transaction.on_commit(lambda: publish(execution, unpublished))
         if unpublished:
             execution.fail_unpublished(unpublished[0])
             raise QueueUnavailable(unpublished[0])
@@ -95,7 +103,7 @@ class ProgramViewSet(viewsets.ModelViewSet):
 
 def execution_response(outcome: runner.Outcome) -> Response:
     """A finished execution with the status that says how it ended (`http_status_for`)."""
-    response = Response(ExecutionSerializer(outcome.execution).data, status=http_status_for(outcome))
+    response = Response(execution_data(outcome.execution), status=http_status_for(outcome))
     retry_after = (outcome.execution.error or {}).get("retry_after")
     if response.status_code == status.HTTP_503_SERVICE_UNAVAILABLE and retry_after:
         response["Retry-After"] = f"{float(retry_after):g}"

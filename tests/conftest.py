@@ -72,11 +72,13 @@ def http_provider(simlm: SimServer, settings: pytest.FixtureRequest) -> Iterator
 
 @pytest.fixture(autouse=True)
 def _isolated_caches() -> Iterator[None]:
+    from dspex_site import local_cache
     from executions.runner import compiled_program
 
     for alias in ("default", "llm"):
         caches[alias].clear()
     compiled_program.cache_clear()
+    local_cache.clear_all()
     yield
 
 
