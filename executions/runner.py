@@ -23,6 +23,7 @@ from caching.optimizations import optimization_state
 from dspex_site.errors import DomainError
 from dspex_site.jobs import heartbeat
 from dspex_site.local_cache import LocalCache
+from executions import answers
 from executions.models import CognitiveExecution
 from executions.tracing import ExecutionCancelled, TraceRecorder
 from llm import budgets, gateway, resilience
@@ -133,25 +134,30 @@ def create_execution(
     priority: str = CognitiveExecution.Priority.NORMAL,
     use_cache: bool = True,
     batch: Any = None,
-    claimed: bool = False,
 ) -> CognitiveExecution:
-    """Validate and store a pending execution of the program's current version (with `claimed`,
-    stored already claimed by this process: the one write that starts a run done in this thread).
+    """Validate and store a pending execution of the program's current version.
 
     Raises ProgramNotRunnable (archived) or ProgramSpecError with `input.*` / `variables.*` paths;
     nothing is written unless everything is valid.
     """
+    execution = _new_execution(program, input_data, variables, user, priority, use_cache, batch=batch)
+    execution.save(force_insert=True)
+    return execution
+
+
+def _new_execution(
+    program: Program,
+    input_data: Any,
+    variables: Any,
+    user: Any,
+    priority: str,
+    use_cache: bool,
+    **fields: Any,
+) -> CognitiveExecution:
+    """A validated, unsaved pending execution (what `create_execution` stores)."""
     run = prepare_run(program, variables, use_cache)
     cleaned = validate_inputs(run.program.pipeline, input_data)
-    now = timezone.now()
-    fields: dict[str, Any] = {"queued_at": now}
-    if claimed:
-        fields |= CognitiveExecution.claim_values(now) | {"attempts": 1}
-    execution = run.execution(cleaned, priority=priority, user=user, batch=batch, **fields)
-    execution.save(force_insert=True)
-    if claimed:
-        execution.hold(execution.started_at)
-    return execution
+    return run.execution(cleaned, priority=priority, user=user, queued_at=timezone.now(), **fields)
 
 
 def run_now(
@@ -167,22 +173,65 @@ def run_now(
     """Store and run one execution in the caller's thread: the one path of every "run now" entry
     point (the API's `execute` with `wait=true`, the console's Run page, `manage.py dspex_run`).
 
-    The row is inserted already claimed (`running`, this process's worker name and heartbeat):
-    nobody else may run it, so the pending → running claim of a queued run would be a second
-    write for nothing. Someone is waiting for the answer, so the run is `interactive` traffic
-    (served first, may use the rate-limit reserve; llm.resilience) whichever entry point started
-    it. Raises what `create_execution` raises, with nothing written; `on_created` runs in the
-    transaction that stores the row (the console and the command record their audit event there).
+    One write stores the row, already claimed (`running`, this process's worker name and
+    heartbeat: nobody else may run it, so the pending → running claim of a queued run would be a
+    second write for nothing), and one fenced UPDATE finishes it. An identical request answered
+    before (executions.answers) is stored finished, in its one INSERT, without running DSPy.
+    Someone is waiting for the answer, so the run is `interactive` traffic (served first, may
+    use the rate-limit reserve; llm.resilience) whichever entry point started it. Raises what
+    `create_execution` raises, with nothing written; `on_created` runs in the transaction that
+    stores the row (the console and the command record their audit event there).
     """
-    options = {"user": user, "priority": priority, "use_cache": use_cache, "claimed": True}
+    execution = _new_execution(program, input_data, variables, user, priority, use_cache)
+    now = execution.queued_at
+    for name, value in (CognitiveExecution.claim_values(now) | {"attempts": 1}).items():
+        setattr(execution, name, value)
+    program_name = RunnableProgram.of(program).program.name
+    key = answer_key(execution)
+    answer = answers.lookup(key) if key is not None else None
+    if answer is not None:
+        execution.status, execution.finished_at = CognitiveExecution.Status.SUCCEEDED, timezone.now()
+        execution.output, execution.trace, execution.metrics = (
+            answer["output"],
+            answer["trace"],
+            answer["metrics"],
+        )
+        execution.duration_ms = int((execution.finished_at - now).total_seconds() * 1000)
     if on_created is None:
-        execution = create_execution(program, input_data, variables, **options)
+        execution.save(force_insert=True)
     else:
         with transaction.atomic():
-            execution = create_execution(program, input_data, variables, **options)
+            execution.save(force_insert=True)
             on_created(execution)
+    if answer is not None:
+        meta = {"program": program_name, "traffic": resilience.INTERACTIVE}
+        telemetry.emit("execution.start", {}, meta)
+        telemetry.emit(
+            "execution.stop", {"duration_ms": execution.duration_ms}, {**meta, "status": execution.status}
+        )
+        return Outcome(execution)
+    execution.hold(execution.started_at)
     with resilience.traffic(resilience.INTERACTIVE):
-        return _run_claimed(execution, RunnableProgram.of(program).program.name)
+        return _run_claimed(execution, program_name, known_key=key)
+
+
+def answer_key(execution: CognitiveExecution) -> str | None:
+    """The execution answer cache's key for this execution, or None when it may not be answered
+    from it (the LLM cache is off for it, or its program is not answerable; executions.answers)."""
+    if not execution.use_cache:
+        return None
+    program = compiled_program(
+        execution.program_id, execution.program_version, execution.optimization_result_id
+    )
+    if not answers.answerable(program.plan):
+        return None
+    return answers.key_for(
+        execution.program_id,
+        execution.program_version,
+        execution.optimization_result_id,
+        execution.input,
+        execution.variables,
+    )
 
 
 @dataclass
@@ -291,10 +340,18 @@ def run_execution(execution: UUID | str | CognitiveExecution, *, retry: RetryPol
     return _run_claimed(claimed, claimed.program_name, retry)
 
 
+_UNSET = object()
+
+
 def _run_claimed(
-    execution: CognitiveExecution, program_name: str, retry: RetryPolicy | None = None
+    execution: CognitiveExecution,
+    program_name: str,
+    retry: RetryPolicy | None = None,
+    known_key: Any = _UNSET,
 ) -> Outcome:
-    """Run an execution this process has claimed (`execution.claim_token` fences its writes)."""
+    """Run an execution this process has claimed (`execution.claim_token` fences its writes):
+    from a kept answer when there is one (executions.answers), else by running the program, whose
+    answer is then kept if it qualifies. `known_key`: the caller's `answer_key(execution)`."""
     # Traffic class for llm.resilience (rate-limit reserve, bulkhead pool), also on the execution's
     # telemetry: high priority is interactive; so is a run someone waits for (`run_now`).
     interactive = execution.priority == CognitiveExecution.Priority.HIGH
@@ -308,8 +365,11 @@ def _run_claimed(
         failure: Failure | None = None
         output = None
         holding = heartbeat.hold(execution)
+        answer, key = None, None
         try:
-            output = _run(execution, recorder, kind)
+            key = known_key if known_key is not _UNSET else answer_key(execution)
+            answer = answers.lookup(key) if key is not None else None
+            output = answer["output"] if answer is not None else _run(execution, recorder, kind)
         except ExecutionCancelled:
             logger.info("execution stopped while running (cancelled or reaped)")
         except (OperationalError, InterfaceError) as exc:
@@ -323,7 +383,9 @@ def _run_claimed(
         duration_ms = int((time.perf_counter() - started) * 1000)
         delay = retry(failure, execution) if failure is not None and retry is not None else None
         # A database restart must not lose a finished run: the outcome write is retried.
-        _with_db_retry(lambda: _record(execution, recorder, output, failure, duration_ms, delay))
+        _with_db_retry(lambda: _record(execution, recorder, output, failure, duration_ms, delay, answer))
+        if answer is None and key is not None and execution.status == CognitiveExecution.Status.SUCCEEDED:
+            answers.keep(key, output, execution.trace, execution.metrics)
         event = "execution.exception" if failure else "execution.stop"
         telemetry.emit(event, {"duration_ms": duration_ms}, {**meta, "status": execution.status})
     requeued = delay is not None and execution.status == CognitiveExecution.Status.PENDING
@@ -375,9 +437,13 @@ def _record(
     failure: Failure | None,
     duration_ms: int,
     retry_in: float | None = None,
+    answer: dict | None = None,
 ) -> None:
     # Each branch is one UPDATE: atomic on its own, no transaction round trips needed.
-    fields = _RunFields(trace=recorder.entries, metrics=recorder.metrics(), duration_ms=duration_ms)
+    if answer is not None:  # answered from a kept answer: its trace and metrics
+        fields = _RunFields(trace=answer["trace"], metrics=answer["metrics"], duration_ms=duration_ms)
+    else:
+        fields = _RunFields(trace=recorder.entries, metrics=recorder.metrics(), duration_ms=duration_ms)
     if failure is None and output is not None:
         # `PipelineModule.run` already returns `to_jsonable` output: no second conversion here.
         execution.finish(CognitiveExecution.Status.SUCCEEDED, output=output, **fields)

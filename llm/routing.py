@@ -7,6 +7,8 @@ and `embedding_route_for`: callers only ever see a `Route`.
 """
 
 import functools
+import hashlib
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -165,8 +167,23 @@ def providers() -> dict[str, Provider]:
     return registry
 
 
+@functools.cache
+def fingerprint() -> str:
+    """A digest of everything that decides where a call goes (providers, deployments, fallbacks,
+    the default model), never a key: what an answer cached above the LM path is keyed on, so a
+    routing change makes it miss (executions.answers)."""
+    described = {
+        "providers": {name: [p.kind, p.api_base] for name, p in sorted(providers().items())},
+        "deployments": settings.DSPEX_MODEL_DEPLOYMENTS,
+        "fallbacks": settings.DSPEX_MODEL_FALLBACKS,
+        "lm": [settings.DSPEX_LM, settings.DSPEX_LM_MAX_TOKENS],
+    }
+    return hashlib.sha256(json.dumps(described, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def reset_registry() -> None:
     """Forget the registry and every resolved route and plan (after settings change)."""
+    fingerprint.cache_clear()
     providers.cache_clear()
     _route.cache_clear()
     plan_for.cache_clear()
@@ -181,6 +198,9 @@ ROUTING_SETTINGS = frozenset(
         "DSPEX_MODEL_FALLBACKS",
         "DSPEX_LM_API_BASE",
         "DSPEX_LM_API_KEY",
+        # Not the registry's, but part of `fingerprint()`.
+        "DSPEX_LM",
+        "DSPEX_LM_MAX_TOKENS",
     }
 )
 
