@@ -182,21 +182,22 @@ def run_now(
     `create_execution` raises, with nothing written; `on_created` runs in the transaction that
     stores the row (the console and the command record their audit event there).
     """
+    now = timezone.now()
     execution = _new_execution(program, input_data, variables, user, priority, use_cache)
-    now = execution.queued_at
     for name, value in (CognitiveExecution.claim_values(now) | {"attempts": 1}).items():
         setattr(execution, name, value)
     program_name = RunnableProgram.of(program).program.name
     key = answer_key(execution)
     answer = answers.lookup(key) if key is not None else None
     if answer is not None:
-        execution.status, execution.finished_at = CognitiveExecution.Status.SUCCEEDED, timezone.now()
+        finished = timezone.now()
+        execution.status, execution.finished_at = CognitiveExecution.Status.SUCCEEDED, finished
         execution.output, execution.trace, execution.metrics = (
             answer["output"],
             answer["trace"],
             answer["metrics"],
         )
-        execution.duration_ms = int((execution.finished_at - now).total_seconds() * 1000)
+        execution.duration_ms = int((finished - now).total_seconds() * 1000)
     if on_created is None:
         execution.save(force_insert=True)
     else:
@@ -207,7 +208,9 @@ def run_now(
         meta = {"program": program_name, "traffic": resilience.INTERACTIVE}
         telemetry.emit("execution.start", {}, meta)
         telemetry.emit(
-            "execution.stop", {"duration_ms": execution.duration_ms}, {**meta, "status": execution.status}
+            "execution.stop",
+            {"duration_ms": float(execution.duration_ms)},
+            {**meta, "status": execution.status},
         )
         return Outcome(execution)
     execution.hold(execution.started_at)
