@@ -197,7 +197,7 @@ def run_now(
             answer["trace"],
             answer["metrics"],
         )
-        execution.duration_ms = int((finished - now).total_seconds() * 1000)
+        execution.duration_ms = duration_ms = int((finished - now).total_seconds() * 1000)
     if on_created is None:
         execution.save(force_insert=True)
     else:
@@ -209,7 +209,7 @@ def run_now(
         telemetry.emit("execution.start", {}, meta)
         telemetry.emit(
             "execution.stop",
-            {"duration_ms": float(execution.duration_ms)},
+            {"duration_ms": float(duration_ms)},
             {**meta, "status": execution.status},
         )
         return Outcome(execution)
