@@ -8,6 +8,7 @@ from monitoring import audit
 
 DESCRIPTIONS = {
     "llm": "LLM responses (24 h, 10,000 entries, 1 GB)",
+    "answers": "Execution answers replayed from fully cached runs (as the LLM cache's limits)",
     "embeddings": "Embeddings by model and text (7 days, 50,000 entries)",
     "optimizations": "Compiled program state by optimization result (1 h)",
 }
@@ -18,11 +19,17 @@ def named(name: str) -> NamedCache:
     return row
 
 
+# Purging a cache purges what was derived from it: kept answers replay LLM responses.
+DERIVED = {"llm": ("answers",)}
+
+
 def purge(name: str, *, channel: str, user: Any = None, request: Any = None) -> int:
-    """Delete every entry of one cache and record who did it."""
+    """Delete every entry of one cache (and of the caches derived from it) and record who did it."""
     cache = CACHES[name]
     before = cache.stats()
     removed = cache.clear()
+    for derived in DERIVED.get(name, ()):
+        removed += CACHES[derived].clear()
     audit.record(
         "purge",
         named(name),

@@ -26,6 +26,15 @@ LLM = BoundedCache(
     max_entries=lambda: settings.DSPEX_LLM_CACHE_MAX_ENTRIES,
     max_bytes=lambda: settings.DSPEX_LLM_CACHE_MAX_BYTES,
 )
+# Kept execution answers (executions.answers): beside the LLM responses they replay, with the
+# same limits of their own; purging `llm` purges them too (caching.operations.purge).
+ANSWERS = BoundedCache(
+    "answers",
+    "llm",
+    ttl_s=lambda: settings.DSPEX_LLM_CACHE_TTL_S,
+    max_entries=lambda: settings.DSPEX_LLM_CACHE_MAX_ENTRIES,
+    max_bytes=lambda: settings.DSPEX_LLM_CACHE_MAX_BYTES,
+)
 EMBEDDINGS = BoundedCache(
     "embeddings",
     "embeddings",
@@ -38,4 +47,4 @@ OPTIMIZATIONS = BoundedCache(
     "optimizations", "optimizations", ttl_s=lambda: settings.DSPEX_OPTIMIZATION_CACHE_TTL_S
 )
 
-CACHES: dict[str, BoundedCache] = {cache.name: cache for cache in (LLM, EMBEDDINGS, OPTIMIZATIONS)}
+CACHES: dict[str, BoundedCache] = {cache.name: cache for cache in (LLM, ANSWERS, EMBEDDINGS, OPTIMIZATIONS)}

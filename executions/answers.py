@@ -15,13 +15,14 @@ run's output, trace and metrics are kept and the next identical request is answe
 - **which programs**: only those whose steps are all `Predict` or `ChainOfThought` without tools.
   Retrieval reads corpora that change, tools and custom modules may do anything, and the
   sampling modules (`BestOfN`, `Refine`, ...) score attempts with reward functions: they always run;
-- **where**: in the `llm` cache itself (`caching.registry.LLM`), under `answer:` keys, with its
-  TTL, entry and byte limits, LRU eviction, stats and fail-open behaviour. Purging the LLM
-  cache purges the answers; `"cache": false` or a program's cache policy off skips both.
+- **where**: the `answers` cache (`caching.registry.ANSWERS`), on the LLM cache's Redis with
+  its TTL, entry and byte limits (of its own), LRU eviction, fail-open behaviour and its own
+  hit/miss stats. Purging the LLM cache purges the answers too; `"cache": false` or a program's
+  cache policy off skips both.
 
 An answered execution is still a stored row with its full trace (the kept run's entries, LM
 calls marked `cache_hit`), metrics (`answer_cache_hit: true`), cost zero and its own duration;
-the LLM cache's hit counter counts it as one hit.
+the `answers` cache counts the hit, the LLM cache sees no lookup at all.
 """
 
 import hashlib
@@ -29,7 +30,7 @@ from typing import Any
 
 import orjson
 
-from caching.registry import LLM
+from caching.registry import ANSWERS
 from llm import routing
 from programs.spec.plan import ProgramPlan
 
@@ -51,7 +52,7 @@ def key_for(program_id: Any, version: int, result_id: Any, input_data: Any, vari
 
 def lookup(key: str) -> dict[str, Any] | None:
     """The kept answer (`output`, `trace`, `metrics`), or None (a miss, or the cache is down)."""
-    hit = LLM.get(key)
+    hit = ANSWERS.get(key)
     value = hit.value if hit is not None else None
     if not isinstance(value, dict) or not {"output", "trace", "metrics"} <= value.keys():
         return None
@@ -63,4 +64,4 @@ def keep(key: str, output: Any, trace: list[dict], metrics: dict) -> None:
     calls = [entry for entry in trace if entry.get("kind") in ("lm", "embedding")]
     if not calls or not all(entry.get("cache_hit") and not entry.get("error") for entry in calls):
         return
-    LLM.set(key, {"output": output, "trace": trace, "metrics": metrics}, cost_usd=0.0)
+    ANSWERS.set(key, {"output": output, "trace": trace, "metrics": metrics}, cost_usd=0.0)

@@ -58,7 +58,7 @@ def test_stats_list_every_cache(api):
     LLM.set("llm:m:0.0:a", {"x": 1}, cost_usd=0.5, tokens=3)
     LLM.get("llm:m:0.0:a")
     rows = {row["cache"]: row for row in api.get("/api/v1/cache/stats/").json()["caches"]}
-    assert set(rows) == {"llm", "embeddings", "optimizations"}
+    assert set(rows) == {"llm", "answers", "embeddings", "optimizations"}
     assert rows["llm"]["hits"] == 1 and rows["llm"]["entries"] == 1 and rows["llm"]["saved_usd"] == 0.5
     assert rows["llm"]["memory_bytes"] > 0 and rows["llm"]["max_entries"] == 10_000
 
