@@ -35,8 +35,8 @@ from programs.spec import (
     PipelineModule,
     ProgramSpecError,
     compile_program,
+    input_checker,
     resolve_variables,
-    validate_inputs,
 )
 
 if TYPE_CHECKING:
@@ -80,6 +80,7 @@ class RunnableProgram:
     tuned_variables: dict
     llm_cache: bool
     providers: tuple[str, ...]
+    check_input: Callable[[Any], dict]  # validate_inputs for this program's pipeline
 
     @classmethod
     def of(cls, program: "CognitiveProgram | RunnableProgram") -> "RunnableProgram":
@@ -94,6 +95,7 @@ class RunnableProgram:
             tuned_variables=tuned or {},
             llm_cache=ProgramCachePolicy.allows_llm_cache(program.id),
             providers=budgets.program_providers(program),
+            check_input=input_checker(program.pipeline),
         )
 
 
@@ -155,8 +157,9 @@ def _new_execution(
     **fields: Any,
 ) -> CognitiveExecution:
     """A validated, unsaved pending execution (what `create_execution` stores)."""
-    run = prepare_run(program, variables, use_cache)
-    cleaned = validate_inputs(run.program.pipeline, input_data)
+    runnable = RunnableProgram.of(program)
+    run = prepare_run(runnable, variables, use_cache)
+    cleaned = runnable.check_input(input_data)
     return run.execution(cleaned, priority=priority, user=user, queued_at=timezone.now(), **fields)
 
 

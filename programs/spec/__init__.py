@@ -7,7 +7,12 @@ the network or evaluate code: tools, rewards and custom classes are named from a
 
 from programs.spec.compiler import compile_program
 from programs.spec.errors import PipelineRuntimeError, ProgramSpecError, SpecError
-from programs.spec.introspect import program_input_fields, program_output_fields, validate_inputs
+from programs.spec.introspect import (
+    input_checker,
+    program_input_fields,
+    program_output_fields,
+    validate_inputs,
+)
 from programs.spec.pipeline import LMFactory, PipelineModule, StepObserver
 from programs.spec.registry import Registry, default_registry
 from programs.spec.state import StateMismatchError
@@ -27,6 +32,7 @@ __all__ = [
     "TypeExprError",
     "compile_program",
     "default_registry",
+    "input_checker",
     "normalize_pipeline",
     "parse_type",
     "program_input_fields",

@@ -1,5 +1,6 @@
 """What a pipeline takes and returns, read from the spec without compiling it."""
 
+from collections.abc import Callable
 from typing import Any
 
 from programs.spec.inputs import check_inputs
@@ -27,5 +28,12 @@ def program_output_fields(pipeline: Any) -> list[str]:
 
 def validate_inputs(pipeline: Any, inputs: Any) -> dict[str, Any]:
     """An execution's inputs checked against the pipeline (raises ProgramSpecError, paths `input.<field>`)."""
+    return input_checker(pipeline)(inputs)
+
+
+def input_checker(pipeline: Any) -> Callable[[Any], dict[str, Any]]:
+    """`validate_inputs` for one pipeline with the spec read once: for callers checking many
+    inputs of it (the per-process cache of runnable programs, executions.runner)."""
     plan, _ = analyze(pipeline, None, None)
-    return check_inputs(plan.input_types, inputs, allow_extra=False)
+    types = plan.input_types
+    return lambda inputs: check_inputs(types, inputs, allow_extra=False)
