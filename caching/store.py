@@ -139,6 +139,7 @@ class BoundedCache:
         self.dumps = dumps or _json_dumps
         self.loads = loads or _json_loads
         self.redis = FailOpenRedis(alias, "caches", on_failure=self._count_failure)
+        self._made_index: tuple[tuple, list[str]] | None = None
 
     # --- plumbing ------------------------------------------------------------------------------
     @property
@@ -150,8 +151,13 @@ class BoundedCache:
         return self.redis.raw(backend)
 
     def _index_keys(self, backend: Any = None) -> list[str]:
-        make = (backend or self.backend).make_key
-        return [make(f"cache:{self.name}:{part}") for part in ("lru", "exp", "meta", "stats")]
+        backend = backend or self.backend
+        # Built once per prefix and version: every lookup needs them (the hot path's cache reads).
+        made = (backend.key_prefix, backend.version, backend.key_func)
+        if self._made_index is None or self._made_index[0] != made:
+            keys = [backend.make_key(f"cache:{self.name}:{part}") for part in ("lru", "exp", "meta", "stats")]
+            self._made_index = (made, keys)
+        return list(self._made_index[1])
 
     def _script(self, client: Any, source: str) -> Any:
         return self.redis.script(client, source)

@@ -143,7 +143,7 @@ def create_execution(
     nothing is written unless everything is valid.
     """
     execution = _new_execution(program, input_data, variables, user, priority, use_cache, batch=batch)
-    execution.save(force_insert=True)
+    CognitiveExecution.objects.insert(execution)
     return execution
 
 
@@ -202,10 +202,10 @@ def run_now(
         )
         execution.duration_ms = duration_ms = int((finished - now).total_seconds() * 1000)
     if on_created is None:
-        execution.save(force_insert=True)
+        CognitiveExecution.objects.insert(execution)
     else:
         with transaction.atomic():
-            execution.save(force_insert=True)
+            CognitiveExecution.objects.insert(execution)
             on_created(execution)
     if answer is not None:
         meta = {"program": program_name, "traffic": resilience.INTERACTIVE}

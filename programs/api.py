@@ -5,7 +5,7 @@ from typing import Any
 from django.db import transaction
 from django.http import Http404
 from drf_spectacular.utils import OpenApiResponse, extend_schema
-from rest_framework import status, viewsets
+from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -83,9 +83,7 @@ class ProgramViewSet(viewsets.ModelViewSet):
         except CognitiveProgram.DoesNotExist:
             raise Http404 from None
         self.check_object_permissions(request, program.program)
-        body = ExecuteSerializer(data=request.data)
-        body.is_valid(raise_exception=True)
-        data = body.validated_data
+        data = execute_body(request.data)
         args = (program, data["input"], data["variables"])
         options = {"user": request.user, "priority": data["priority"], "use_cache": data["cache"]}
         if data["wait"]:
@@ -99,6 +97,32 @@ class ProgramViewSet(viewsets.ModelViewSet):
             execution.fail_unpublished(unpublished[0])
             raise QueueUnavailable(unpublished[0])
         return Response(QueuedExecutionSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
+
+
+_EXECUTE_FIELDS = ExecuteSerializer._declared_fields
+_CHOICES = {name: set(field.choices) for name, field in _EXECUTE_FIELDS.items() if hasattr(field, "choices")}
+_BOOLEANS = {name for name, field in _EXECUTE_FIELDS.items() if isinstance(field, serializers.BooleanField)}
+
+
+def execute_body(data: Any) -> dict[str, Any]:
+    """`ExecuteSerializer`'s validated data. A body every field of which already has its final
+    type and an allowed value (what clients send) is taken as is, with the serializer's defaults;
+    anything else goes through the serializer, which says what is wrong and where."""
+    if (
+        isinstance(data, dict)
+        and data.get("input") is not None
+        and data.keys() <= _EXECUTE_FIELDS.keys()
+        and all(type(data[name]) is bool for name in _BOOLEANS & data.keys())
+        and all(data[name] in choices for name, choices in _CHOICES.items() if name in data)
+        and data.get("variables", {}) is not None
+    ):
+        return {
+            name: data[name] if name in data else field.get_default()
+            for name, field in _EXECUTE_FIELDS.items()
+        }
+    body = ExecuteSerializer(data=data)
+    body.is_valid(raise_exception=True)
+    return body.validated_data
 
 
 def execution_response(outcome: runner.Outcome) -> Response:

@@ -11,6 +11,9 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils.functional import lazy
+from hypothesis import HealthCheck, given
+from hypothesis import settings as examples
+from hypothesis import strategies as st
 from rest_framework import serializers
 from rest_framework.renderers import JSONRenderer
 from rest_framework.test import APIClient
@@ -175,3 +178,40 @@ def test_a_load_raced_by_an_eviction_is_not_kept(settings):
     assert cache.get("k", load) == 2  # this one was kept
     settings.DSPEX_LOCAL_CACHE_S = 0
     assert cache.get("k", load) == 3  # off: every read loads
+
+
+body_values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-2, 2),
+    st.sampled_from(["normal", "high", "low", "true", "", "x"]),
+    st.dictionaries(st.sampled_from(["question", "tone"]), st.text(max_size=5), max_size=2),
+    st.lists(st.integers(), max_size=2),
+)
+
+
+@examples(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    st.one_of(
+        st.dictionaries(
+            st.sampled_from(["input", "variables", "wait", "priority", "cache", "stream", "extra"]),
+            body_values,
+            max_size=6,
+        ),
+        body_values,
+    )
+)
+def test_the_execute_body_is_what_the_serializer_validates(body):
+    """The fast path of `execute_body` gives the serializer's validated data, or defers to it."""
+    from rest_framework.exceptions import ValidationError
+
+    from programs.api import execute_body
+    from programs.serializers import ExecuteSerializer
+
+    serializer = ExecuteSerializer(data=body)
+    if serializer.is_valid():
+        assert execute_body(body) == serializer.validated_data
+    else:
+        with pytest.raises(ValidationError) as raised:
+            execute_body(body)
+        assert raised.value.detail == serializer.errors
