@@ -6,6 +6,7 @@ permissions. An authenticated user in neither group (an "outsider") gets 403 eve
 """
 
 import logging
+import time
 from typing import Any
 
 from rest_framework.permissions import SAFE_METHODS, BasePermission
@@ -13,6 +14,7 @@ from rest_framework.request import Request
 from rest_framework.throttling import UserRateThrottle
 
 from dspex_site.roles import EDIT, READ, RUN
+from dspex_site.shared_redis import FailOpenRedis
 
 logger = logging.getLogger(__name__)
 
@@ -49,15 +51,81 @@ class RolePermission(BasePermission):
         return user.has_perm(required_permission(request, view))
 
 
-class TokenRateThrottle(UserRateThrottle):
-    """Requests per authenticated user (one DRF token each), counted in the default cache (Redis).
+# A sliding-window counter (two fixed windows, the previous one weighted by how much of it still
+# overlaps the last `window` seconds): one round trip and two small integers per identity,
+# instead of the timestamp list DRF's throttle reads, pickles and writes back on every request.
+# KEYS: current window's counter, previous window's; ARGV: limit, previous window's weight,
+# expiry (ms). Returns {allowed, previous count, current count (without a refused request)}.
+_SLIDING_WINDOW = """
+local previous = tonumber(redis.call('GET', KEYS[2]) or '0')
+local current = redis.call('INCR', KEYS[1])
+if current == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[3]) end
+if previous * tonumber(ARGV[2]) + current > tonumber(ARGV[1]) then
+  redis.call('DECR', KEYS[1])
+  return {0, previous, current - 1}
+end
+return {1, previous, current}
+"""
 
-    Fails open: a Redis outage must not turn every API call into a 500.
+
+class TokenRateThrottle(UserRateThrottle):
+    """Requests per authenticated user (one DRF token each) in a sliding window, counted in the
+    default cache's Redis in one round trip (`_SLIDING_WINDOW`); `Retry-After` says when the
+    next request would pass. Without Redis (the embedded mode's in-process cache) DRF's own
+    throttle counts. Fails open: a Redis outage must not turn every API call into a 500 (the
+    shared fail-open client then skips Redis for `DSPEX_CACHE_RETRY_AFTER_S`).
     """
 
+    redis = FailOpenRedis("default", "throttle")
+    _wait: float | None = None
+    num_requests: int  # set by DRF's __init__ from the rate
+    duration: int
+
     def allow_request(self, request: Request, view: Any) -> bool:
+        if self.rate is None:
+            return True
+        key = self.get_cache_key(request, view)
+        if key is None:
+            return True
+        client = self.redis.raw()
+        if client is None:
+            return self._drf_allow_request(request, view)
+        if not self.redis.available():
+            return True
+        window = float(self.duration)
+        now = time.time()
+        index = int(now // window)
+        elapsed = now - index * window
+        weight = 1.0 - elapsed / window
+        keys = [f"{self.cache.make_key(key)}:{index}", f"{self.cache.make_key(key)}:{index - 1}"]
+        try:
+            allowed, previous, current = self.redis.script(client, _SLIDING_WINDOW)(
+                keys=keys, args=[self.num_requests, weight, int(window * 2000)], client=client
+            )
+        except Exception as exc:
+            self.redis.failed("throttle", exc)
+            logger.warning("API throttle unavailable, allowing the request: %s", type(exc).__name__)
+            return True
+        if allowed:
+            return True
+        # When the next request passes: once the previous window's weight has decayed enough,
+        # or (this window alone full) once this window's count, as the next one's previous,
+        # has decayed enough.
+        limit = self.num_requests
+        room = limit - current - 1
+        if room >= 0 and previous:
+            wait = window * (1.0 - room / previous) - elapsed
+        else:
+            wait = window - elapsed + (window * max(0.0, 1.0 - (limit - 1) / current) if current else 0.0)
+        self._wait = max(0.001, wait)
+        return False
+
+    def _drf_allow_request(self, request: Request, view: Any) -> bool:
         try:
             return super().allow_request(request, view)
         except Exception as exc:
             logger.warning("API throttle unavailable, allowing the request: %s", type(exc).__name__)
             return True
+
+    def wait(self) -> float | None:
+        return self._wait if self._wait is not None else super().wait()

@@ -26,7 +26,10 @@ def lm_entries(body):
     return [entry for entry in body["trace"] if entry["kind"] == "lm"]
 
 
-def test_the_third_identical_request_is_answered_from_the_kept_run(api, make_program, http_provider):
+def test_the_third_identical_request_is_answered_from_the_kept_run(
+    api, make_program, http_provider, settings
+):
+    settings.DSPEX_LOCAL_CACHE_S = 600  # token and program stay warm, however slow the machine
     program = make_program(pipeline=QA)
     first = execute(api, program)  # the provider answers; the LLM cache stores it
     second = execute(api, program)  # every LM call a cache hit: this run's answer is kept

@@ -36,7 +36,8 @@ def written(queries: CaptureQueriesContext) -> list[str]:
     return [q["sql"].split()[0] for q in queries.captured_queries if not q["sql"].startswith("SELECT")]
 
 
-def test_a_warm_synchronous_execution_is_one_insert_and_one_update(api, make_program):
+def test_a_warm_synchronous_execution_is_one_insert_and_one_update(api, make_program, settings):
+    settings.DSPEX_LOCAL_CACHE_S = 600  # warm for the whole test, however slow the machine
     program = make_program(pipeline={"signature": "question -> answer"})
     assert execute(api, program, "warm up?").status_code == 200
     with CaptureQueriesContext(connection) as queries:

@@ -34,6 +34,47 @@ def test_requests_are_throttled_per_token(actors, monkeypatch):
     assert actors["operator"].client.get("/api/v1/programs/").status_code == 200  # its own budget
 
 
+def test_the_throttle_is_one_counter_per_token_and_window_and_says_when_to_come_back(actors, monkeypatch):
+    import time
+
+    from django.core.cache import cache
+
+    monkeypatch.setattr(TokenRateThrottle, "THROTTLE_RATES", {"user": "3/s"})
+    viewer = actors["viewer"]
+    statuses = [viewer.client.get("/api/v1/programs/").status_code for _ in range(4)]
+    if statuses != [200, 200, 200, 429]:  # the 1 s window turned over mid-burst: once more, fresh
+        time.sleep(2.1)
+        statuses = [viewer.client.get("/api/v1/programs/").status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+    # One small integer per token and window (not a list of timestamps): 3 counted, the refused
+    # request not.
+    raw = TokenRateThrottle.redis.raw()
+    counters = [k for k in raw.keys(f"*throttle_user_{viewer.user.pk}:*")]
+    assert counters and sorted(int(raw.get(k)) for k in counters)[-1] == 3
+    assert cache.get(f"throttle_user_{viewer.user.pk}") is None  # no DRF history list
+    refused = viewer.client.get("/api/v1/programs/")
+    wait = float(refused["Retry-After"])
+    assert refused.status_code == 429 and 0 < wait <= 2.0
+    time.sleep(wait + 0.05)  # as told: the next request passes
+    assert viewer.client.get("/api/v1/programs/").status_code == 200
+
+
+def test_the_throttle_fails_open_when_its_redis_is_unreachable(actors, monkeypatch, settings, private_redis):
+    from dspex_site import shared_redis
+    from tests.caching.conftest import redis_cache
+
+    monkeypatch.setattr(TokenRateThrottle, "THROTTLE_RATES", {"user": "1/min"})
+    settings.CACHES = {**settings.CACHES, "default": redis_cache(private_redis.url, timeout=0.3)}
+    shared_redis.reset()
+    viewer = actors["viewer"].client
+    assert [viewer.get("/api/v1/programs/").status_code for _ in range(2)] == [200, 429]
+    private_redis.stop()
+    try:
+        assert [viewer.get("/api/v1/programs/").status_code for _ in range(3)] == [200, 200, 200]
+    finally:
+        shared_redis.reset()
+
+
 def test_cors_allows_only_configured_origins(actors, settings):
     settings.CORS_ALLOWED_ORIGINS = ["https://app.example.com"]
     client = actors["viewer"].client
