@@ -11,6 +11,7 @@ the reapers re-queue the ones whose worker went silent (dspex_site.jobs).
 """
 
 import os
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -155,16 +156,33 @@ app.conf.task_publish_retry_policy = {
 app.autodiscover_tasks()
 
 
+_discovery = threading.Lock()
+
+
+def registered(name: str) -> Any:
+    """The registered task `name`, importing every app's tasks module on first use (autodiscovery).
+
+    Under a lock: the threads of a web worker publish their first tasks at the same moment, and
+    a second thread asking while the first one is still importing would be told the task does
+    not exist (Celery's NotRegistered, answered as 503 `queue_unavailable`)."""
+    task = app.tasks.get(name)
+    if task is None:
+        with _discovery:
+            if name not in app.tasks:
+                app.loader.import_default_modules()
+        task = app.tasks[name]
+    return task
+
+
 def publish(name: str, *args: Any, queue: str | None = None, countdown: float | None = None) -> None:
     """Publish task `name` from domain code, which never imports a tasks module (tasks import the
     domain, not the reverse). Through the registered task, so the embedded mode's eager setting
     applies; raises kombu's OperationalError when the broker is unreachable, after about a second."""
-    if name not in app.tasks:
-        app.loader.import_default_modules()  # autodiscovery: registers every app's tasks module
+    task = registered(name)
     options: dict[str, Any] = {"queue": queue} if queue else {}
     # celery-types admits only a tuple for `args` and a float for `countdown`; Celery takes any
     # sequence and None ("no countdown"), and the published message keeps a list (its `argsrepr`).
-    app.tasks[name].apply_async(args=list(args), countdown=countdown or None, **options)  # type: ignore[arg-type]
+    task.apply_async(args=list(args), countdown=countdown or None, **options)  # type: ignore[arg-type]
 
 
 # Every worker reports which queues it serves (readiness, queues dashboard): monitoring.heartbeat.

@@ -2,6 +2,8 @@
 synced from the same table by one idempotent path, and domain code never imports a tasks module."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTa
 from dspex_site.beat import sync_schedules
 from dspex_site.celery import TASKS, app
 from executions.models import CognitiveExecution
+from tests.support import process_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEDULED = {w.schedule_name: name for name, w in TASKS.items() if w.schedule is not None}
@@ -113,3 +116,50 @@ def test_domain_code_publishes_through_the_wiring(make_program, monkeypatch):
         {"args": [str(normal.id)], "countdown": None, "queue": "llm_calls"},
         {"args": [str(high.id)], "countdown": 2.5, "queue": "priority"},
     ]
+
+
+# A fresh process whose threads publish their first task at the same moment, as a web worker's
+# threads do after a restart; apply_async is replaced, so nothing reaches a broker.
+CONCURRENT_FIRST_PUBLISH = """
+import threading
+import django
+
+django.setup()
+from celery.app.task import Task
+
+from dspex_site.celery import app, publish
+
+Task.apply_async = lambda self, **kw: None
+assert "executions.run" not in app.tasks  # nothing imported the tasks modules yet
+start, errors = threading.Barrier(16), []
+
+
+def first_publish():
+    start.wait()
+    try:
+        publish("executions.run", "00000000-0000-0000-0000-000000000000")
+    except Exception as exc:
+        errors.append(repr(exc))
+
+
+threads = [threading.Thread(target=first_publish) for _ in range(16)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(len(errors), errors[:1])
+"""
+
+
+def test_threads_publishing_their_first_task_at_once_all_find_it():
+    for _ in range(3):  # the race lost most rounds before the fix; three rounds for good measure
+        done = subprocess.run(
+            [sys.executable, "-c", CONCURRENT_FIRST_PUBLISH],
+            env=process_env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().splitlines()[-1] == "0 []"
