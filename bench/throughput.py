@@ -93,6 +93,7 @@ def main() -> None:
     parser.add_argument("--web-threads", type=int, default=8)
     parser.add_argument("--clients", type=int, default=32, help="client threads posting executions")
     parser.add_argument("--latency-ms", type=float, default=200)
+    parser.add_argument("--profile-out", metavar="DIR", help="with --profile: also save each pstats file there")
     parser.add_argument(
         "--profile",
         type=int,
@@ -167,7 +168,7 @@ def main() -> None:
             sys.exit("simlm did not start: " + (tmp / "simlm.log").read_text()[-2000:])
         wait_http(f"http://127.0.0.1:{web_port}/health/live", timeout=90)
         if args.profile:
-            profile(args.profile, program_id, env)
+            profile(args.profile, program_id, env, args.profile_out)
         else:
             run(args, procs, token, program_id, web_port)
     finally:
@@ -182,7 +183,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def profile(n: int, program_id: str, env: dict) -> None:
+def profile(n: int, program_id: str, env: dict, out: str | None = None) -> None:
     """Both halves of a background execution, in this process under cProfile with a CPU clock:
     the API request (view → row → publish) and the worker's task body (claim → run → record)."""
     import cProfile
@@ -226,6 +227,8 @@ def profile(n: int, program_id: str, env: dict) -> None:
         print(f"\n== {name}: {cpu:.2f} ms CPU each (this process only; Postgres and Redis not included)")
         if step is None:
             print("outcomes:", {s: statuses.count(s) for s in set(statuses)})
+        if out:
+            prof.dump_stats(Path(out) / f"{name.replace(' ', '_')}.pstats")
         pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
 
