@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--web-threads", type=int, default=8)
     parser.add_argument("--clients", type=int, default=32, help="client threads posting executions")
     parser.add_argument("--latency-ms", type=float, default=200)
-    parser.add_argument("--profile-out", metavar="DIR", help="with --profile: also save each pstats file there")
+    parser.add_argument("--profile-out", metavar="DIR", help="with --profile: save the pstats files there")
     parser.add_argument(
         "--profile",
         type=int,
