@@ -5,14 +5,17 @@ import ast
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import psycopg
 import pytest
+from django.db import connection
 from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 
 from dspex_site.beat import sync_schedules
 from dspex_site.celery import TASKS, app
 from executions.models import CognitiveExecution
-from tests.support import process_env
+from tests.support import database_url_of_tests, process_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEDULED = {w.schedule_name: name for name, w in TASKS.items() if w.schedule is not None}
@@ -163,3 +166,32 @@ def test_threads_publishing_their_first_task_at_once_all_find_it():
         )
         assert done.returncode == 0, done.stderr[-2000:]
         assert done.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def _around_one_task() -> None:
+    """What the worker's Django fixup does around each task (task_prerun, then task_postrun)."""
+    fixup = app._fixups[0].worker_fixup
+    sender = SimpleNamespace(request=SimpleNamespace(is_eager=False))
+    fixup.on_task_prerun(sender=sender)
+    fixup.on_task_postrun(sender=sender)
+
+
+def test_a_worker_thread_keeps_its_database_connection_from_task_to_task(transactional_db):
+    CognitiveExecution.objects.exists()
+    before = connection.connection
+    _around_one_task()
+    CognitiveExecution.objects.exists()
+    assert before is not None and connection.connection is before
+
+
+def test_a_worker_thread_drops_a_connection_the_database_has_closed(transactional_db):
+    CognitiveExecution.objects.exists()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        old_pid = cursor.fetchone()[0]
+    with psycopg.connect(database_url_of_tests(), autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [old_pid])
+    _around_one_task()
+    with connection.cursor() as cursor:  # the health check found it dead: a new connection
+        cursor.execute("SELECT pg_backend_pid()")
+        assert cursor.fetchone()[0] != old_pid
