@@ -12,6 +12,7 @@ import pytest
 from django.db import connection
 from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 
+from dspex_site import broker
 from dspex_site.beat import sync_schedules
 from dspex_site.celery import TASKS, app
 from executions.models import CognitiveExecution
@@ -195,3 +196,15 @@ def test_a_worker_thread_drops_a_connection_the_database_has_closed(transactiona
     with connection.cursor() as cursor:  # the health check found it dead: a new connection
         cursor.execute("SELECT pg_backend_pid()")
         assert cursor.fetchone()[0] != old_pid
+
+
+def test_the_redis_broker_channel_keeps_one_client_until_its_pool_changes():
+    with app.connection_for_write() as conn:
+        assert isinstance(conn.transport, broker.Transport)
+        channel = conn.default_channel
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second and first.connection_pool is channel.pool
+            assert first.ping()
+        channel._disconnect_pools()  # as after a fork
+        with channel.conn_or_acquire() as third:
+            assert third is not first and third.connection_pool is channel.pool
