@@ -30,7 +30,7 @@ class Channel(kombu_redis.Channel):
         held = self._sync_client
         # The channel drops its pool after a fork or on close: a new pool, a new client.
         if held is None or held.connection_pool is not self.pool:
-            held = self._sync_client = self._create_client()
+            held = self._sync_client = self._create_client()  # type: ignore[attr-defined]  # not in kombu-stubs
         yield held
 
 

@@ -18,7 +18,7 @@ from enum import StrEnum
 from typing import Any
 
 from celery import Celery
-from celery.fixups.django import DjangoFixup, DjangoWorkerFixup
+from celery.fixups.django import DjangoFixup, DjangoWorkerFixup  # type: ignore[attr-defined]  # not in celery-types
 from django.db import close_old_connections
 from kombu import Queue as KombuQueue
 
@@ -151,7 +151,7 @@ class _WorkerFixup(DjangoWorkerFixup):
 class _Fixup(DjangoFixup):
     @property
     def worker_fixup(self) -> DjangoWorkerFixup:
-        if self._worker_fixup is None:
+        if self.__dict__.get("_worker_fixup") is None:
             self._worker_fixup = _WorkerFixup(self.app)
         return self._worker_fixup
 
@@ -165,7 +165,9 @@ def django_fixup(app: Celery) -> DjangoFixup | None:
     DJANGO_SETTINGS_MODULE is set) with the worker part above."""
     if not os.environ.get("DJANGO_SETTINGS_MODULE"):
         return None
-    return _Fixup(app).install()
+    fixup = _Fixup(app)
+    fixup.install()
+    return fixup
 
 
 app = Celery("dspex", fixups=[f"{__name__}:django_fixup"])
@@ -218,7 +220,7 @@ def publish(name: str, *args: Any, queue: str | None = None, countdown: float | 
     options: dict[str, Any] = {"queue": queue} if queue else {}
     # celery-types admits only a tuple for `args` and a float for `countdown`; Celery takes any
     # sequence and None ("no countdown"), and the published message keeps a list (its `argsrepr`).
-    task.apply_async(args=list(args), countdown=countdown or None, **options)  # type: ignore[arg-type]
+    task.apply_async(args=list(args), countdown=countdown or None, **options)
 
 
 # Every worker reports which queues it serves (readiness, queues dashboard): monitoring.heartbeat.
