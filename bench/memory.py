@@ -218,12 +218,17 @@ def run(args: argparse.Namespace, procs: dict, token: str, program_id: str, web_
         f"-c {args.concurrency}; RSS sampled every {args.every_s:g} s"
     )
     aim = f"aim (±{AIM_GROWTH:g}%, ≤{AIM_MB} MB)"
-    print(f"{'process':34} {'start MB':>9} {'peak MB':>8} {'end MB':>7} {'growth':>7}  {aim}")
+    print(
+        f"{'process':34} {'start MB':>9} {'peak MB':>8} {'end MB':>7} {'growth':>7}  {aim}  at 1/4, 1/2, 3/4"
+    )
     for label, values in sampler.samples.items():
         first, peak, last = values[0], max(values), values[-1]
         growth = (last - first) / first * 100
         ok = abs(growth) <= AIM_GROWTH and peak <= AIM_MB
-        print(f"{label:34} {first:9.1f} {peak:8.1f} {last:7.1f} {growth:+6.1f}%  {'ok' if ok else 'MISSED'}")
+        # Whether it levels off or keeps growing: RSS a quarter, half and three quarters through.
+        quarters = " / ".join(f"{values[len(values) * q // 4]:.1f}" for q in (1, 2, 3))
+        verdict = "ok" if ok else "MISSED"
+        print(f"{label:34} {first:9.1f} {peak:8.1f} {last:7.1f} {growth:+6.1f}%  {verdict:23}  {quarters}")
     print(f"machine: {psutil.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
 
 
