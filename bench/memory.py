@@ -93,7 +93,7 @@ class Sampler:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20_000, help="executions after the warm-up")
-    parser.add_argument("--warmup", type=int, default=500, help="executions before the first sample")
+    parser.add_argument("--warmup", type=int, default=2000, help="executions before the first sample")
     parser.add_argument("--sync-share", type=float, default=0.5, help="share run with wait=true")
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--web-workers", type=int, default=2)
