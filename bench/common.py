@@ -4,6 +4,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -96,6 +97,57 @@ def pg_backends(dbname: str) -> dict[int, float]:
         except psutil.Error:
             pass
     return out
+
+
+class BackendCPU:
+    """CPU seconds of every Postgres backend connected to `dbname` while it runs, including
+    backends that connect and disconnect in between (a process that opens a connection per
+    task): a thread polls `pg_stat_activity` every `every_s` through its own connection (not
+    counted) and keeps each backend's last CPU reading. A backend living less than `every_s`
+    can still be missed, and each one's last `every_s` of CPU is; `stop()` returns the total."""
+
+    def __init__(self, dbname: str, every_s: float = 0.05) -> None:
+        import psycopg
+
+        self.dbname, self.every_s = dbname, every_s
+        self.conn = psycopg.connect(dbname=dbname, host="localhost", autocommit=True)
+        self.own = self.conn.info.backend_pid
+        self.start_cpu: dict[int, float] = {}
+        self.last_cpu: dict[int, float] = {}
+        self.first = True
+        self.stopped = threading.Event()
+        self.sample()
+        self.first = False
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def sample(self) -> None:
+        pids = [
+            row[0]
+            for row in self.conn.execute("SELECT pid FROM pg_stat_activity WHERE datname = %s", [self.dbname])
+        ]
+        for pid in pids:
+            if pid == self.own:
+                continue
+            try:
+                times = psutil.Process(pid).cpu_times()
+            except psutil.Error:
+                continue
+            cpu = times.user + times.system
+            # Backends alive at the start count from there; later ones from their first instant.
+            self.start_cpu.setdefault(pid, cpu if self.first else 0.0)
+            self.last_cpu[pid] = cpu
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(self.every_s):
+            self.sample()
+
+    def stop(self) -> float:
+        self.stopped.set()
+        self.thread.join()
+        self.sample()
+        self.conn.close()
+        return sum(cpu - self.start_cpu[pid] for pid, cpu in self.last_cpu.items())
 
 
 def tree_cpu_s(pid: int) -> float:

@@ -5,6 +5,7 @@
 API answers; the clock runs from the first POST to the last row succeeding. CPU is summed over
 every process that serves the executions: gunicorn, the Celery workers, this benchmark's own
 redis-server (broker and cache) and the Postgres backends connected to the benchmark database
+(polled, so backends that come and go during the run count too)
 (the provider, simlm, is reported apart: it stands in for a remote LLM).
 
 Usage: `python bench/throughput.py [--n 3000] [--workers 2] [--concurrency 32] [--web-workers 2]
@@ -38,7 +39,7 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "bench-" + "k" * 50)
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("DJANGO_HTTPS", "0")  # plain http on 127.0.0.1
 
-from bench.common import free_port, pg_backends, server_env, wait_http  # noqa: E402
+from bench.common import BackendCPU, free_port, server_env, wait_http  # noqa: E402
 
 
 def cpu_s(procs: list[psutil.Process]) -> float:
@@ -93,6 +94,7 @@ def main() -> None:
     parser.add_argument("--web-threads", type=int, default=8)
     parser.add_argument("--clients", type=int, default=32, help="client threads posting executions")
     parser.add_argument("--latency-ms", type=float, default=200)
+    parser.add_argument("--profile-out", metavar="DIR", help="with --profile: save the pstats files there")
     parser.add_argument(
         "--profile",
         type=int,
@@ -167,7 +169,7 @@ def main() -> None:
             sys.exit("simlm did not start: " + (tmp / "simlm.log").read_text()[-2000:])
         wait_http(f"http://127.0.0.1:{web_port}/health/live", timeout=90)
         if args.profile:
-            profile(args.profile, program_id, env)
+            profile(args.profile, program_id, env, args.profile_out)
         else:
             run(args, procs, token, program_id, web_port)
     finally:
@@ -182,7 +184,7 @@ def main() -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def profile(n: int, program_id: str, env: dict) -> None:
+def profile(n: int, program_id: str, env: dict, out: str | None = None) -> None:
     """Both halves of a background execution, in this process under cProfile with a CPU clock:
     the API request (view → row → publish) and the worker's task body (claim → run → record)."""
     import cProfile
@@ -226,6 +228,8 @@ def profile(n: int, program_id: str, env: dict) -> None:
         print(f"\n== {name}: {cpu:.2f} ms CPU each (this process only; Postgres and Redis not included)")
         if step is None:
             print("outcomes:", {s: statuses.count(s) for s in set(statuses)})
+        if out:
+            prof.dump_stats(Path(out) / f"{name.replace(' ', '_')}.pstats")
         pstats.Stats(prof).sort_stats("cumulative").print_stats(40)
         pstats.Stats(prof).sort_stats("tottime").print_stats(15)
 
@@ -258,7 +262,7 @@ def run(args: argparse.Namespace, procs: dict, token: str, program_id: str, web_
 
     groups = {name: tree(proc.pid) for name, proc in procs.items()}
     before = {name: cpu_s(p) for name, p in groups.items()}
-    pg_before = pg_backends("dspex_bench")
+    postgres = BackendCPU("dspex_bench")
     started = time.perf_counter()
     with ThreadPoolExecutor(args.clients) as pool:
         ids = list(pool.map(post, range(args.n)))
@@ -270,8 +274,7 @@ def run(args: argparse.Namespace, procs: dict, token: str, program_id: str, web_
         time.sleep(0.05)
     elapsed = time.perf_counter() - started
     after = {name: cpu_s(p) for name, p in groups.items()}
-    pg_after = pg_backends("dspex_bench")
-    pg_cpu = sum(cpu - pg_before.get(pid, 0.0) for pid, cpu in pg_after.items())
+    pg_cpu = postgres.stop()
     succeeded = CognitiveExecution.objects.filter(id__in=ids, status="succeeded").count()
 
     cpu = {name: after[name] - before[name] for name in groups}

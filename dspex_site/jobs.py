@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
-from django.db import close_old_connections, connection, connections, models
+from django.db import close_old_connections, connection, connections, models, router
 from django.db.models import Q
 from django.utils import timezone
 
@@ -116,12 +116,30 @@ def _claim_sql(model: type["Job"], db: str, names: tuple[str, ...]) -> str:
     )
 
 
-def _column(model: type["Job"], name: str) -> str:
-    """The database column of one of the model's concrete fields (claims write plain columns)."""
-    field = model._meta.get_field(name)
+@functools.cache
+def _fenced_update_sql(model: type["Job"], db: str, names: tuple[str, ...]) -> str:
+    quote = connections[db].ops.quote_name
+    assignments = ", ".join(f"{quote(_column(model, name))} = %s" for name in names)
+    table, pk_column = quote(model._meta.db_table), quote(model._meta.pk.column)
+    status, fence = quote(_column(model, "status")), quote(_column(model, model.FENCE))
+    # Identifiers come from model metadata, quoted; every value is a parameter.
+    return (
+        f"UPDATE {table} SET {assignments} "  # noqa: S608
+        f"WHERE {pk_column} = %s AND {status} = %s AND {fence} = %s"
+    )
+
+
+def _field(model: type["Job"], name: str) -> models.Field:
+    """One of the model's concrete fields (`pk`: its primary key); claims write plain columns."""
+    field = model._meta.pk if name == "pk" else model._meta.get_field(name)
     if not isinstance(field, models.Field) or field.column is None:
         raise TypeError(f"{model.__name__}.{name} is not a concrete field")
-    return field.column
+    return field
+
+
+def _column(model: type["Job"], name: str) -> str:
+    """The database column of one of the model's concrete fields."""
+    return _field(model, name).column
 
 
 class Job(models.Model):
@@ -193,8 +211,32 @@ class Job(models.Model):
         return rows.filter(**{self.FENCE: self.claim_token})
 
     def fenced_update(self, **values: Any) -> bool:
-        """Write `values` if the claim still holds; False (nothing written) otherwise."""
-        return self.fenced().update(**values) == 1
+        """Write `values` if the claim still holds; False (nothing written) otherwise.
+
+        The same conditional UPDATE as `fenced().update(**values)` (`pk`, `status = running` and
+        the claim's token), as one statement whose text is built once per model, database and
+        set of columns: a worker writes every run's outcome through here, and building and
+        compiling the queryset each time cost more CPU than the statement itself. Expressions
+        (`F(...)`) and the reaper's extra conditions take the queryset path."""
+        if (
+            self.__dict__.get("_fence_also")
+            or self.claim_token is None  # `IS NULL`, not `= NULL`: the queryset knows
+            or any(hasattr(v, "resolve_expression") for v in values.values())
+        ):
+            return self.fenced().update(**values) == 1
+        model = type(self)
+        db = self._state.db or router.db_for_write(model, instance=self)
+        conn = connections[db]
+        sql = _fenced_update_sql(model, db, tuple(values))
+        params = [_field(model, name).get_db_prep_save(value, conn) for name, value in values.items()]
+        params += [
+            _field(model, "pk").get_db_prep_value(self.pk, conn),
+            RUNNING,
+            _field(model, self.FENCE).get_db_prep_value(self.claim_token, conn),
+        ]
+        with conn.cursor() as cursor:
+            cursor.execute(sql, params)
+            return cursor.rowcount == 1
 
     # --- hooks for the heartbeat and the reaper ---------------------------------------------------
     @classmethod

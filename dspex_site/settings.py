@@ -148,7 +148,13 @@ else:
 
 # --- Celery ---------------------------------------------------------------------------------
 CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
+# kombu's Redis transport with one client per channel, not one per publish (dspex_site/broker.py).
+CELERY_BROKER_TRANSPORT = (
+    "dspex_site.broker:Transport" if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else None
+)
 CELERY_RESULT_BACKEND = None
+# No result backend: no task's return value is ever read (it is only logged).
+CELERY_TASK_IGNORE_RESULT = True
 CELERY_TASK_ALWAYS_EAGER = EMBEDDED
 CELERY_TASK_EAGER_PROPAGATES = False
 CELERY_TASK_SERIALIZER = "json"

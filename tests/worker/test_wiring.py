@@ -2,14 +2,21 @@
 synced from the same table by one idempotent path, and domain code never imports a tasks module."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import psycopg
 import pytest
+from django.db import connection
 from django_celery_beat.models import IntervalSchedule, PeriodicTask, PeriodicTasks
 
+from dspex_site import broker
 from dspex_site.beat import sync_schedules
 from dspex_site.celery import TASKS, app
 from executions.models import CognitiveExecution
+from tests.support import database_url_of_tests, process_env
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEDULED = {w.schedule_name: name for name, w in TASKS.items() if w.schedule is not None}
@@ -113,3 +120,91 @@ def test_domain_code_publishes_through_the_wiring(make_program, monkeypatch):
         {"args": [str(normal.id)], "countdown": None, "queue": "llm_calls"},
         {"args": [str(high.id)], "countdown": 2.5, "queue": "priority"},
     ]
+
+
+# A fresh process whose threads publish their first task at the same moment, as a web worker's
+# threads do after a restart; apply_async is replaced, so nothing reaches a broker.
+CONCURRENT_FIRST_PUBLISH = """
+import threading
+import django
+
+django.setup()
+from celery.app.task import Task
+
+from dspex_site.celery import app, publish
+
+Task.apply_async = lambda self, **kw: None
+assert "executions.run" not in app.tasks  # nothing imported the tasks modules yet
+start, errors = threading.Barrier(16), []
+
+
+def first_publish():
+    start.wait()
+    try:
+        publish("executions.run", "00000000-0000-0000-0000-000000000000")
+    except Exception as exc:
+        errors.append(repr(exc))
+
+
+threads = [threading.Thread(target=first_publish) for _ in range(16)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(len(errors), errors[:1])
+"""
+
+
+def test_threads_publishing_their_first_task_at_once_all_find_it():
+    for _ in range(3):  # the race lost most rounds before the fix; three rounds for good measure
+        done = subprocess.run(
+            [sys.executable, "-c", CONCURRENT_FIRST_PUBLISH],
+            env=process_env(),
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip().splitlines()[-1] == "0 []"
+
+
+def _around_one_task() -> None:
+    """What the worker's Django fixup does around each task (task_prerun, then task_postrun)."""
+    fixup = app._fixups[0].worker_fixup
+    sender = SimpleNamespace(request=SimpleNamespace(is_eager=False))
+    fixup.on_task_prerun(sender=sender)
+    fixup.on_task_postrun(sender=sender)
+
+
+def test_a_worker_thread_keeps_its_database_connection_from_task_to_task(transactional_db):
+    CognitiveExecution.objects.exists()
+    before = connection.connection
+    _around_one_task()
+    CognitiveExecution.objects.exists()
+    assert before is not None and connection.connection is before
+
+
+def test_a_worker_thread_drops_a_connection_the_database_has_closed(transactional_db):
+    CognitiveExecution.objects.exists()
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        old_pid = cursor.fetchone()[0]
+    with psycopg.connect(database_url_of_tests(), autocommit=True) as other:
+        other.execute("SELECT pg_terminate_backend(%s)", [old_pid])
+    _around_one_task()
+    with connection.cursor() as cursor:  # the health check found it dead: a new connection
+        cursor.execute("SELECT pg_backend_pid()")
+        assert cursor.fetchone()[0] != old_pid
+
+
+def test_the_redis_broker_channel_keeps_one_client_until_its_pool_changes():
+    with app.connection_for_write() as conn:
+        assert isinstance(conn.transport, broker.Transport)
+        channel = conn.default_channel
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is second and first.connection_pool is channel.pool
+            assert first.ping()
+        channel._disconnect_pools()  # as after a fork
+        with channel.conn_or_acquire() as third:
+            assert third is not first and third.connection_pool is channel.pool
