@@ -137,12 +137,21 @@ class CognitiveExecution(Job):
     FINISHED = (Status.SUCCEEDED, Status.FAILED, Status.CANCELLED)
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    # Foreign keys without an index of their own: every claim and finish rewrites each index of
+    # this table, so none is kept twice. `program` and `batch` are the first columns of the
+    # composite indexes below; `optimization_result` and `created_by` (null on most rows) have
+    # partial indexes of their non-null values (what deleting a result or a user looks up).
     program = models.ForeignKey(
-        "programs.CognitiveProgram", on_delete=models.CASCADE, related_name="executions"
+        "programs.CognitiveProgram", on_delete=models.CASCADE, related_name="executions", db_index=False
     )
     program_version = models.PositiveIntegerField()
     optimization_result = models.ForeignKey(
-        "optimization.OptimizationResult", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        "optimization.OptimizationResult",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
     input = models.JSONField()
     variables = models.JSONField(default=dict, blank=True, help_text="Variable values the run used.")
@@ -155,10 +164,20 @@ class CognitiveExecution(Job):
     priority = models.CharField(max_length=10, choices=Priority.choices, default=Priority.NORMAL)
     use_cache = models.BooleanField(default=True)
     batch = models.ForeignKey(
-        "executions.Batch", null=True, blank=True, on_delete=models.CASCADE, related_name="executions"
+        "executions.Batch",
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="executions",
+        db_index=False,
     )
     created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
     )
     created_at = models.DateTimeField(default=timezone.now)
     # Background runs: `queued_at` is when the last task message was published (null: a batch
@@ -182,6 +201,16 @@ class CognitiveExecution(Job):
             models.Index(fields=["finished_at"], name="idx_executions_finished_at"),
             # The console's "last execution" / "last 24 h" columns per program.
             models.Index(fields=["program", "-created_at"], name="idx_executions_program_created"),
+            models.Index(
+                fields=["optimization_result"],
+                name="idx_executions_result",
+                condition=models.Q(optimization_result__isnull=False),
+            ),
+            models.Index(
+                fields=["created_by"],
+                name="idx_executions_created_by",
+                condition=models.Q(created_by__isnull=False),
+            ),
         ]
 
     def __str__(self) -> str:

@@ -216,3 +216,24 @@ def test_the_execute_body_is_what_the_serializer_validates(body):
         with pytest.raises(ValidationError) as raised:
             execute_body(body)
         assert raised.value.detail == serializer.errors
+
+
+def test_no_index_of_the_executions_table_repeats_the_start_of_another():
+    """Every claim and finish rewrites each index of the table: none may be redundant (a foreign
+    key's own index where a composite index already starts with that column)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'cognitive_executions'")
+        rows = cursor.fetchall()
+    full = {}
+    for name, definition in rows:
+        if " WHERE " in definition:
+            continue  # partial: only the rows it names
+        columns = definition.split("(", 1)[1].rsplit(")", 1)[0]
+        full[name] = [column.strip().split()[0] for column in columns.split(",")]
+    for name, columns in full.items():
+        for other, longer in full.items():
+            if other != name and "id" not in columns:
+                assert longer[: len(columns)] != columns, (
+                    f"{name} {columns} repeats the start of {other} {longer}"
+                )
+    assert len(rows) == 9, [name for name, _ in rows]
