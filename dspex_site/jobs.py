@@ -137,6 +137,14 @@ def _field(model: type["Job"], name: str) -> models.Field:
     return field
 
 
+def _db_value(field: models.Field, value: Any, conn: Any) -> Any:
+    """`value` as the queryset's `update()` would send it to `field`'s column (a row given for a
+    foreign key is sent as its key)."""
+    if isinstance(field, models.ForeignKey) and isinstance(value, models.Model):
+        value = getattr(value, field.target_field.attname)
+    return field.get_db_prep_save(value, conn)
+
+
 def _column(model: type["Job"], name: str) -> str:
     """The database column of one of the model's concrete fields."""
     return _field(model, name).column
@@ -228,7 +236,7 @@ class Job(models.Model):
         db = self._state.db or router.db_for_write(model, instance=self)
         conn = connections[db]
         sql = _fenced_update_sql(model, db, tuple(values))
-        params = [_field(model, name).get_db_prep_save(value, conn) for name, value in values.items()]
+        params = [_db_value(_field(model, name), value, conn) for name, value in values.items()]
         params += [
             _field(model, "pk").get_db_prep_value(self.pk, conn),
             RUNNING,
