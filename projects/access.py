@@ -86,6 +86,11 @@ def visible_ids(user: Any) -> list[int] | None:
     return sorted(roles(user))
 
 
+def administered(user: Any) -> list[int]:
+    """The ids of the projects the user is an admin of (their audit trails are theirs to read)."""
+    return sorted(p for p in roles(user) if allows(user, p, MANAGE))
+
+
 def sees(user: Any, project_id: int | None) -> bool:
     ids = visible_ids(user)
     return ids is None or project_id in ids
