@@ -4,9 +4,11 @@ Every actor is an API client plus the set of access kinds its role grants (`READ
 `EDIT`, as `dspex_site.permissions.required_permission` classifies requests). Tests ask
 `actor.may(kind)` instead of naming roles, so a new kind of caller is one more entry in
 `ROLES` (a project-scoped API key with `grants={READ}`, say), and every test parametrized over
-`ACTOR_NAMES` covers it at once. A future dimension that depends on the object as well as the
-caller (a key of project B must not see project A's rows) belongs on `Actor` too: a method
-such as `sees(obj)` next to `may(kind)`, consulted by the same tests.
+`ACTOR_NAMES` covers it at once. The actors with a role are members of the `default` project
+(where the factories put rows) with their group's role, as the projects data migration makes
+existing users. The dimension that depends on the object as well as the caller is `stranger()`:
+an admin of another project, for whom every row of `default` must not exist
+(`test_another_project_cannot_read_run_change_or_detect` in tests/api/cases.py).
 """
 
 from collections.abc import Callable, Iterator, Mapping
