@@ -214,6 +214,8 @@ class ScheduleViewSet(ProjectScoped, viewsets.ModelViewSet):
             schedules.sync_periodic_task(schedule)
 
     def perform_update(self, serializer: "BaseSerializer[OptimizationSchedule]") -> None:
+        if "program" in serializer.validated_data:  # moved to another program: edit rights there too
+            self.check_object_permissions(self.request, serializer.validated_data["program"])
         with transaction.atomic():
             schedules.sync_periodic_task(serializer.save())
 
