@@ -2,7 +2,7 @@
 the pieces every project-owned endpoint uses: the scoped viewset mixin, the `project` field of
 programs, datasets and corpora, and related fields that only see the caller's projects."""
 
-from typing import Any
+from typing import Any, cast
 
 from django.contrib.auth import get_user_model
 from django.db import transaction
@@ -133,9 +133,7 @@ class ProjectViewSet(
             project = serializer.save()
             user = self.request.user
             if not user.is_superuser:
-                Membership.objects.create(
-                    user_id=int(user.pk or 0), project=project, role=Membership.Role.ADMIN
-                )
+                Membership.objects.create(user=cast(Any, user), project=project, role=Membership.Role.ADMIN)
             audit.record("create", project, channel="api", request=self.request)
 
     @extend_schema(
