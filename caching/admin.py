@@ -10,6 +10,7 @@ from caching import operations
 from caching.models import NamedCache, ProgramCachePolicy
 from caching.registry import CACHES
 from dspex_site.console import ReadOnlyAdmin
+from projects.console import ProjectScopedAdmin
 
 
 @admin.register(NamedCache)
@@ -77,6 +78,7 @@ class NamedCacheAdmin(ReadOnlyAdmin):
 
 
 @admin.register(ProgramCachePolicy)
-class ProgramCachePolicyAdmin(admin.ModelAdmin):
+class ProgramCachePolicyAdmin(ProjectScopedAdmin):
+    project_path = "program__project"
     list_display = ["program", "llm_cache", "updated_at"]
     list_select_related = ["program"]

@@ -10,7 +10,9 @@ from rest_framework.response import Response
 from caching import operations
 from caching.registry import CACHES
 from dspex_site.api.errors import APIError
+from dspex_site.roles import EDIT, READ
 from monitoring import audit
+from projects import access
 
 
 @extend_schema(responses={200: OpenApiTypes.OBJECT})
@@ -50,9 +52,13 @@ def program_cache_policy(request: Request, program_id: str) -> Response:
     from caching.models import ProgramCachePolicy
     from programs.models import CognitiveProgram
 
-    program = CognitiveProgram.objects.filter(id=program_id).first()
-    if program is None:
+    program = access.visible(CognitiveProgram.objects.all(), request.user).filter(id=program_id).first()
+    if program is None:  # another project's program, exactly as a missing one
         raise APIError(status.HTTP_404_NOT_FOUND, "not_found", "no such program")
+    if not access.allows(request.user, program.project_id, READ if request.method == "GET" else EDIT):
+        raise APIError(
+            status.HTTP_403_FORBIDDEN, "permission_denied", "Your role in this project does not allow this."
+        )
     if request.method == "PUT":
         value = request.data.get("llm_cache") if isinstance(request.data, dict) else None
         if not isinstance(value, bool):

@@ -2,6 +2,7 @@
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 from django.core.management.base import CommandError
 
@@ -24,3 +25,33 @@ def domain_errors_as_command_errors() -> Iterator[None]:
         yield
     except DomainError as exc:
         raise command_error(exc) from exc
+
+
+# --- `--project <name>` ---------------------------------------------------------------------
+
+
+def add_project_argument(parser: Any, *, creates: bool = False) -> None:
+    """`--project <name>`: where names are looked up (or, for `creates`, where rows are made)."""
+    help_text = (
+        "the project to create in (default: `default`)"
+        if creates
+        else "look the names up in this project only (default: any project)"
+    )
+    parser.add_argument("--project", default=None, help=help_text)
+
+
+def project_named(name: str | None) -> Any:
+    """The project of `--project` (`default` when not given, created if missing); a CommandError
+    naming it when there is none."""
+    from projects import access
+    from projects.models import Project
+
+    try:
+        return access.resolve(name)
+    except Project.DoesNotExist:
+        raise CommandError(f"No project named '{name}'.") from None
+
+
+def in_project(queryset: Any, name: str | None) -> Any:
+    """`queryset` narrowed to the project of `--project` (unchanged without one)."""
+    return queryset if name is None else queryset.filter(project=project_named(name))

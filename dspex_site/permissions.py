@@ -1,20 +1,32 @@
-"""API access by role (dspex_site.roles): viewers read, operators run and edit, superusers all.
+"""API access by project role (projects.access): viewers read, operators run and edit, project
+admins also manage members, superusers everything.
 
-The roles are the `Viewers` and `Operators` groups (`dspex_site.roles`), checked through the
-permissions they grant rather than group names, so a site can make other groups with the same
-permissions. An authenticated user in neither group (an "outsider") gets 403 everywhere.
+Two checks, in DRF's two places:
+
+* **the view** (`has_permission`): the user holds the request's kind (`required_permission`) in
+  at least one of their projects. A user in no project (an "outsider"), or a viewer asking to
+  run or edit, is refused with 403 before any object is looked at; that says nothing about
+  any object.
+* **the object** (`has_object_permission`): the object's project must be one of the user's,
+  else **404** (exactly as for an id that does not exist; views also filter their querysets by
+  `projects.access.visible`), and the user's role there must grant the kind, else 403.
+
+Site groups (Viewers, Operators, a site's own with the same permissions) cap the roles of the
+users who have any (projects.access): a Viewers member is read-only in every project.
 """
 
 import logging
 import time
 from typing import Any
 
+from rest_framework.exceptions import NotFound
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 from rest_framework.throttling import UserRateThrottle
 
 from dspex_site.roles import EDIT, READ, RUN
 from dspex_site.shared_redis import FailOpenRedis
+from projects import access
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +37,9 @@ RUN_BASENAMES = {"batch"}
 
 
 def required_permission(request: Request, view: Any) -> str:
+    declared = getattr(view, "required_kinds", {}).get(getattr(view, "action", None))
+    if declared is not None:  # a view that says what its actions need (projects: MANAGE)
+        return declared
     if request.method in SAFE_METHODS:
         return READ
     action = getattr(view, "action", None)
@@ -38,17 +53,25 @@ def required_permission(request: Request, view: Any) -> str:
 
 
 class RolePermission(BasePermission):
-    """Authenticated, and holding the permission the request's kind needs (read, run or edit)."""
+    """Authenticated, holding the request's kind in some project, and, for an object, in its
+    project (404 when the object's project is not the user's)."""
 
-    message = "Your account's role does not allow this (viewers read, operators run and edit)."
+    message = (
+        "Your role does not allow this (viewers read, operators run and edit, project admins manage members)."
+    )
 
     def has_permission(self, request: Request, view: Any) -> bool:
         user = request.user
         if not user or not user.is_authenticated:
             return False
-        if user.is_superuser:  # no permission queries for superusers
-            return True
-        return user.has_perm(required_permission(request, view))
+        return access.allows_somewhere(user, required_permission(request, view))
+
+    def has_object_permission(self, request: Request, view: Any, obj: Any) -> bool:
+        user = request.user
+        project_id = access.project_id_of(obj)
+        if not access.sees(user, project_id):
+            raise NotFound()
+        return access.allows(user, project_id, required_permission(request, view))
 
 
 # A sliding-window counter (two fixed windows, the previous one weighted by how much of it still

@@ -25,6 +25,8 @@ RUN_NAME = "Can run cognitive program"
 READ = "programs.view_cognitiveprogram"
 EDIT = "programs.change_cognitiveprogram"
 RUN = f"programs.{RUN_CODENAME}"  # the Run page, re-runs, execute, batches, optimize
+# Managing a project's members: a project role (admin), never a site group permission.
+MANAGE = "projects.manage_members"
 
 
 def grant_console_roles(group_model: Any, permission_model: Any, content_type_model: Any) -> None:

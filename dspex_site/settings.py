@@ -54,6 +54,7 @@ INSTALLED_APPS = [
     # Before the apps with models: post_migrate skips apps without models (monitoring.admin acts
     # on the last app that gets it).
     "dspex_site",
+    "projects",
     "monitoring",
     "llm",
     "caching",

@@ -20,6 +20,7 @@ from optimization.api import (
 )
 from programs.api import ProgramViewSet
 from programs.corpus_api import CorpusViewSet
+from projects.api import ProjectViewSet
 
 router = DefaultRouter()
 router.register("programs", ProgramViewSet, basename="program")
@@ -30,6 +31,7 @@ router.register("datasets", DatasetViewSet, basename="dataset")
 router.register("optimizations", RunViewSet, basename="optimization")
 router.register("optimization-results", ResultViewSet, basename="optimization-result")
 router.register("schedules", ScheduleViewSet, basename="schedule")
+router.register("projects", ProjectViewSet, basename="project")
 
 urlpatterns = [
     path("admin/dashboards/", include(dashboards.urls())),

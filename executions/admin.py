@@ -14,6 +14,7 @@ from dspex_site.console import ReadOnlyAdmin
 from dspex_site.display import money, pre, pretty, summary, trace_rows
 from dspex_site.roles import RUN
 from executions.models import Batch, CognitiveExecution
+from projects.console import ProjectScopedAdmin, VisibleRelatedFilter
 
 
 class CreatedFilter(admin.DateFieldListFilter):
@@ -21,8 +22,10 @@ class CreatedFilter(admin.DateFieldListFilter):
 
 
 @admin.register(CognitiveExecution)
-class ExecutionAdmin(ReadOnlyAdmin):
+class ExecutionAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
     """Read-only: executions are written by the runner only."""
+
+    project_path = "program__project"
 
     list_display = [
         "short_id",
@@ -35,7 +38,7 @@ class ExecutionAdmin(ReadOnlyAdmin):
         "cache_hits",
         "created_at",
     ]
-    list_filter = ["status", ("created_at", CreatedFilter), "program"]
+    list_filter = ["status", ("created_at", CreatedFilter), ("program", VisibleRelatedFilter)]
     list_select_related = ["program"]
     search_fields = ["id"]
     search_help_text = "Execution id (full, or its first characters)"
@@ -169,8 +172,9 @@ class ExecutionAdmin(ReadOnlyAdmin):
 
 
 @admin.register(Batch)
-class BatchAdmin(ReadOnlyAdmin):
+class BatchAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
+    project_path = "program__project"
     list_display = ["id", "program", "created_at", "cancelled_at"]
     list_select_related = ["program"]
-    list_filter = ["program"]
+    list_filter = [("program", VisibleRelatedFilter)]
     show_full_result_count = False

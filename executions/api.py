@@ -25,10 +25,13 @@ from executions.serializers import (
 )
 from llm.budgets import BudgetExceeded
 from programs.models import CognitiveProgram
+from projects import access
+from projects.api import ProjectScoped
 
 
-class ExecutionViewSet(viewsets.ReadOnlyModelViewSet):
+class ExecutionViewSet(ProjectScoped, viewsets.ReadOnlyModelViewSet):
     queryset = CognitiveExecution.objects.all()
+    project_path = "program__project"
     filterset_class = ExecutionFilter
 
     def get_queryset(self):
@@ -60,10 +63,11 @@ class BatchJSONParser(LimitedJSONParser):
     limit_setting = "DSPEX_BATCH_MAX_BYTES"
 
 
-class BatchViewSet(viewsets.GenericViewSet):
+class BatchViewSet(ProjectScoped, viewsets.GenericViewSet):
     """Create a batch, follow its progress, stream its results, cancel it."""
 
     queryset = Batch.objects.all()
+    project_path = "program__project"
     serializer_class = BatchSerializer
     parser_classes = [BatchJSONParser, MultiPartParser]
     filterset_class = None
@@ -79,13 +83,14 @@ class BatchViewSet(viewsets.GenericViewSet):
         body.is_valid(raise_exception=True)
         data = body.validated_data
         program = referenced_row(
-            CognitiveProgram.objects.all(),
+            access.visible(CognitiveProgram.objects.all(), request.user),
             data["program"],
             path="program",
             code="invalid",
             detail=f"No program {data['program']}.",
             problem="no such program",
         )
+        self.check_object_permissions(request, program)  # a viewer there may not start work
         inputs = batches.parse_jsonl(data["file"]) if "file" in data else data["inputs"]
         batch = batches.create_batch(
             program,

@@ -29,6 +29,11 @@ class BoundedIsoDateTimeFilter(django_filters.IsoDateTimeFilter):
 class ExecutionFilter(django_filters.FilterSet):
     created_after = BoundedIsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
     created_before = BoundedIsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    # Plain id filters, not choices: an id of another project's program filters to nothing, as
+    # an unknown id does (a choice filter would answer 400 for the one and not the other).
+    program = django_filters.UUIDFilter(field_name="program_id")
+    batch = django_filters.UUIDFilter(field_name="batch_id")
+    project = django_filters.NumberFilter(field_name="program__project_id")
 
     class Meta:
         model = CognitiveExecution

@@ -30,6 +30,7 @@ from llm import budgets, gateway, resilience
 from llm.errors import RATE_LIMIT, TRANSIENT, Failure, classify
 from monitoring import telemetry
 from monitoring.logs import log_context
+from programs import retrieval
 from programs.models import CognitiveProgram, ProgramVersion
 from programs.spec import (
     PipelineModule,
@@ -408,6 +409,7 @@ def _run(execution: CognitiveExecution, recorder: TraceRecorder, kind: str) -> d
     # long-lived worker. The program is marked for its budget.
     with (
         resilience.traffic(kind, program_id=execution.program_id),
+        retrieval.for_program(execution.program_id),
         dspy.context(callbacks=[recorder], disable_history=True, trace=[]),
     ):
         return program.run(execution.input, execution.variables, lm_for=lm_for, observer=recorder)

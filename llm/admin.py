@@ -1,9 +1,12 @@
 """Console pages for providers: every configured provider (kind, endpoint, key source — never the
 key), its breaker with a reset action, limits and spend; model deployments and fallbacks; budgets."""
 
+from typing import Any
+
 from django import forms
 from django.contrib import admin, messages
 from django.core.exceptions import PermissionDenied
+from django.db.models import Q, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -14,6 +17,7 @@ from llm import budgets, resilience
 from llm import providers as provider_info
 from llm.models import Budget
 from monitoring import audit
+from projects import access
 
 
 @require_http_methods(["GET", "POST"])
@@ -77,6 +81,22 @@ class BudgetAdmin(admin.ModelAdmin):
     list_filter = ("scope", "enabled")
     autocomplete_fields = ()
     raw_id_fields = ("program",)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        """Provider budgets are site-wide (every operator sees them, as before); a program's
+        budget belongs to the program's project."""
+        queryset = super().get_queryset(request)
+        if access.visible_ids(request.user) is None:
+            return queryset
+        visible = access.visible(queryset, request.user, "program__project")
+        return queryset.filter(Q(scope=Budget.Scope.PROVIDER) | Q(pk__in=visible.values("pk")))
+
+    def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        if db_field.name == "program":
+            kwargs["queryset"] = access.visible(
+                db_field.related_model._default_manager.all(), request.user, "project"
+            )
+        return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
     def save_model(self, request: HttpRequest, obj: Budget, form: forms.ModelForm, change: bool) -> None:
         super().save_model(request, obj, form, change)

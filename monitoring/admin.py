@@ -5,6 +5,7 @@ from typing import Any
 
 from django.contrib import admin, messages
 from django.db import transaction
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
@@ -14,6 +15,7 @@ from rest_framework.authtoken.models import TokenProxy
 from dspex_site.console import ReadOnlyAdmin
 from monitoring import audit
 from monitoring.models import AuditEvent
+from projects import access
 
 # Shown, and read-only, on an audit event's page (a tuple: both attributes' stub types accept it).
 _FIELDS = (
@@ -45,6 +47,14 @@ class AuditEventAdmin(ReadOnlyAdmin):
 
     def get_actions(self, request: HttpRequest) -> dict:
         return {}
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        """Superusers see the whole trail; everyone else the events of the projects they are an
+        admin of (README, "Projects"): a project's trail is its admins'."""
+        queryset = super().get_queryset(request)
+        if request.user.is_superuser:
+            return queryset
+        return queryset.filter(project_id__in=access.administered(request.user))
 
     @admin.display(description="who", ordering="actor_name")
     def who(self, obj: AuditEvent) -> str:

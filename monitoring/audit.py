@@ -3,6 +3,7 @@
 from typing import Any, Protocol
 
 from monitoring.models import AuditEvent
+from projects.access import project_id_of
 
 
 class _Labelled(Protocol):
@@ -36,7 +37,8 @@ def record(
     request: Any = None,
     changes: dict | None = None,
 ) -> AuditEvent:
-    """Append one audit event for `action` on `obj`."""
+    """Append one audit event for `action` on `obj`, in the project of `obj` (none for site-wide
+    objects such as caches)."""
     if user is None and request is not None:
         user = getattr(request, "user", None)
     if user is not None and not getattr(user, "is_authenticated", False):
@@ -51,6 +53,7 @@ def record(
         channel=channel,
         ip=client_ip(request),
         changes=changes or {},
+        project_id=project_id_of(obj),
     )
 
 

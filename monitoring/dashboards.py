@@ -22,6 +22,7 @@ from caching import operations
 from monitoring import charts
 from monitoring.models import UsageRollup
 from monitoring.rollups import DURATION_BUCKETS_MS, percentile
+from projects import access
 
 MAX_DAYS = 366
 TOP_SERIES = 6
@@ -56,6 +57,17 @@ class Range:
     def label(self, moment: datetime) -> str:
         local = timezone.localtime(moment)
         return local.strftime("%d %H:00") if self.hourly else local.strftime("%b %d")
+
+
+def _rollups(request: HttpRequest) -> Any:
+    """The hourly rollups of the user's projects' programs (all of them for superusers)."""
+    from programs.models import CognitiveProgram
+
+    rows = UsageRollup.objects.all()
+    if access.visible_ids(request.user) is None:
+        return rows
+    programs = access.visible(CognitiveProgram.objects.all(), request.user).values("id")
+    return rows.filter(program_id__in=programs)
 
 
 def parse_range(request: HttpRequest, default_days: int = 14) -> Range:
@@ -105,7 +117,7 @@ def _context(request: HttpRequest, title: str, span: Range, **extra: object) -> 
 def costs(request: HttpRequest) -> HttpResponse:
     span = parse_range(request)
     trunc = TruncHour if span.hourly else TruncDay
-    lm_rows = UsageRollup.objects.filter(hour__gte=span.start_dt, hour__lt=span.end_dt).exclude(model="")
+    lm_rows = _rollups(request).filter(hour__gte=span.start_dt, hour__lt=span.end_dt).exclude(model="")
     moments = span.labels()
     by_model = list(
         lm_rows.annotate(bucket=trunc("hour")).values("bucket", "model").annotate(cost=Sum("cost_usd"))
@@ -131,7 +143,8 @@ def costs(request: HttpRequest) -> HttpResponse:
     )
     month_start = timezone.make_aware(datetime.combine(timezone.localdate().replace(day=1), time.min))
     month_to_date = (
-        UsageRollup.objects.filter(hour__gte=month_start)
+        _rollups(request)
+        .filter(hour__gte=month_start)
         .exclude(model="")
         .aggregate(total=Sum("cost_usd"))["total"]
         or 0.0
@@ -162,7 +175,8 @@ def executions(request: HttpRequest) -> HttpResponse:
     span = parse_range(request, default_days=2)
     trunc = TruncHour if span.hourly else TruncDay
     rows = list(
-        UsageRollup.objects.filter(hour__gte=span.start_dt, hour__lt=span.end_dt, model="")
+        _rollups(request)
+        .filter(hour__gte=span.start_dt, hour__lt=span.end_dt, model="")
         .annotate(bucket=trunc("hour"))
         .values("bucket", "status", "executions", "duration_histogram")
     )
@@ -206,7 +220,8 @@ def cache(request: HttpRequest) -> HttpResponse:
     span = parse_range(request)
     trunc = TruncHour if span.hourly else TruncDay
     rows = list(
-        UsageRollup.objects.filter(hour__gte=span.start_dt, hour__lt=span.end_dt)
+        _rollups(request)
+        .filter(hour__gte=span.start_dt, hour__lt=span.end_dt)
         .exclude(model="")
         .annotate(bucket=trunc("hour"))
         .values("bucket")
@@ -280,12 +295,14 @@ def optimizations(request: HttpRequest) -> HttpResponse:
 
     span = parse_range(request, default_days=30)
     runs = list(
-        OptimizationRun.objects.select_related("program", "result")
+        access.visible(OptimizationRun.objects.all(), request.user, "program__project")
+        .select_related("program", "result")
         .filter(created_at__gte=span.start_dt, created_at__lt=span.end_dt)
         .order_by("-created_at")[:100]
     )
     results = list(
-        OptimizationResult.objects.select_related("program")
+        access.visible(OptimizationResult.objects.all(), request.user, "program__project")
+        .select_related("program")
         .filter(created_at__gte=span.start_dt, created_at__lt=span.end_dt)
         .order_by("created_at")[:200]
     )

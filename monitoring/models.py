@@ -25,6 +25,14 @@ class AuditEvent(models.Model):
     channel = models.CharField(max_length=10, choices=Channel.choices)
     ip = models.GenericIPAddressField(null=True, blank=True)
     changes = models.JSONField(default=dict, blank=True)
+    project = models.ForeignKey(
+        "projects.Project",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        help_text="The project of the object (empty for site-wide events: caches, providers).",
+    )
 
     class Meta:
         db_table = "audit_events"

@@ -10,6 +10,7 @@ from dspex_site.console import show_domain_error
 from dspex_site.errors import DomainError
 from optimization import results, schedules
 from optimization.models import Dataset, Example, OptimizationResult, OptimizationRun, OptimizationSchedule
+from projects.console import ProjectScopedAdmin, VisibleRelatedFilter
 
 
 class ExampleInline(admin.TabularInline):
@@ -20,14 +21,16 @@ class ExampleInline(admin.TabularInline):
 
 
 @admin.register(Dataset)
-class DatasetAdmin(admin.ModelAdmin):
-    list_display = ["name", "created_at", "updated_at"]
+class DatasetAdmin(ProjectScopedAdmin):
+    list_display = ["name", "project", "created_at", "updated_at"]
+    list_filter = [("project", VisibleRelatedFilter)]
     search_fields = ["name"]
     inlines = [ExampleInline]
 
 
 @admin.register(OptimizationRun)
-class OptimizationRunAdmin(admin.ModelAdmin):
+class OptimizationRunAdmin(ProjectScopedAdmin):
+    project_path = "program__project"
     list_display = [
         "id",
         "program",
@@ -69,7 +72,8 @@ class OptimizationRunAdmin(admin.ModelAdmin):
 
 
 @admin.register(OptimizationResult)
-class OptimizationResultAdmin(admin.ModelAdmin):
+class OptimizationResultAdmin(ProjectScopedAdmin):
+    project_path = "program__project"
     list_display = ["id", "program", "program_version", "optimizer_type", "scores", "created_at"]
     list_select_related = ["program"]
     list_filter = ["optimizer_type"]
@@ -97,7 +101,8 @@ class OptimizationResultAdmin(admin.ModelAdmin):
 
 
 @admin.register(OptimizationSchedule)
-class OptimizationScheduleAdmin(admin.ModelAdmin):
+class OptimizationScheduleAdmin(ProjectScopedAdmin):
+    project_path = "program__project"
     list_display = ["name", "program", "optimizer", "cron", "interval_s", "enabled"]
     readonly_fields = ["periodic_task"]
 

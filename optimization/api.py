@@ -1,5 +1,6 @@
 """REST API: datasets (+ import), optimize, runs (+ cancel), results (+ apply), rollback, schedules."""
 
+import django_filters
 from django.db import transaction
 from django.db.models import Count
 from django.shortcuts import get_object_or_404
@@ -31,10 +32,33 @@ from optimization.serializers import (
     ScheduleSerializer,
 )
 from programs.models import CognitiveProgram
+from projects import access
+from projects.api import ProjectScoped
+
+
+class RunFilter(django_filters.FilterSet):
+    # Plain id filters: another project's program filters to nothing, exactly as an unknown id.
+    program = django_filters.UUIDFilter(field_name="program_id")
+
+    class Meta:
+        model = OptimizationRun
+        fields = ["program", "status", "optimizer"]
+
+
+class ResultFilter(django_filters.FilterSet):
+    program = django_filters.UUIDFilter(field_name="program_id")
+
+    class Meta:
+        model = OptimizationResult
+        fields = ["program", "optimizer_type"]
 
 
 class DatasetViewSet(
-    mixins.CreateModelMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet
+    ProjectScoped,
+    mixins.CreateModelMixin,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    viewsets.GenericViewSet,
 ):
     queryset = Dataset.objects.annotate(n_examples=Count("examples"))
     serializer_class = DatasetSerializer
@@ -82,12 +106,13 @@ class OptimizeView(APIView):
 
     @extend_schema(request=OptimizeSerializer, responses={202: RunSerializer})
     def post(self, request: Request, pk: str) -> Response:
-        program = get_object_or_404(CognitiveProgram, pk=pk)
+        program = get_object_or_404(access.visible(CognitiveProgram.objects.all(), request.user), pk=pk)
+        self.check_object_permissions(request, program)
         body = OptimizeSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
         dataset = referenced_row(
-            Dataset.objects.all(),
+            Dataset.objects.filter(project_id=program.project_id),  # the program's project only
             data["dataset"],
             path="dataset",
             code="unknown_dataset",
@@ -120,7 +145,8 @@ class RollbackView(APIView):
     @extend_schema(request=RollbackSerializer, responses={200: RollbackResponseSerializer})
     @raises(results.ResultDoesNotFit)
     def post(self, request: Request, pk: str) -> Response:
-        program = get_object_or_404(CognitiveProgram, pk=pk)
+        program = get_object_or_404(access.visible(CognitiveProgram.objects.all(), request.user), pk=pk)
+        self.check_object_permissions(request, program)
         body = RollbackSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         result = None
@@ -137,10 +163,11 @@ class RollbackView(APIView):
         return Response({"program": str(program.id), "active_result": str(result.id) if result else None})
 
 
-class RunViewSet(viewsets.ReadOnlyModelViewSet):
+class RunViewSet(ProjectScoped, viewsets.ReadOnlyModelViewSet):
     queryset = OptimizationRun.objects.all()
+    project_path = "program__project"
     serializer_class = RunSerializer
-    filterset_fields = ["program", "status", "optimizer"]
+    filterset_class = RunFilter
 
     @extend_schema(request=None, responses={200: RunSerializer})
     @raises((409, "Already finished (`already_finished`)."))
@@ -158,10 +185,11 @@ class RunViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(RunSerializer(run).data)
 
 
-class ResultViewSet(viewsets.ReadOnlyModelViewSet):
+class ResultViewSet(ProjectScoped, viewsets.ReadOnlyModelViewSet):
     queryset = OptimizationResult.objects.all()
+    project_path = "program__project"
     serializer_class = ResultSerializer
-    filterset_fields = ["program", "optimizer_type"]
+    filterset_class = ResultFilter
 
     @extend_schema(request=None, responses={200: ResultSerializer})
     @raises(results.ResultDoesNotFit)
@@ -173,17 +201,21 @@ class ResultViewSet(viewsets.ReadOnlyModelViewSet):
         return Response(ResultSerializer(result).data)
 
 
-class ScheduleViewSet(viewsets.ModelViewSet):
+class ScheduleViewSet(ProjectScoped, viewsets.ModelViewSet):
     queryset = OptimizationSchedule.objects.all()
+    project_path = "program__project"
     serializer_class = ScheduleSerializer
     parser_classes = [LimitedJSONParser]
 
     def perform_create(self, serializer: "BaseSerializer[OptimizationSchedule]") -> None:
+        self.check_object_permissions(self.request, serializer.validated_data["program"])
         with transaction.atomic():
             schedule = serializer.save()
             schedules.sync_periodic_task(schedule)
 
     def perform_update(self, serializer: "BaseSerializer[OptimizationSchedule]") -> None:
+        if "program" in serializer.validated_data:  # moved to another program: edit rights there too
+            self.check_object_permissions(self.request, serializer.validated_data["program"])
         with transaction.atomic():
             schedules.sync_periodic_task(serializer.save())
 

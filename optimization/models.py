@@ -11,6 +11,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from dspex_site.jobs import Job, JobQuerySet
+from projects.models import default_project_id
 
 
 class Dataset(models.Model):
@@ -18,6 +19,13 @@ class Dataset(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=255, unique=True)
+    project = models.ForeignKey(
+        "projects.Project",
+        on_delete=models.PROTECT,
+        related_name="datasets",
+        default=default_project_id,
+        help_text='The project it belongs to (README, "Projects").',
+    )
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

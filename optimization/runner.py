@@ -23,6 +23,7 @@ from llm import gateway, resilience
 from optimization import datasets, metrics, optimizers, variable_search
 from optimization.models import Dataset, OptimizationResult, OptimizationRun
 from optimization.progress import CANCELLED, COST_BUDGET, TIME_LIMIT, RunMonitor, RunStopped
+from programs import retrieval
 from programs.models import CognitiveProgram, ProgramVersion
 from programs.spec import ProgramSpecError, StateMismatchError, compile_program
 
@@ -177,6 +178,7 @@ class Optimization:
             # reserve kept for interactive calls (llm.resilience).
             with (
                 resilience.traffic(resilience.OPTIMIZATION, program_id=run.program_id),
+                retrieval.for_program(run.program_id),
                 dspy.context(lm=gateway.lm_for(None), callbacks=[monitor]),
             ):
                 monitor.phase = "baseline"

@@ -7,6 +7,8 @@ from rest_framework import serializers
 from dspex_site.api.serializers import StrictSerializer
 from optimization.models import Dataset, OptimizationResult, OptimizationRun, OptimizationSchedule
 from optimization.optimizers import OPTIMIZERS
+from programs.models import CognitiveProgram
+from projects.api import ProjectOwned, VisibleRelatedField
 
 
 class ExampleRowSerializer(serializers.Serializer):
@@ -14,13 +16,22 @@ class ExampleRowSerializer(serializers.Serializer):
     output = serializers.JSONField()
 
 
-class DatasetSerializer(serializers.ModelSerializer):
+class DatasetSerializer(ProjectOwned):
     examples = ExampleRowSerializer(many=True, write_only=True, required=False)
     example_count = serializers.SerializerMethodField()
 
     class Meta:
         model = Dataset
-        fields = ["id", "name", "description", "examples", "example_count", "created_at", "updated_at"]
+        fields = [
+            "id",
+            "name",
+            "project",
+            "description",
+            "examples",
+            "example_count",
+            "created_at",
+            "updated_at",
+        ]
         read_only_fields = ["created_at", "updated_at"]
 
     def get_example_count(self, obj: Dataset) -> int:
@@ -109,6 +120,10 @@ class RollbackResponseSerializer(serializers.Serializer):
 
 
 class ScheduleSerializer(serializers.ModelSerializer):
+    # Only the caller's projects: another project's program or dataset is "does not exist".
+    program = VisibleRelatedField(queryset=CognitiveProgram.objects.all())
+    dataset = VisibleRelatedField(queryset=Dataset.objects.all())
+
     class Meta:
         model = OptimizationSchedule
         fields = [
@@ -135,6 +150,9 @@ class ScheduleSerializer(serializers.ModelSerializer):
         def value(name: str, default: Any = None) -> Any:
             return attrs[name] if name in attrs else getattr(self.instance, name, default)
 
+        program, dataset = value("program"), value("dataset")
+        if program is not None and dataset is not None and dataset.project_id != program.project_id:
+            raise serializers.ValidationError({"dataset": ["The dataset must be in the program's project."]})
         cron, interval = value("cron", ""), value("interval_s")
         if bool(cron) == bool(interval):
             raise serializers.ValidationError({"cron": ["Give exactly one of cron and interval_s."]})

@@ -30,6 +30,8 @@ from programs.models import CognitiveProgram, ProgramVersion
 from programs.spec import ProgramSpecError, SpecError, program_input_fields, validate_program
 from programs.spec.errors import Errors
 from programs.spec.variables import VarDecl, check_declarations
+from projects import access
+from projects.console import ProjectScopedAdmin, VisibleRelatedFilter
 
 admin.site.site_header = "DSPex operator console"
 admin.site.site_title = "DSPex"
@@ -197,7 +199,7 @@ def version_diff(old: ProgramVersion, new: ProgramVersion) -> list[tuple[str, st
 
 
 @admin.register(CognitiveProgram)
-class ProgramAdmin(admin.ModelAdmin):
+class ProgramAdmin(ProjectScopedAdmin):
     form = ProgramForm
     list_display = [
         "name",
@@ -209,10 +211,10 @@ class ProgramAdmin(admin.ModelAdmin):
         "active_result_link",
         "updated_at",
     ]
-    list_filter = ["status"]
     search_fields = ["name"]
     list_select_related = ["active_result"]
     readonly_fields = ["version", "input_fields", "active_result_link", "created_at", "updated_at"]
+    list_filter = ["status", ("project", VisibleRelatedFilter)]
     change_form_template = "admin/programs/cognitiveprogram/change_form.html"
     save_on_top = True
 
@@ -222,11 +224,20 @@ class ProgramAdmin(admin.ModelAdmin):
 
     def get_fieldsets(self, request: HttpRequest, obj: CognitiveProgram | None = None) -> list:
         main = (None, {"fields": ["name", "description", "status", "pipeline", "variables"]})
-        if obj is None:
-            return [main]
+        if obj is None:  # the project is chosen once, when the program is made
+            return [(None, {"fields": ["name", "project", "description", "status", "pipeline", "variables"]})]
         facts = (
             "State",
-            {"fields": ["version", "input_fields", "active_result_link", "created_at", "updated_at"]},
+            {
+                "fields": [
+                    "project",
+                    "version",
+                    "input_fields",
+                    "active_result_link",
+                    "created_at",
+                    "updated_at",
+                ]
+            },
         )
         return [main, facts]
 
@@ -343,12 +354,15 @@ class ProgramAdmin(admin.ModelAdmin):
                 versions=versions[:HISTORY_ROWS],
                 more_versions=len(versions) > HISTORY_ROWS,
                 can_restore=self.has_change_permission(request, program),
-                can_run=program.is_runnable and request.user.has_perm(RUN),
+                can_run=program.is_runnable
+                and request.user.has_perm(RUN)
+                and access.allows(request.user, program.project_id, RUN),
             )
         return super().change_view(request, object_id, form_url, extra_context=context)
 
     def _program(self, request: HttpRequest, pk: Any) -> CognitiveProgram:
-        program = get_object_or_404(CognitiveProgram.objects.select_related("active_result"), pk=pk)
+        # The user's projects only: another project's program is a 404, as a missing one.
+        program = get_object_or_404(self.get_queryset(request).select_related("active_result"), pk=pk)
         if not self.has_view_permission(request, program):
             raise PermissionDenied
         return program
@@ -429,7 +443,7 @@ class ProgramAdmin(admin.ModelAdmin):
     def run_view(self, request: HttpRequest, pk: Any) -> HttpResponse:
         """Run the program on one input in this request and show output, trace and cost."""
         program = self._program(request, pk)
-        if not request.user.has_perm(RUN):
+        if not request.user.has_perm(RUN) or not access.allows(request.user, program.project_id, RUN):
             raise PermissionDenied
         problems = program.spec_errors()
         initial = _rerun_initial(program, request.GET.get("from"))
@@ -512,12 +526,13 @@ def _claim_version(program: CognitiveProgram, user: Any) -> None:
 
 
 @admin.register(ProgramVersion)
-class ProgramVersionAdmin(ReadOnlyAdmin):
+class ProgramVersionAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
     """Read-only: versions are snapshots written by the program's save()."""
 
+    project_path = "program__project"
     list_display = ["program", "version", "created_by", "created_at"]
     list_select_related = ["program", "created_by"]
-    list_filter = ["program"]
+    list_filter = [("program", VisibleRelatedFilter)]
     search_fields = ["program__name"]
 
 
@@ -534,11 +549,11 @@ class DocumentInline(admin.TabularInline):
 
 
 @admin.register(Corpus)
-class CorpusAdmin(admin.ModelAdmin):
+class CorpusAdmin(ProjectScopedAdmin):
     """Corpora for Retrieve steps; saving queues embedding of new and changed documents."""
 
-    list_display = ["name", "status", "embedded", "total", "embedding_model", "updated_at"]
-    list_filter = ["status"]
+    list_display = ["name", "project", "status", "embedded", "total", "embedding_model", "updated_at"]
+    list_filter = ["status", ("project", VisibleRelatedFilter)]
     search_fields = ["name"]
     readonly_fields = ["status", "embedded", "total", "error"]
     inlines = [DocumentInline]
@@ -564,8 +579,9 @@ class CorpusAdmin(admin.ModelAdmin):
 
 
 @admin.register(Document)
-class DocumentAdmin(admin.ModelAdmin):
+class DocumentAdmin(ProjectScopedAdmin):
+    project_path = "corpus__project"
     list_display = ["external_id", "corpus", "updated_at"]
-    list_filter = ["corpus"]
+    list_filter = [("corpus", VisibleRelatedFilter)]
     search_fields = ["external_id", "text"]
     readonly_fields = ["embedded_hash"]

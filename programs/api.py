@@ -22,6 +22,8 @@ from monitoring import audit
 from programs.filters import ProgramFilter
 from programs.models import CognitiveProgram
 from programs.serializers import ExecuteSerializer, ProgramSerializer
+from projects import access
+from projects.api import ProjectScoped
 
 AUDITED_FIELDS = ("name", "description", "pipeline", "variables", "status")
 
@@ -30,7 +32,7 @@ def snapshot(program: CognitiveProgram) -> dict[str, Any]:
     return {field: getattr(program, field) for field in AUDITED_FIELDS} | {"version": program.version}
 
 
-class ProgramViewSet(viewsets.ModelViewSet):
+class ProgramViewSet(ProjectScoped, viewsets.ModelViewSet):
     queryset = CognitiveProgram.objects.all()
     serializer_class = ProgramSerializer
     filterset_class = ProgramFilter
@@ -82,6 +84,10 @@ class ProgramViewSet(viewsets.ModelViewSet):
             program = runner.runnable_program(pk)
         except CognitiveProgram.DoesNotExist:
             raise Http404 from None
+        # Another project's program is a 404, as a missing one (RolePermission; the roles are
+        # cached per process, so this reads nothing when warm).
+        if not access.sees(request.user, program.program.project_id):
+            raise Http404
         self.check_object_permissions(request, program.program)
         data = execute_body(request.data)
         args = (program, data["input"], data["variables"])

@@ -17,6 +17,7 @@ from monitoring import audit
 from programs import retrieval
 from programs.models import Corpus
 from programs.tasks import embed_corpus
+from projects.api import ProjectOwned, ProjectScoped
 
 
 class DocumentRowSerializer(serializers.Serializer):
@@ -29,16 +30,26 @@ class DocumentsSerializer(serializers.Serializer):
     documents = DocumentRowSerializer(many=True, allow_empty=False)
 
 
-class CorpusSerializer(serializers.ModelSerializer):
+class CorpusSerializer(ProjectOwned):
     documents = serializers.IntegerField(source="total", read_only=True)
 
     class Meta:
         model = Corpus
-        fields = ["id", "name", "description", "embedding_model", "status", "documents", "embedded", "error"]
+        fields = [
+            "id",
+            "name",
+            "project",
+            "description",
+            "embedding_model",
+            "status",
+            "documents",
+            "embedded",
+            "error",
+        ]
         read_only_fields = ["status", "embedded", "error"]
 
 
-class CorpusViewSet(viewsets.ModelViewSet):
+class CorpusViewSet(ProjectScoped, viewsets.ModelViewSet):
     queryset = Corpus.objects.all()
     serializer_class = CorpusSerializer
     filterset_fields = ["name", "status"]

@@ -8,6 +8,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import models, transaction
 
 from programs.spec import SpecError, validate_program
+from projects.models import default_project_id
 
 
 class CognitiveProgram(models.Model):
@@ -25,6 +26,13 @@ class CognitiveProgram(models.Model):
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
     name = models.CharField(max_length=255, unique=True)
+    project = models.ForeignKey(
+        "projects.Project",
+        on_delete=models.PROTECT,
+        related_name="programs",
+        default=default_project_id,
+        help_text='The project it belongs to (README, "Projects").',
+    )
     description = models.TextField(blank=True)
     pipeline = models.JSONField()
     variables = models.JSONField(default=dict, blank=True)
@@ -138,6 +146,13 @@ class Corpus(models.Model):
         FAILED = "failed"
 
     name = models.SlugField(max_length=100, unique=True)
+    project = models.ForeignKey(
+        "projects.Project",
+        on_delete=models.PROTECT,
+        related_name="corpora",
+        default=default_project_id,
+        help_text='The project it belongs to (README, "Projects").',
+    )
     description = models.TextField(blank=True)
     embedding_model = models.CharField(max_length=200, blank=True, help_text="Empty: DSPEX_EMBEDDING_MODEL.")
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.EMPTY)

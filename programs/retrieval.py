@@ -7,7 +7,9 @@ it when the corpus changes (its `updated_at`, bumped by every indexing pass).
 
 import hashlib
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, cast
 
 import numpy as np
@@ -89,9 +91,28 @@ class _Matrix:
 _matrices: dict[str, _Matrix] = {}
 _lock = threading.Lock()
 
+# The program whose run is searching: its Retrieve steps see the corpora of its project only.
+_running_program: ContextVar[Any] = ContextVar("retrieval_program", default=None)
+
+
+@contextmanager
+def for_program(program_id: Any) -> Iterator[None]:
+    """`with for_program(id): ...` around a program's run (executions, optimizations): a
+    `Retrieve` step naming a corpus of another project finds none ("does not exist"). Costs
+    nothing unless a step searches (one join then, in the query that finds the corpus)."""
+    token = _running_program.set(program_id)
+    try:
+        yield
+    finally:
+        _running_program.reset(token)
+
 
 def _matrix(name: str) -> _Matrix:
-    row = Corpus.objects.filter(name=name).values("id", "updated_at", "embedding_model").first()
+    corpora = Corpus.objects.filter(name=name)
+    program_id = _running_program.get()
+    if program_id is not None:
+        corpora = corpora.filter(project__programs__id=program_id)
+    row = corpora.values("id", "updated_at", "embedding_model").first()
     if row is None:
         raise PipelineRuntimeError("retrieve", f"corpus {name!r} does not exist")
     cached = _matrices.get(name)

@@ -7,9 +7,10 @@ from rest_framework import serializers
 from dspex_site.api.serializers import StrictSerializer
 from programs.models import CognitiveProgram
 from programs.spec import ProgramSpecError, program_input_fields, program_output_fields, validate_program
+from projects.api import ProjectOwned
 
 
-class ProgramSerializer(serializers.ModelSerializer):
+class ProgramSerializer(ProjectOwned):
     """A program. Pipeline and variables are validated as a whole; errors carry JSON paths."""
 
     input_fields = serializers.SerializerMethodField()
@@ -22,6 +23,7 @@ class ProgramSerializer(serializers.ModelSerializer):
         fields = [
             "id",
             "name",
+            "project",
             "description",
             "pipeline",
             "variables",

@@ -4,9 +4,11 @@ Every actor is an API client plus the set of access kinds its role grants (`READ
 `EDIT`, as `dspex_site.permissions.required_permission` classifies requests). Tests ask
 `actor.may(kind)` instead of naming roles, so a new kind of caller is one more entry in
 `ROLES` (a project-scoped API key with `grants={READ}`, say), and every test parametrized over
-`ACTOR_NAMES` covers it at once. A future dimension that depends on the object as well as the
-caller (a key of project B must not see project A's rows) belongs on `Actor` too: a method
-such as `sees(obj)` next to `may(kind)`, consulted by the same tests.
+`ACTOR_NAMES` covers it at once. The actors with a role are members of the `default` project
+(where the factories put rows) with their group's role, as the projects data migration makes
+existing users. The dimension that depends on the object as well as the caller is `stranger()`:
+an admin of another project, for whom every row of `default` must not exist
+(`test_another_project_cannot_read_run_change_or_detect` in tests/api/cases.py).
 """
 
 from collections.abc import Callable, Iterator, Mapping
@@ -16,9 +18,17 @@ from typing import Any
 from django.contrib.auth.models import Group, Permission
 from rest_framework.test import APIClient
 
-from tests.factories import OperatorFactory, SuperuserFactory, TokenFactory, UserFactory, ViewerFactory
+from tests.factories import (
+    MembershipFactory,
+    OperatorFactory,
+    ProjectFactory,
+    SuperuserFactory,
+    TokenFactory,
+    UserFactory,
+    ViewerFactory,
+)
 
-READ, RUN, EDIT = "read", "run", "edit"
+READ, RUN, EDIT, MANAGE = "read", "run", "edit", "manage"
 
 
 @dataclass(frozen=True)
@@ -38,19 +48,42 @@ def runner(**fields: Any) -> Any:
             content_type__app_label="programs", codename__in=["view_cognitiveprogram", "run_cognitiveprogram"]
         )
     )
-    return UserFactory(groups=[group.name], **fields)
+    user = UserFactory(groups=[group.name], **fields)
+    # An operator of the project by role, capped by the group to reading and running.
+    MembershipFactory(user=user, role="operator")
+    return user
+
+
+def project_admin(**fields: Any) -> Any:
+    """An Operators member who is an admin of the project: also manages its members."""
+    user = UserFactory(groups=["Operators"], **fields)
+    MembershipFactory(user=user, role="admin")
+    return user
+
+
+def stranger() -> "Actor":
+    """An Operators member and admin of another project only: may do every kind of request
+    there, and must see nothing of `default`'s."""
+    user = UserFactory(username="stranger", groups=["Operators"])
+    MembershipFactory(user=user, project=ProjectFactory(name="elsewhere"), role="admin")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {TokenFactory(user=user).key}")
+    return Actor("stranger", user, client, frozenset({READ, RUN, EDIT, MANAGE}))
 
 
 ROLES: dict[str, Role] = {
     "anonymous": Role(None),
     "bad_token": Role(None, credentials="Token not-a-token"),
-    # Authenticated, in no group: refused everywhere.
+    # Authenticated, in no group and no project: refused everywhere.
     "outsider": Role(UserFactory),
-    # The API client with limited rights: reads only.
+    # The role actors are members of the `default` project, where the factories put rows, with
+    # the role of their group (as the data migration makes them). The API client with limited
+    # rights: reads only.
     "viewer": Role(ViewerFactory, frozenset({READ})),
     "runner": Role(runner, frozenset({READ, RUN})),
     "operator": Role(OperatorFactory, frozenset({READ, RUN, EDIT})),
-    "superuser": Role(SuperuserFactory, frozenset({READ, RUN, EDIT})),
+    "project_admin": Role(project_admin, frozenset({READ, RUN, EDIT, MANAGE})),
+    "superuser": Role(SuperuserFactory, frozenset({READ, RUN, EDIT, MANAGE})),
 }
 ACTOR_NAMES = list(ROLES)
 REFUSED_CODES = {"anonymous": "not_authenticated", "bad_token": "authentication_failed"}

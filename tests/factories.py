@@ -10,6 +10,8 @@ imported from production code, so factories never pull the execution path into a
     ExecutionFactory(program=p, finished=True, trace=[lm_entry()])  # metrics summed from the trace
     DatasetFactory(examples=3)                      # with three examples
     OperatorFactory(), ViewerFactory(), UserFactory()  # role members (UserFactory: no role)
+    OperatorFactory(project=ProjectFactory(name="b"))  # an operator of project b only
+    ProgramFactory(project=project_b)               # rows go to the `default` project unless given
 """
 
 from typing import Any
@@ -29,10 +31,49 @@ from optimization.models import (
     OptimizationSchedule,
 )
 from programs.models import CognitiveProgram, Corpus, Document, ProgramVersion
+from projects.models import DEFAULT_PROJECT, Membership, Project
 
 QA_PIPELINE = {"signature": "question -> answer"}
 
-# --- people -----------------------------------------------------------------------------------
+# --- people and projects ----------------------------------------------------------------------
+
+
+class ProjectFactory(factory.django.DjangoModelFactory):
+    """`ProjectFactory(name="team-b")`; rows built without a project go to `default`."""
+
+    class Meta:
+        model = Project
+        django_get_or_create = ("name",)
+
+    name = factory.Sequence(lambda n: f"project-{n}")
+
+
+def default_project() -> Project:
+    return ProjectFactory(name=DEFAULT_PROJECT)
+
+
+def _member(role: str | None) -> factory.PostGeneration:
+    """Membership of a project with `role` (`project=<Project>` instead of `default`), as the
+    data migration gives the members of the role's group."""
+
+    def join(user: Any, create: bool, project: Any, **kwargs: Any) -> None:
+        if not create or role is None:
+            return
+        Membership.objects.update_or_create(
+            user=user, project=project or default_project(), defaults={"role": role}
+        )
+
+    return factory.PostGeneration(join)
+
+
+class MembershipFactory(factory.django.DjangoModelFactory):
+    class Meta:
+        model = Membership
+        django_get_or_create = ("user", "project")
+
+    user = factory.SubFactory("tests.factories.UserFactory")
+    project = factory.LazyFunction(default_project)
+    role = Membership.Role.OPERATOR
 
 
 def _role(group: str | None) -> factory.PostGeneration:
@@ -62,17 +103,20 @@ class UserFactory(factory.django.DjangoModelFactory):
 
 
 class OperatorFactory(UserFactory):
-    """A member of Operators: reads, runs and edits."""
+    """A member of Operators and an operator of the `default` project (`project=<Project>`
+    for another): reads, runs and edits there."""
 
     username = factory.Sequence(lambda n: f"operator{n}")
     groups = _role("Operators")
+    project = _member(Membership.Role.OPERATOR)
 
 
 class ViewerFactory(UserFactory):
-    """A member of Viewers: reads only."""
+    """A member of Viewers and a viewer of the `default` project (`project=` for another): reads only."""
 
     username = factory.Sequence(lambda n: f"viewer{n}")
     groups = _role("Viewers")
+    project = _member(Membership.Role.VIEWER)
 
 
 class SuperuserFactory(UserFactory):

@@ -19,10 +19,17 @@ gets the success status and its effect; any other is refused as the API refuses 
 without credentials, 403 `permission_denied` with them) and nothing in the database changes.
 List endpoints also check that their number of queries does not grow with their rows (N+1).
 
+Every class also runs `test_another_project_cannot_read_run_change_or_detect`: an operator of
+another project (`tests.actors.stranger`) gets, for each operation the class covers on a row of
+the `default` project, exactly the answer an id that does not exist gets (404; for a create
+whose body references the row, the same 400), lists without the row, and nothing changed.
+
 `operations()` says which (method, path) pairs a class covers; tests/api/test_endpoints.py
 fails when the URL resolver has an `/api/v1/` operation that no class covers.
 """
 
+import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -32,10 +39,18 @@ from django.db import connection
 from django.forms.models import model_to_dict
 from django.test.utils import CaptureQueriesContext
 
-from tests.actors import EDIT, READ, Actor
+from tests.actors import EDIT, READ, Actor, stranger
 
 # Apps whose rows a refused request must leave untouched (plus beat entries, which schedules write).
-WATCHED_APPS = ("programs", "executions", "optimization", "caching", "monitoring", "django_celery_beat")
+WATCHED_APPS = (
+    "projects",
+    "programs",
+    "executions",
+    "optimization",
+    "caching",
+    "monitoring",
+    "django_celery_beat",
+)
 
 Body = dict[str, Any] | Callable[[Any, Any], dict[str, Any] | None] | None
 
@@ -110,10 +125,136 @@ class Endpoint:
         covered |= {(a.method, a.path) for a in cls.actions}
         return covered
 
+    def test_another_project_cannot_read_run_change_or_detect(self) -> None:
+        outsider = stranger()
+        for method, path, body_of, target in self._row_operations():
+            obj = target(self)
+            if not _has_project(obj):
+                continue  # site-wide (caches, providers): nothing of a project's to hide
+            body = body_of(self, obj) if callable(body_of) else body_of
+            missing = _missing_like(obj)
+            before = database_state(obj)
+            real = send(outsider.client, method, self.url(path, obj), body, "json", **self._params(path))
+            absent = send(
+                outsider.client, method, self.url(path, missing), body, "json", **self._params(path)
+            )
+            label = f"{method} {path}"
+            assert real.status_code == 404, (label, real.status_code, real.content[:300])
+            assert _text(real, str(obj.pk)) == _text(absent, str(missing.pk)), (label, real.content[:300])
+            assert database_state(obj) == before, f"{label} by another project changed rows"
+        if isinstance(self, APIViewTestCases.ListObjects):
+            made = str(self.make_object().pk)
+            response = outsider.client.get(self.list_path)
+            assert response.status_code == 200, response.content
+            assert made not in {str(row["id"]) for row in response.json()["results"]}
+        if isinstance(self, APIViewTestCases.CreateObject):
+            self._create_as_stranger(outsider)
+
+    def _params(self, path: str) -> dict[str, Any]:
+        return next((a.params for a in self.actions if a.path == path), {})
+
+    def _row_operations(self) -> list[tuple[str, str, Body, Callable[[Any], Any]]]:
+        """(method, path, body, target) of every covered operation on one row."""
+        make = type(self).make_object
+        rows: list[tuple[str, str, Body, Callable[[Any], Any]]] = []
+        if isinstance(self, APIViewTestCases.GetObject):
+            rows.append(("GET", self.detail_path, None, make))
+        if isinstance(self, APIViewTestCases.UpdateObject):
+            rows.append(("PATCH", self.detail_path, dict(self.update_data), make))
+        if isinstance(self, APIViewTestCases.ReplaceObject):
+            rows.append(("PUT", self.detail_path, lambda case, obj: case.replace_data(obj), make))
+        if isinstance(self, APIViewTestCases.DeleteObject):
+            rows.append(("DELETE", self.detail_path, None, make))
+        for action in self.actions:
+            rows.append((action.method, action.path, action.body, action.target or make))
+        return rows
+
+    def _create_as_stranger(self, outsider: Actor) -> None:
+        """A create whose body names rows of `default` answers as if they did not exist; one that
+        names none creates in the stranger's own project."""
+        assert isinstance(self, APIViewTestCases.CreateObject)
+        body = self.creation_body()
+        swapped, replaced = _swap_row_ids(body)
+        before = database_state()
+        if replaced:
+            absent = outsider.client.post(self.list_path, swapped, format="json")
+            real = outsider.client.post(self.list_path, body, format="json")
+            assert real.status_code == absent.status_code == 400, (real.content[:300], absent.content[:300])
+            text = real.content.decode()
+            for real_id, fake_id in replaced.items():
+                text = text.replace(real_id, fake_id)
+            assert json.loads(text) == absent.json(), (real.content[:300], absent.content[:300])
+            assert database_state() == before, "a create naming another project's rows changed rows"
+            return
+        response = outsider.client.post(self.list_path, body, format="json")
+        if response.status_code < 300:
+            model = self.factory._meta.model
+            row = model._default_manager.get(pk=response.json()["id"])
+            assert _project_id(row) in {m.project_id for m in outsider.user.memberships.all()}
+
     @staticmethod
     def assert_refused_and_unchanged(actor: Actor, response: Any, obj: Any, before: tuple) -> None:
         actor.assert_refused(response)
         assert database_state(obj) == before, "a refused request changed rows"
+
+
+def _project_id(obj: Any) -> Any:
+    from projects.access import project_id_of
+
+    return project_id_of(obj)
+
+
+def _has_project(obj: Any) -> bool:
+    return hasattr(obj, "_meta") and _project_id(obj) is not None
+
+
+class _Missing:
+    """A stand-in for a row that does not exist: the same kind of id, no row."""
+
+    def __init__(self, pk: Any) -> None:
+        self.pk = pk
+
+
+def _missing_like(obj: Any) -> _Missing:
+    if isinstance(obj.pk, int):
+        return _Missing(
+            type(obj)._default_manager.order_by("-pk").values_list("pk", flat=True).first() + 1000
+        )
+    return _Missing(uuid.uuid4())
+
+
+def _text(response: Any, pk: str) -> tuple[int, Any]:
+    """Status and body, with the requested id taken out (a 404 may name what it did not find)."""
+    text = response.content.decode().replace(pk, "<id>")
+    try:
+        return response.status_code, json.loads(text)
+    except ValueError:
+        return response.status_code, text
+
+
+def _swap_row_ids(body: dict[str, Any]) -> tuple[dict[str, Any], dict[str, str]]:
+    """`body` with every top-level value that is the id of a row of a watched app replaced by a
+    fresh id, and {real: fake} of the replacements."""
+    swapped, replaced = dict(body), {}
+    for key, value in body.items():
+        if not isinstance(value, str):
+            continue
+        try:
+            uuid.UUID(value)
+        except ValueError:
+            continue
+        for app in WATCHED_APPS:
+            if any(m._default_manager.filter(pk=value).exists() for m in _uuid_models(app)):
+                fake = str(uuid.uuid4())
+                swapped[key], replaced[value] = fake, fake
+                break
+    return swapped, replaced
+
+
+def _uuid_models(app: str) -> list[Any]:
+    from django.db import models
+
+    return [m for m in apps.get_app_config(app).get_models() if isinstance(m._meta.pk, models.UUIDField)]
 
 
 class APIViewTestCases:
@@ -158,6 +299,9 @@ class APIViewTestCases:
                 assert client.get(self.list_path).status_code == 200
             for _ in range(10):
                 self.make_object()
+            # Warm again: making rows may evict per-process caches (a new project's memberships
+            # evict its members' roles), which is their job, not a query per row.
+            assert client.get(self.list_path).status_code == 200
             with CaptureQueriesContext(connection) as many:
                 assert client.get(self.list_path).status_code == 200
             assert len(many) == len(few), f"{len(few)} queries for 2 rows, {len(many)} for 12:\n" + "\n".join(

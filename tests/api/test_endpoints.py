@@ -13,7 +13,8 @@ from drf_spectacular.generators import EndpointEnumerator
 
 from executions.models import CognitiveExecution
 from optimization.models import OptimizationRun
-from tests.actors import EDIT, READ, RUN
+from projects.models import Membership
+from tests.actors import EDIT, MANAGE, READ, RUN
 from tests.api.cases import Action, APIViewTestCases, Endpoint
 from tests.factories import (
     BatchFactory,
@@ -24,6 +25,9 @@ from tests.factories import (
     OptimizationRunFactory,
     OptimizationScheduleFactory,
     ProgramFactory,
+    ProjectFactory,
+    UserFactory,
+    default_project,
 )
 
 pytestmark = pytest.mark.django_db
@@ -236,6 +240,39 @@ class TestSchedules(APIViewTestCases.APIViewTestCase, APIViewTestCases.ReplaceOb
             "metric": "exact_match",
             "interval_s": 1800,
         }
+
+
+class TestProjects(
+    APIViewTestCases.GetObject,
+    APIViewTestCases.ListObjects,
+    APIViewTestCases.CreateObject,
+    APIViewTestCases.Actions,
+):
+    list_path, detail_path = "/api/v1/projects/", "/api/v1/projects/{pk}/"
+    factory = ProjectFactory
+    create_kind = MANAGE
+    create_data = {"name": "team-b"}
+
+    def make_object(self) -> Any:
+        """A project the actors belong to with the roles they have in `default`."""
+        project = ProjectFactory()
+        for member in Membership.objects.filter(project=default_project()):
+            Membership.objects.create(user_id=member.user_id, project=project, role=member.role)
+        return project
+
+    actions = [
+        Action(
+            "members",
+            "POST",
+            "/api/v1/projects/{pk}/members/",
+            MANAGE,
+            201,
+            body=lambda case, obj: {"user": UserFactory().username, "role": "viewer"},
+            check=lambda case, obj, response: Membership.objects.get(
+                project=obj, user__username=response.json()["user"], role="viewer"
+            ),
+        )
+    ]
 
 
 class TestCacheStats(APIViewTestCases.Actions):

@@ -2,6 +2,7 @@
 (their embedding calls go through the gateway: budget, cost, trace), the warmer, and embedding
 on the embeddings queue by a real worker."""
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -81,6 +82,23 @@ def test_a_retrieve_step_feeds_the_answer_step(api, make_program, handbook):
     assert body["status"] == "succeeded", body
     step = next(e for e in body["trace"] if e["kind"] == "module" and e["step"] == "retrieve")
     assert len(step["outputs"]["passages"]) == 2 and "Maria Lopez" in step["outputs"]["passages"][0]
+
+
+def test_a_retrieve_step_finds_no_corpus_of_another_project(api, make_program, handbook):
+    """Corpus names are site-wide, but a program's Retrieve steps search its project's corpora
+    only: another project's corpus "does not exist" for it."""
+    from tests.factories import ProjectFactory
+
+    program = make_program(
+        name="elsewhere-qa", pipeline=RETRIEVE_AND_ANSWER, project=ProjectFactory(name="b")
+    )
+    body = api.post(
+        f"/api/v1/programs/{program.id}/execute/",
+        {"input": {"question": "Who founded Acme Tasks?"}, "wait": True},
+        format="json",
+    ).json()
+    assert body["status"] == "failed", body
+    assert "corpus 'handbook' does not exist" in json.dumps(body["error"]), body["error"]
 
 
 def test_the_warmer_embeds_new_and_changed_documents_only(handbook):

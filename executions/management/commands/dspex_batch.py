@@ -15,7 +15,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 from tqdm import tqdm
 
-from dspex_site.commands import domain_errors_as_command_errors
+from dspex_site.commands import add_project_argument, domain_errors_as_command_errors, in_project
 from executions import batches, runner
 from executions.models import CognitiveExecution
 from programs.models import CognitiveProgram
@@ -26,6 +26,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("program", help="program name or id")
+        add_project_argument(parser)
         parser.add_argument("inputs", help="JSONL file, one input object per line ('-' for stdin)")
         parser.add_argument("-o", "--output", required=True, help="results JSONL file ('-' for stdout)")
         parser.add_argument("--concurrency", type=int, default=None)
@@ -35,7 +36,7 @@ class Command(BaseCommand):
         parser.add_argument("--timeout", type=float, default=0, help="give up after this many seconds")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        program = self._program(options["program"])
+        program = self._program(options["program"], options.get("project"))
         # Bytes in, decoded per line by parse_jsonl: a file that is not UTF-8 is a clear error.
         with domain_errors_as_command_errors():
             if options["inputs"] == "-":
@@ -58,11 +59,12 @@ class Command(BaseCommand):
             self._follow(batch, options["timeout"])
         self._write(batch, options["output"])
 
-    def _program(self, ref: str) -> CognitiveProgram:
-        program = CognitiveProgram.objects.filter(name=ref).first()
+    def _program(self, ref: str, project: str | None = None) -> CognitiveProgram:
+        programs = in_project(CognitiveProgram.objects.all(), project)
+        program = programs.filter(name=ref).first()
         if program is None:
             try:
-                program = CognitiveProgram.objects.filter(id=ref).first()
+                program = programs.filter(id=ref).first()
             except Exception:  # not a UUID
                 program = None
         if program is None:

@@ -5,7 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from dspex_site.commands import domain_errors_as_command_errors
+from dspex_site.commands import add_project_argument, domain_errors_as_command_errors, project_named
 from dspex_site.errors import decode_text
 from optimization import datasets
 from optimization.models import Dataset
@@ -19,6 +19,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("dataset", help="Dataset name (created if it does not exist).")
         parser.add_argument("path")
+        add_project_argument(parser, creates=True)
         parser.add_argument("--format", choices=["jsonl", "csv"], help="Default: from the file extension.")
         parser.add_argument("--outputs", default="", help="CSV: comma-separated output columns.")
         parser.add_argument("--replace", action="store_true", help="Replace the dataset's examples.")
@@ -35,7 +36,10 @@ class Command(BaseCommand):
             for error in exc.errors[:100]:
                 self.stderr.write(f"row {error.row}: {error.path or '(row)'}: {error.message}")
             raise CommandError(str(exc)) from exc
-        target, created = Dataset.objects.get_or_create(name=dataset)
+        project = project_named(options.get("project"))
+        target, created = Dataset.objects.get_or_create(name=dataset, defaults={"project": project})
+        if target.project_id != project.pk:
+            raise CommandError(f"Dataset '{dataset}' belongs to another project, not '{project.name}'.")
         count = datasets.import_rows(target, rows, replace=options["replace"])
         verb = "Created" if created else "Updated"
         self.stdout.write(

@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 
-from dspex_site.commands import domain_errors_as_command_errors
+from dspex_site.commands import add_project_argument, domain_errors_as_command_errors, in_project
 from optimization import runner
 from optimization.models import Dataset, OptimizationRun
 from optimization.optimizers import OPTIMIZERS
@@ -32,6 +32,7 @@ class Command(BaseCommand):
         parser.add_argument("program", help="Program name or id.")
         parser.add_argument("--optimizer", required=True, choices=OPTIMIZERS)
         parser.add_argument("--dataset", required=True, help="Dataset name or id.")
+        add_project_argument(parser)
         parser.add_argument("--metric", default="exact_match", help='A name or JSON {"name": ...}.')
         parser.add_argument("--config", default="{}", help="Optimizer config as JSON.")
         parser.add_argument("--split", default="{}", help='e.g. {"dev_fraction": 0.3, "seed": 0}')
@@ -40,8 +41,9 @@ class Command(BaseCommand):
         parser.add_argument("--inline", action="store_true", help="Run in this process instead of a worker.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        program = self.lookup(CognitiveProgram, options["program"])
-        dataset = self.lookup(Dataset, options["dataset"])
+        program = self.lookup(CognitiveProgram, options["program"], options.get("project"))
+        # The program's project: a run never mixes one project's program with another's data.
+        dataset = self.lookup(Dataset, options["dataset"], program.project.name)
         metric = options["metric"]
         metric = json.loads(metric) if metric.startswith("{") else metric
         with domain_errors_as_command_errors(), transaction.atomic():
@@ -90,11 +92,12 @@ class Command(BaseCommand):
             raise CommandError(run.message or str(run.error))
 
     @staticmethod
-    def lookup(model: Any, key: str) -> Any:
-        found = model.objects.filter(name=key).first()
+    def lookup(model: Any, key: str, project: str | None = None) -> Any:
+        rows = in_project(model.objects.all(), project)
+        found = rows.filter(name=key).first()
         if found is None:
             try:
-                found = model.objects.filter(id=key).first()
+                found = rows.filter(id=key).first()
             except Exception:
                 found = None
         if found is None:

@@ -1,4 +1,5 @@
-"""`manage.py dspex_create_operator <username>`: a console login in the Operators group."""
+"""`manage.py dspex_create_operator <username> [--project <name>]`: a console login in the Operators
+group and an operator of the project (`default` unless given)."""
 
 import secrets
 import sys
@@ -14,6 +15,8 @@ from rest_framework.authtoken.models import Token
 
 from dspex_site.roles import OPERATORS
 from monitoring import audit
+from projects import access
+from projects.models import Membership, Project
 
 
 class Command(BaseCommand):
@@ -29,9 +32,21 @@ class Command(BaseCommand):
             "--password-stdin", action="store_true", help="read the password from standard input"
         )
         parser.add_argument("--token", action="store_true", help="also issue an API token (printed once)")
+        parser.add_argument(
+            "--project",
+            default=None,
+            help="the project they operate (default: `default`, created if missing)",
+        )
 
     def handle(
-        self, *args: Any, username: str, email: str, password_stdin: bool, token: bool, **options: Any
+        self,
+        *args: Any,
+        username: str,
+        email: str,
+        password_stdin: bool,
+        token: bool,
+        project: str | None = None,
+        **options: Any,
     ) -> None:
         user_model = get_user_model()
         username = username.strip()
@@ -41,6 +56,10 @@ class Command(BaseCommand):
             raise CommandError(f"Invalid username '{username}': {' '.join(exc.messages)}") from exc
         if not username:
             raise CommandError("The username must not be empty.")
+        try:
+            target = access.resolve(project)
+        except Project.DoesNotExist as exc:
+            raise CommandError(str(exc)) from exc
         group = Group.objects.filter(name=OPERATORS).first()
         if group is None:
             raise CommandError(f"The '{OPERATORS}' group does not exist: run `manage.py migrate` first.")
@@ -56,14 +75,24 @@ class Command(BaseCommand):
             user.set_password(password)
             user.save()
             user.groups.add(group)
+            Membership.objects.create(user=user, project=target, role=Membership.Role.OPERATOR)
             key = Token.objects.create(user=user).key if token else None
             audit.record(
                 "create_operator",
                 user,
                 channel="command",
-                changes={"username": username, "groups": [OPERATORS], "token_issued": bool(key)},
+                changes={
+                    "username": username,
+                    "groups": [OPERATORS],
+                    "project": target.name,
+                    "token_issued": bool(key),
+                },
             )
-        self.stdout.write(self.style.SUCCESS(f"Operator '{username}' created (group {OPERATORS})."))
+        self.stdout.write(
+            self.style.SUCCESS(
+                f"Operator '{username}' created (group {OPERATORS}, operator of {target.name})."
+            )
+        )
         if not password_stdin:
             self.stdout.write(f"  password : {password}   (shown once)")
         if key:

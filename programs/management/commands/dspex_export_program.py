@@ -7,22 +7,25 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
+from dspex_site.commands import add_project_argument, in_project
 from monitoring import audit
 from programs.models import CognitiveProgram
 
 FORMAT = "dspex-program/1"
 
 
-def find_program(ref: str) -> CognitiveProgram:
-    """A program by name or id; a clear CommandError when there is none."""
-    queryset = CognitiveProgram.objects.select_related("active_result")
+def find_program(ref: str, project: str | None = None) -> CognitiveProgram:
+    """A program by name or id (in the project named `project`, if given); a clear
+    CommandError when there is none."""
+    queryset = in_project(CognitiveProgram.objects.select_related("active_result"), project)
     try:
         found = queryset.filter(id=uuid.UUID(ref)).first()
     except ValueError:
         found = None
     found = found or queryset.filter(name=ref).first()
     if found is None:
-        raise CommandError(f"No program named or with id '{ref}'.")
+        where = f" in project '{project}'" if project else ""
+        raise CommandError(f"No program named or with id '{ref}'{where}.")
     return found
 
 
@@ -59,9 +62,10 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("program", help="program name or id")
         parser.add_argument("-o", "--output", help="write to this file instead of standard output")
+        add_project_argument(parser)
 
     def handle(self, *args: Any, program: str, output: str | None, **options: Any) -> None:
-        found = find_program(program)
+        found = find_program(program, options.get("project"))
         text = json.dumps(export_program(found), indent=2, ensure_ascii=False) + "\n"
         if output:
             try:

@@ -8,7 +8,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
-from dspex_site.commands import domain_errors_as_command_errors
+from dspex_site.commands import add_project_argument, domain_errors_as_command_errors, project_named
 from dspex_site.errors import decode_text
 from monitoring import audit
 from optimization.models import OptimizationResult
@@ -77,6 +77,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("file", help="the export file, or - to read standard input")
         parser.add_argument("--name", help="import under this name instead of the exported one")
+        add_project_argument(parser, creates=True)
 
     def handle(self, *args: Any, file: str, name: str | None, **options: Any) -> None:
         document = read_document(file)
@@ -91,15 +92,18 @@ class Command(BaseCommand):
                 raise CommandError(
                     f"A program named '{document['name']}' already exists; import it as another with --name."
                 )
-            program = self.create(document, active)
+            program = self.create(document, active, project_named(options.get("project")))
         self.stdout.write(
             self.style.SUCCESS(f"Imported '{program.name}' v{program.version} as {program.id}")
             + (" with its active optimization." if active else ".")
         )
 
-    def create(self, document: dict[str, Any], active: dict[str, Any] | None) -> CognitiveProgram:
+    def create(
+        self, document: dict[str, Any], active: dict[str, Any] | None, project: Any
+    ) -> CognitiveProgram:
         program = CognitiveProgram(
             name=document["name"],
+            project=project,
             description=document.get("description") or "",
             status=document["status"],
             pipeline=document["pipeline"],

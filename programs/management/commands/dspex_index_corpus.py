@@ -10,7 +10,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from dspex_site.commands import domain_errors_as_command_errors
+from dspex_site.commands import add_project_argument, domain_errors_as_command_errors, project_named
 from dspex_site.errors import decode_text
 from monitoring import audit
 from programs.models import Corpus
@@ -26,10 +26,16 @@ class Command(BaseCommand):
         parser.add_argument("path", type=Path)
         parser.add_argument("--model", default="", help="Embedding model (default: DSPEX_EMBEDDING_MODEL).")
         parser.add_argument("--queue", action="store_true", help="Embed on the embeddings queue instead.")
+        add_project_argument(parser, creates=True)
 
     def handle(self, *args: Any, name: str, path: Path, model: str, queue: bool, **options: Any) -> None:
         rows = self.read(path)
-        corpus, created = Corpus.objects.get_or_create(name=name, defaults={"embedding_model": model})
+        project = project_named(options.get("project"))
+        corpus, created = Corpus.objects.get_or_create(
+            name=name, defaults={"embedding_model": model, "project": project}
+        )
+        if corpus.project_id != project.pk:
+            raise CommandError(f"Corpus '{name}' belongs to another project, not '{project.name}'.")
         count = load_documents(corpus, rows)
         audit.record("create" if created else "update", corpus, channel="cli", changes={"documents": count})
         self.stdout.write(f"{count} documents loaded into corpus {name!r}.")

@@ -9,7 +9,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from dspex_site.commands import domain_errors_as_command_errors
+from dspex_site.commands import add_project_argument, domain_errors_as_command_errors
 from dspex_site.display import money
 from dspex_site.errors import decode_text
 from executions import runner
@@ -74,6 +74,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("program", help="program name or id")
+        add_project_argument(parser)
         parser.add_argument(
             "--input", required=True, metavar="JSON|@FILE", help="input object, @file.json or @file.jsonl"
         )
@@ -86,7 +87,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
-        program = find_program(options["program"])
+        program = find_program(options["program"], options.get("project"))
         inputs = parse_inputs(options["input"])
         variables = parse_vars(options["var"])
         executions = []
