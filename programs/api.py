@@ -119,7 +119,11 @@ def execute_body(data: Any) -> dict[str, Any]:
         and data.get("input") is not None
         and data.keys() <= _EXECUTE_FIELDS.keys()
         and all(type(data[name]) is bool for name in _BOOLEANS & data.keys())
-        and all(data[name] in choices for name, choices in _CHOICES.items() if name in data)
+        and all(
+            type(data[name]) is str and data[name] in choices
+            for name, choices in _CHOICES.items()
+            if name in data
+        )
         and data.get("variables", {}) is not None
     ):
         return {
