@@ -202,3 +202,21 @@ def setup_program(name: str) -> tuple[str, str]:
         name=name, defaults={"pipeline": {"signature": "question -> answer"}, "status": "active"}
     )
     return token.key, str(program.id)
+
+
+def start(cmd: list[str], env: dict, log: Path | None = None) -> subprocess.Popen:
+    """A benchmark's server process, from the repository root, its output to `log` (or nowhere)."""
+    out = log.open("w") if log else subprocess.DEVNULL
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop_all(procs: "dict[str, subprocess.Popen]") -> None:
+    """Stop every process a benchmark started: terminate all, then wait (killing what hangs)."""
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()

@@ -36,15 +36,10 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dspex_site.settings")
 os.environ.setdefault("DJANGO_SECRET_KEY", "bench-" + "k" * 50)
 os.environ.setdefault("DJANGO_HTTPS", "0")  # plain http on 127.0.0.1
 
-from bench.common import free_port, server_env, setup_program, wait_http  # noqa: E402
+from bench.common import free_port, server_env, setup_program, start, stop_all, wait_http  # noqa: E402
 
 MB = 1024 * 1024
 AIM_GROWTH, AIM_MB = 5.0, 200
-
-
-def start(cmd: list[str], env: dict, log: Path | None = None) -> subprocess.Popen:
-    out = log.open("w") if log else subprocess.DEVNULL
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
 class Sampler:
@@ -156,14 +151,7 @@ def main() -> None:
         wait_http(f"http://127.0.0.1:{web_port}/health/live", timeout=90)
         run(args, procs, token, program_id, web_port)
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

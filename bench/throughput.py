@@ -39,7 +39,7 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "bench-" + "k" * 50)
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("DJANGO_HTTPS", "0")  # plain http on 127.0.0.1
 
-from bench.common import BackendCPU, free_port, server_env, wait_http  # noqa: E402
+from bench.common import BackendCPU, free_port, server_env, setup_program, start, stop_all, wait_http  # noqa: E402
 
 
 def cpu_s(procs: list[psutil.Process]) -> float:
@@ -59,29 +59,8 @@ def tree(pid: int) -> list[psutil.Process]:
 
 
 def setup(redis_url: str) -> tuple[str, str]:
-    import django
-
     os.environ["REDIS_URL"] = redis_url
-    django.setup()
-    from django.contrib.auth import get_user_model
-    from django.core.management import call_command
-    from rest_framework.authtoken.models import Token
-
-    from programs.models import CognitiveProgram
-
-    call_command("migrate", verbosity=0)
-    user, _ = get_user_model().objects.get_or_create(username="bench", defaults={"is_superuser": True})
-    token, _ = Token.objects.get_or_create(user=user)
-    program, _ = CognitiveProgram.objects.update_or_create(
-        name="bench-throughput-qa",
-        defaults={"pipeline": {"signature": "question -> answer"}, "status": "active"},
-    )
-    return token.key, str(program.id)
-
-
-def start(cmd: list[str], env: dict, log: Path | None = None) -> subprocess.Popen:
-    out = log.open("w") if log else subprocess.DEVNULL
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
+    return setup_program("bench-throughput-qa")
 
 
 def main() -> None:
@@ -173,14 +152,7 @@ def main() -> None:
         else:
             run(args, procs, token, program_id, web_port)
     finally:
-        for proc in procs.values():
-            if proc.poll() is None:
-                proc.terminate()
-        for proc in procs.values():
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_all(procs)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
