@@ -220,3 +220,91 @@ def stop_all(procs: "dict[str, subprocess.Popen]") -> None:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def start_stack(
+    tmp: Path,
+    program: str,
+    *,
+    web_workers: int,
+    web_threads: int,
+    workers: int,
+    pool: str,
+    concurrency: int,
+    latency_ms: float,
+    worker_name: str,
+) -> tuple["dict[str, subprocess.Popen]", dict, str, str, int]:
+    """The background benchmarks' deployment on loopback: a private redis-server (broker and
+    caches), `simlm` with `latency_ms`, gunicorn (gthread) and `workers` Celery workers on
+    `llm_calls,priority`; program `program` set up in the bench database. Returns the processes
+    (for `stop_all`), the servers' environment, the API token, the program id and the web port,
+    once simlm and the web answer (exits with simlm's log if it does not start)."""
+    redis_port, sim_port, web_port = free_port(), free_port(), free_port()
+    redis_url = f"redis://127.0.0.1:{redis_port}/0"
+    os.environ["REDIS_URL"] = redis_url
+    procs: dict[str, subprocess.Popen] = {}
+    redis_cmd = [
+        "redis-server",
+        "--port",
+        str(redis_port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--dir",
+        str(tmp),
+    ]
+    procs["redis"] = start(redis_cmd, {})
+    token, program_id = setup_program(program)
+    env = server_env(
+        f"http://127.0.0.1:{sim_port}/v1", "openai/sim-default", REDIS_URL=redis_url, LOG_JSON="0"
+    )
+    py = sys.executable
+    sim = [
+        "manage.py",
+        "simlm",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(sim_port),
+        "--latency-ms",
+        str(latency_ms),
+    ]
+    procs["simlm"] = start([py, *sim], env, tmp / "simlm.log")
+    web = [
+        "-b",
+        f"127.0.0.1:{web_port}",
+        "-w",
+        str(web_workers),
+        "-k",
+        "gthread",
+        "--threads",
+        str(web_threads),
+    ]
+    procs["web"] = start([py, "-m", "gunicorn", "dspex_site.wsgi", *web], env)
+    worker = ["-P", pool, "-c", str(concurrency), "-l", "WARNING", "-Q", "llm_calls,priority"]
+    quiet = ["--without-mingle", "--without-gossip", "--without-heartbeat"]
+    for i in range(workers):
+        command = [
+            py,
+            "-m",
+            "celery",
+            "-A",
+            "dspex_site",
+            "worker",
+            *worker,
+            "-n",
+            f"{worker_name}{i}@%h",
+            *quiet,
+        ]
+        procs[f"worker {i}"] = start(command, env, tmp / f"worker{i}.log")
+    try:
+        try:
+            wait_http(f"http://127.0.0.1:{sim_port}/health", timeout=90)
+        except RuntimeError:
+            sys.exit("simlm did not start: " + (tmp / "simlm.log").read_text()[-2000:])
+        wait_http(f"http://127.0.0.1:{web_port}/health/live", timeout=90)
+    except BaseException:
+        stop_all(procs)
+        raise
+    return procs, env, token, program_id, web_port

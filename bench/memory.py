@@ -36,7 +36,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dspex_site.settings")
 os.environ.setdefault("DJANGO_SECRET_KEY", "bench-" + "k" * 50)
 os.environ.setdefault("DJANGO_HTTPS", "0")  # plain http on 127.0.0.1
 
-from bench.common import free_port, server_env, setup_program, start, stop_all, wait_http  # noqa: E402
+from bench.common import start_stack, stop_all  # noqa: E402
 
 MB = 1024 * 1024
 AIM_GROWTH, AIM_MB = 5.0, 200
@@ -105,50 +105,19 @@ def main() -> None:
     if problem:
         sys.exit(problem)
     tmp = Path(tempfile.mkdtemp(prefix="dspex-memory-"))
-    redis_port, sim_port, web_port = free_port(), free_port(), free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
-    os.environ["REDIS_URL"] = redis_url
     procs: dict[str, subprocess.Popen] = {}
-    procs["redis"] = start(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp)],
-        {},
-    )
-    token, program_id = setup_program("bench-memory-qa")
-    env = server_env(
-        f"http://127.0.0.1:{sim_port}/v1", "openai/sim-default", REDIS_URL=redis_url, LOG_JSON="0"
-    )
-    py = sys.executable
-    sim = [
-        "manage.py",
-        "simlm",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(sim_port),
-        "--latency-ms",
-        str(args.latency_ms),
-    ]
-    procs["simlm"] = start([py, *sim], env, tmp / "simlm.log")
-    web = ["-w", str(args.web_workers), "-k", "gthread", "--threads", str(args.web_threads)]
-    procs["web"] = start([py, "-m", "gunicorn", "dspex_site.wsgi", "-b", f"127.0.0.1:{web_port}", *web], env)
-    for i in range(args.workers):
-        worker = [
-            "-P",
-            "threads",
-            "-c",
-            str(args.concurrency),
-            "-Q",
-            "llm_calls,priority",
-            "-n",
-            f"mem{i}@%h",
-        ]
-        quiet = ["-l", "WARNING", "--without-mingle", "--without-gossip", "--without-heartbeat"]
-        procs[f"worker {i}"] = start(
-            [py, "-m", "celery", "-A", "dspex_site", "worker", *worker, *quiet], env, tmp / f"worker{i}.log"
-        )
     try:
-        wait_http(f"http://127.0.0.1:{sim_port}/health", timeout=90)
-        wait_http(f"http://127.0.0.1:{web_port}/health/live", timeout=90)
+        procs, _env, token, program_id, web_port = start_stack(
+            tmp,
+            "bench-memory-qa",
+            web_workers=args.web_workers,
+            web_threads=args.web_threads,
+            workers=args.workers,
+            pool="threads",
+            concurrency=args.concurrency,
+            latency_ms=args.latency_ms,
+            worker_name="mem",
+        )
         run(args, procs, token, program_id, web_port)
     finally:
         stop_all(procs)

@@ -39,7 +39,7 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "bench-" + "k" * 50)
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("DJANGO_HTTPS", "0")  # plain http on 127.0.0.1
 
-from bench.common import BackendCPU, free_port, server_env, setup_program, start, stop_all, wait_http  # noqa: E402
+from bench.common import BackendCPU, start_stack, stop_all  # noqa: E402
 
 
 def cpu_s(procs: list[psutil.Process]) -> float:
@@ -56,11 +56,6 @@ def cpu_s(procs: list[psutil.Process]) -> float:
 def tree(pid: int) -> list[psutil.Process]:
     parent = psutil.Process(pid)
     return [parent, *parent.children(recursive=True)]
-
-
-def setup(redis_url: str) -> tuple[str, str]:
-    os.environ["REDIS_URL"] = redis_url
-    return setup_program("bench-throughput-qa")
 
 
 def main() -> None:
@@ -89,64 +84,20 @@ def main() -> None:
     if problem:
         sys.exit(problem)
     tmp = Path(tempfile.mkdtemp(prefix="dspex-bench-"))
-    redis_port, sim_port, web_port = free_port(), free_port(), free_port()
-    redis_url = f"redis://127.0.0.1:{redis_port}/0"
     procs: dict[str, subprocess.Popen] = {}
-    procs["redis"] = start(
-        ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp)],
-        {},
-    )
-    token, program_id = setup(redis_url)
-    env = server_env(
-        f"http://127.0.0.1:{sim_port}/v1", "openai/sim-default", REDIS_URL=redis_url, LOG_JSON="0"
-    )
-    py = sys.executable
-    procs["simlm"] = start(
-        [
-            py,
-            "manage.py",
-            "simlm",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(sim_port),
-            "--latency-ms",
-            str(args.latency_ms),
-        ],
-        env,
-        tmp / "simlm.log",
-    )
-    web_args = ["-w", str(args.web_workers), "--threads", str(args.web_threads)]
-    worker_args = ["-P", args.pool, "-c", str(args.concurrency), "-l", "WARNING", "-Q", "llm_calls,priority"]
-    quiet = ["--without-mingle", "--without-gossip", "--without-heartbeat"]
-    procs["web"] = start(
-        [py, "-m", "gunicorn", "dspex_site.wsgi", "-b", f"127.0.0.1:{web_port}", "-k", "gthread", *web_args],
-        env,
-    )
-    # Profiling runs both halves in this process: a worker would take the tasks it publishes.
-    for i in range(0 if args.profile else args.workers):
-        procs[f"worker{i}"] = start(
-            [
-                py,
-                "-m",
-                "celery",
-                "-A",
-                "dspex_site",
-                "worker",
-                *worker_args,
-                "-n",
-                f"bench{i}@%h",
-                *quiet,
-            ],
-            env,
-            tmp / f"worker{i}.log",
-        )
     try:
-        try:
-            wait_http(f"http://127.0.0.1:{sim_port}/health", timeout=90)
-        except RuntimeError:
-            sys.exit("simlm did not start: " + (tmp / "simlm.log").read_text()[-2000:])
-        wait_http(f"http://127.0.0.1:{web_port}/health/live", timeout=90)
+        # Profiling runs both halves in this process: a worker would take the tasks it publishes.
+        procs, env, token, program_id, web_port = start_stack(
+            tmp,
+            "bench-throughput-qa",
+            web_workers=args.web_workers,
+            web_threads=args.web_threads,
+            workers=0 if args.profile else args.workers,
+            pool=args.pool,
+            concurrency=args.concurrency,
+            latency_ms=args.latency_ms,
+            worker_name="bench",
+        )
         if args.profile:
             profile(args.profile, program_id, env, args.profile_out)
         else:
