@@ -48,13 +48,13 @@ def setup_django_objects() -> tuple[str, str]:
     django.setup()
     from django.contrib.auth import get_user_model
     from django.core.management import call_command
-    from rest_framework.authtoken.models import Token
 
     from programs.models import CognitiveProgram
+    from projects import keys
 
     call_command("migrate", verbosity=0)  # the database itself is created by main()
     user, _ = get_user_model().objects.get_or_create(username="bench", defaults={"is_superuser": True})
-    token, _ = Token.objects.get_or_create(user=user)
+    token = keys.issue(name="bench", user=user)  # a fresh key per run: only its digest is stored
     program, _ = CognitiveProgram.objects.update_or_create(
         name="bench-sync-qa", defaults={"pipeline": {"signature": "question -> answer"}, "status": "active"}
     )

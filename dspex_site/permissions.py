@@ -13,20 +13,28 @@ Two checks, in DRF's two places:
 
 Site groups (Viewers, Operators, a site's own with the same permissions) cap the roles of the
 users who have any (projects.access): a Viewers member is read-only in every project.
+
+A request with an API key also needs the key's scope for the endpoint (`required_scope`), which
+follows the request's kind: `read` for every read; `execute` to run (execute, batches, cancelling
+executions and batches); `optimize` to start or cancel optimization runs; `admin` for every change
+of stored objects (programs, datasets, corpora, schedules, applying a result, rollback, caches,
+projects, members, keys). Refused with 403
+`scope_required` before any object is looked at; a key bound to a project sees nothing else
+(projects.access), so another project's object is still a 404.
 """
 
 import logging
 import time
 from typing import Any
 
-from rest_framework.exceptions import NotFound
+from rest_framework.exceptions import NotFound, PermissionDenied
 from rest_framework.permissions import SAFE_METHODS, BasePermission
 from rest_framework.request import Request
 from rest_framework.throttling import UserRateThrottle
 
 from dspex_site.roles import EDIT, READ, RUN
 from dspex_site.shared_redis import FailOpenRedis
-from projects import access
+from projects import access, keys
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +42,9 @@ logger = logging.getLogger(__name__)
 RUN_ACTIONS = {"execute", "cancel"}
 RUN_VIEWS = {"OptimizeView"}
 RUN_BASENAMES = {"batch"}
+# Of the RUN requests, those of the `optimize` scope (the rest are `execute`).
+OPTIMIZE_VIEWS = {"OptimizeView"}
+OPTIMIZE_BASENAMES = {"optimization"}
 
 
 def required_permission(request: Request, view: Any) -> str:
@@ -52,6 +63,38 @@ def required_permission(request: Request, view: Any) -> str:
     return EDIT
 
 
+def required_scope(request: Request, view: Any) -> str:
+    """The API key scope a request needs (see the module docstring)."""
+    declared = getattr(view, "required_scopes", {}).get(getattr(view, "action", None))
+    if declared is not None:
+        return declared
+    kind = required_permission(request, view)
+    if kind == READ:
+        return "read"
+    if kind != RUN:
+        return "admin"
+    if type(view).__name__ in OPTIMIZE_VIEWS or getattr(view, "basename", None) in OPTIMIZE_BASENAMES:
+        return "optimize"
+    return "execute"
+
+
+def check_scope(request: Request, view: Any) -> None:
+    key = keys.key_of(request)
+    if key is None:
+        return
+    scope = required_scope(request, view)
+    if scope not in key.scopes:
+        raise ScopeRequired(scope, key.scopes)
+
+
+class ScopeRequired(PermissionDenied):
+    def __init__(self, scope: str, scopes: list[str]) -> None:
+        super().__init__(
+            f"This API key's scopes ({', '.join(scopes)}) do not include `{scope}`, which this needs.",
+            code="scope_required",
+        )
+
+
 class RolePermission(BasePermission):
     """Authenticated, holding the request's kind in some project, and, for an object, in its
     project (404 when the object's project is not the user's)."""
@@ -64,6 +107,7 @@ class RolePermission(BasePermission):
         user = request.user
         if not user or not user.is_authenticated:
             return False
+        check_scope(request, view)
         return access.allows_somewhere(user, required_permission(request, view))
 
     def has_object_permission(self, request: Request, view: Any, obj: Any) -> bool:
@@ -92,7 +136,7 @@ return {1, previous, current}
 
 
 class TokenRateThrottle(UserRateThrottle):
-    """Requests per authenticated user (one DRF token each) in a sliding window, counted in the
+    """Requests per API key (or per user, for console sessions) in a sliding window, counted in the
     default cache's Redis in one round trip (`_SLIDING_WINDOW`); `Retry-After` says when the
     next request would pass. Without Redis (the embedded mode's in-process cache) DRF's own
     throttle counts. Fails open: a Redis outage must not turn every API call into a 500 (the
@@ -103,6 +147,13 @@ class TokenRateThrottle(UserRateThrottle):
     _wait: float | None = None
     num_requests: int  # set by DRF's __init__ from the rate
     duration: int
+
+    def get_cache_key(self, request: Request, view: Any) -> str | None:
+        """Per API key (each key its own allowance; a user's keys do not share one), else per user."""
+        key = keys.key_of(request)
+        if key is not None:
+            return self.cache_format % {"scope": self.scope, "ident": f"key{key.pk}"}
+        return super().get_cache_key(request, view)
 
     def allow_request(self, request: Request, view: Any) -> bool:
         if self.rate is None:

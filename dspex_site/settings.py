@@ -46,7 +46,6 @@ INSTALLED_APPS = [
     "django_prometheus",
     "corsheaders",
     "rest_framework",
-    "rest_framework.authtoken",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -211,7 +210,7 @@ if DEBUG:
 # --- REST API -------------------------------------------------------------------------------
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "dspex_site.authentication.TokenAuthentication",
+        "dspex_site.authentication.KeyAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     # Viewers read, operators run and edit, superusers everything (dspex_site/permissions.py).

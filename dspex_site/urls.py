@@ -20,7 +20,7 @@ from optimization.api import (
 )
 from programs.api import ProgramViewSet
 from programs.corpus_api import CorpusViewSet
-from projects.api import ProjectViewSet
+from projects.api import KeyViewSet, ProjectViewSet
 
 router = DefaultRouter()
 router.register("programs", ProgramViewSet, basename="program")
@@ -32,6 +32,7 @@ router.register("optimizations", RunViewSet, basename="optimization")
 router.register("optimization-results", ResultViewSet, basename="optimization-result")
 router.register("schedules", ScheduleViewSet, basename="schedule")
 router.register("projects", ProjectViewSet, basename="project")
+router.register("keys", KeyViewSet, basename="key")
 
 urlpatterns = [
     path("admin/dashboards/", include(dashboards.urls())),

@@ -24,6 +24,7 @@ from programs.models import CognitiveProgram
 from programs.spec import ProgramSpecError, SpecError
 from programs.spec.inputs import check_inputs
 from programs.spec.validate import analyze
+from projects import keys
 
 logger = logging.getLogger(__name__)
 Status = CognitiveExecution.Status
@@ -88,13 +89,14 @@ def create_batch(
 ) -> Batch:
     """Validate and store a batch with one pending execution per input; dispatch on commit
     (unless the caller runs the items itself: `dspex_batch --in-process`)."""
-    run = prepare_run(program, variables, use_cache)
+    run = prepare_run(program, variables, use_cache, api_key=keys.key_of_user(user))
     cleaned = validate_batch_inputs(program, inputs)
     owner = user if getattr(user, "is_authenticated", False) else None
     with transaction.atomic():
         batch = Batch.objects.create(
             program=program,
             created_by=owner,
+            api_key=keys.key_of_user(owner),
             total=len(cleaned),
             concurrency=concurrency or settings.DSPEX_BATCH_CONCURRENCY,
             priority=priority,

@@ -179,6 +179,15 @@ class CognitiveExecution(Job):
         related_name="+",
         db_index=False,
     )
+    api_key = models.ForeignKey(
+        "projects.ApiKey",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+        help_text="The API key the request came with: work it queued checks it again when it runs",
+    )
     created_at = models.DateTimeField(default=timezone.now)
     # Background runs: `queued_at` is when the last task message was published (null: a batch
     # item not dispatched yet); `errors` keeps every failed attempt, `error` only the final one.
@@ -329,6 +338,15 @@ class Batch(models.Model):
     program = models.ForeignKey("programs.CognitiveProgram", on_delete=models.CASCADE, related_name="batches")
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    api_key = models.ForeignKey(
+        "projects.ApiKey",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+        help_text="The API key the request came with: work it queued checks it again when it runs",
     )
     created_at = models.DateTimeField(default=timezone.now)
     cancelled_at = models.DateTimeField(null=True, blank=True)

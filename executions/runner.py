@@ -26,7 +26,7 @@ from dspex_site.local_cache import LocalCache
 from executions import answers
 from executions.models import CognitiveExecution
 from executions.tracing import ExecutionCancelled, TraceRecorder
-from llm import budgets, gateway, resilience
+from llm import budgets, gateway, quotas, resilience
 from llm.errors import RATE_LIMIT, TRANSIENT, Failure, classify
 from monitoring import telemetry
 from monitoring.logs import log_context
@@ -39,6 +39,7 @@ from programs.spec import (
     input_checker,
     resolve_variables,
 )
+from projects import keys
 
 if TYPE_CHECKING:
     from executions.models import ClaimedExecution
@@ -159,7 +160,7 @@ def _new_execution(
 ) -> CognitiveExecution:
     """A validated, unsaved pending execution (what `create_execution` stores)."""
     runnable = RunnableProgram.of(program)
-    run = prepare_run(runnable, variables, use_cache)
+    run = prepare_run(runnable, variables, use_cache, api_key=keys.key_of_user(user))
     cleaned = runnable.check_input(input_data)
     return run.execution(cleaned, priority=priority, user=user, queued_at=timezone.now(), **fields)
 
@@ -259,11 +260,12 @@ class RunSettings:
             priority=priority,
             use_cache=self.use_cache,
             created_by=user if getattr(user, "is_authenticated", False) else None,
+            api_key=keys.key_of_user(user),
             **fields,
         )
 
 
-def prepare_run(program: Program, variables: Any, use_cache: bool) -> RunSettings:
+def prepare_run(program: Program, variables: Any, use_cache: bool, api_key: Any = None) -> RunSettings:
     """What every new execution of a program needs before it is stored, one or a batch of them:
     the program may run now (not archived, a valid spec, within its spend limits), its variable
     values, and whether its policy lets it use the LLM cache."""
@@ -281,7 +283,12 @@ def prepare_run(program: Program, variables: Any, use_cache: bool) -> RunSetting
     # overrides still win.
     resolved = resolve_variables(program.variables, {**runnable.tuned_variables, **(variables or {})})
     # Spend limits (llm.budgets): refuse new work with `budget_exceeded` (HTTP 402) once reached.
-    budgets.check(providers=runnable.providers, program_id=program.id)
+    key_id = api_key.pk if api_key is not None else None
+    budgets.check(
+        providers=runnable.providers, program_id=program.id, project_id=program.project_id, key_id=key_id
+    )
+    # The project's and key's per-minute limits (llm.quotas): 429 `rate_limited` once reached.
+    quotas.check(program.project_id, key_id)
     return RunSettings(program, resolved, use_cache and runnable.llm_cache)
 
 
@@ -374,6 +381,8 @@ def _run_claimed(
         holding = heartbeat.hold(execution)
         answer, key = None, None
         try:
+            if known_key is _UNSET:  # queued (run_now's key was checked by this very request)
+                keys.check(execution.api_key_id)
             key = known_key if known_key is not _UNSET else answer_key(execution)
             answer = answers.lookup(key) if key is not None else None
             output = answer["output"] if answer is not None else _run(execution, recorder, kind)
@@ -408,7 +417,12 @@ def _run(execution: CognitiveExecution, recorder: TraceRecorder, kind: str) -> d
     # history lists and every prediction to `settings.trace`, all of which only grow in a
     # long-lived worker. The program is marked for its budget.
     with (
-        resilience.traffic(kind, program_id=execution.program_id),
+        resilience.traffic(
+            kind,
+            program_id=execution.program_id,
+            project_id=runnable_program(execution.program_id).program.project_id,
+            key_id=execution.api_key_id,
+        ),
         retrieval.for_program(execution.program_id),
         dspy.context(callbacks=[recorder], disable_history=True, trace=[]),
     ):

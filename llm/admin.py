@@ -12,7 +12,7 @@ from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.views.decorators.http import require_http_methods
 
-from dspex_site.roles import is_operator
+from dspex_site.roles import EDIT, is_operator
 from llm import budgets, resilience
 from llm import providers as provider_info
 from llm.models import Budget
@@ -77,26 +77,70 @@ def urls() -> list:
 
 @admin.register(Budget)
 class BudgetAdmin(admin.ModelAdmin):
-    list_display = ("scope", "target_label", "daily_limit_usd", "monthly_limit_usd", "enabled", "updated_at")
+    list_display = (
+        "scope",
+        "target_label",
+        "daily_limit_usd",
+        "monthly_limit_usd",
+        "requests_per_minute",
+        "tokens_per_minute",
+        "enabled",
+        "updated_at",
+    )
     list_filter = ("scope", "enabled")
     autocomplete_fields = ()
     raw_id_fields = ("program",)
+    fields = (
+        "scope",
+        "provider",
+        "program",
+        "project",
+        "api_key",
+        "daily_limit_usd",
+        "monthly_limit_usd",
+        "enabled",
+    )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
-        """Provider budgets are site-wide (every operator sees them, as before); a program's
-        budget belongs to the program's project."""
-        queryset = super().get_queryset(request)
-        if access.visible_ids(request.user) is None:
+        """Provider budgets are site-wide (every operator sees them, as before); a program's,
+        project's or key's budget belongs to that project."""
+        queryset = super().get_queryset(request).select_related("program", "project", "api_key__project")
+        ids = access.visible_ids(request.user)
+        if ids is None:
             return queryset
-        visible = access.visible(queryset, request.user, "program__project")
-        return queryset.filter(Q(scope=Budget.Scope.PROVIDER) | Q(pk__in=visible.values("pk")))
+        return queryset.filter(
+            Q(scope=Budget.Scope.PROVIDER)
+            | Q(program__project_id__in=ids)
+            | Q(project_id__in=ids)
+            | Q(api_key__project_id__in=ids)
+        )
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
+        manager = db_field.related_model._default_manager
         if db_field.name == "program":
-            kwargs["queryset"] = access.visible(
-                db_field.related_model._default_manager.all(), request.user, "project"
-            )
+            kwargs["queryset"] = access.visible(manager.all(), request.user, "project")
+        elif db_field.name == "project":
+            ids = access.visible_ids(request.user)
+            kwargs["queryset"] = manager.all() if ids is None else manager.filter(id__in=ids)
+        elif db_field.name == "api_key":
+            ids = access.visible_ids(request.user)
+            live = manager.filter(revoked_at__isnull=True, project__isnull=False).select_related("project")
+            kwargs["queryset"] = live if ids is None else live.filter(project_id__in=ids)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """A project's budgets are changed by those who may edit in that project (site budgets:
+        as the model permission says)."""
+        if not super().has_change_permission(request, obj):
+            return False
+        project_id = _budget_project(obj) if obj is not None else None
+        return project_id is None or access.allows(request.user, project_id, EDIT)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        if not super().has_delete_permission(request, obj):
+            return False
+        project_id = _budget_project(obj) if obj is not None else None
+        return project_id is None or access.allows(request.user, project_id, EDIT)
 
     def save_model(self, request: HttpRequest, obj: Budget, form: forms.ModelForm, change: bool) -> None:
         super().save_model(request, obj, form, change)
@@ -108,3 +152,13 @@ class BudgetAdmin(admin.ModelAdmin):
             request=request,
             changes={field: str(form.cleaned_data.get(field)) for field in getattr(form, "changed_data", [])},
         )
+
+
+def _budget_project(budget: Budget) -> int | None:
+    if budget.scope == Budget.Scope.PROJECT:
+        return budget.project_id
+    if budget.scope == Budget.Scope.KEY and budget.api_key is not None:
+        return budget.api_key.project_id
+    if budget.scope == Budget.Scope.PROGRAM and budget.program is not None:
+        return budget.program.project_id
+    return None

@@ -8,7 +8,7 @@ class LlmConfig(AppConfig):
     def ready(self) -> None:
         from django.core import checks
 
-        from llm import budgets, gateway, resilience, routing
+        from llm import budgets, gateway, quotas, resilience, routing
         from monitoring import scrape
 
         checks.register(routing.check_settings, checks.Tags.compatibility)
@@ -18,6 +18,11 @@ class LlmConfig(AppConfig):
         # when Prometheus scrapes, so any process answers the same.
         from llm.providers import ProviderCollector
 
-        for collector in (resilience.BreakerCollector(), budgets.BudgetCollector(), ProviderCollector()):
+        for collector in (
+            resilience.BreakerCollector(),
+            budgets.BudgetCollector(),
+            quotas.QuotaCollector(),
+            ProviderCollector(),
+        ):
             if not any(type(c) is type(collector) for c in scrape.EXTRA_COLLECTORS):
                 scrape.EXTRA_COLLECTORS.append(collector)

@@ -1,4 +1,5 @@
-"""Spend limits per provider and per program, daily and monthly (UTC), counted in Redis.
+"""Spend limits per provider, program, project and API key, daily and monthly (UTC), counted in
+Redis.
 
 Every provider call adds its cost to Redis counters (`llm.resilience.Ticket.finish`, in the same
 script that releases the call's admission). `check()` compares them with the limits from
@@ -28,9 +29,9 @@ PERIODS = ("daily", "monthly")
 
 @dataclass(frozen=True)
 class Limit:
-    scope: str  # provider | program
-    target: str  # provider name or program id
-    label: str  # provider name or program name (bounded metric label)
+    scope: str  # provider | program | project | key
+    target: str  # provider name, or program, project or key id
+    label: str  # provider, program or project name, or `project/key name` (bounded metric label)
     period: str  # daily | monthly
     usd: float
 
@@ -49,14 +50,36 @@ class BudgetExceeded(DomainError):
         )
 
 
-_cache: dict[str, Any] = {"at": -1e9, "limits": []}
+_cache: dict[str, Any] = {"at": -1e9, "limits": [], "rates": []}
 _lock = threading.Lock()
 
 
-def _load() -> list[Limit]:
+def _load() -> tuple[list[Limit], list[Any]]:
+    """Spend limits, and the per-minute rate limits of projects and keys (llm.quotas), from
+    `DSPEX_BUDGETS` and the enabled `Budget` rows."""
     from llm.models import Budget  # so importing budgets never needs a ready app registry
+    from llm.quotas import Rate
 
     found: dict[tuple[str, str, str], Limit] = {}
+    rates: dict[tuple[str, str], Rate] = {}
+
+    def add_rate(scope: str, target: str, label: str, rpm: Any, tpm: Any) -> None:
+        """Add a rate limit; when two sources name the same target, the lower of each wins."""
+        if not rpm and not tpm:
+            return
+        known = rates.get((scope, target))
+
+        def lower(given: Any, kept: int | None) -> int | None:
+            values = [int(value) for value in (given, kept) if value]
+            return min(values) if values else None
+
+        rates[(scope, target)] = Rate(
+            scope,
+            target,
+            label,
+            lower(rpm, known.requests_per_minute if known else None),
+            lower(tpm, known.tokens_per_minute if known else None),
+        )
 
     def add(scope: str, target: str, label: str, period: str, usd: Any) -> None:
         if usd is None:
@@ -70,22 +93,46 @@ def _load() -> list[Limit]:
         for target, limits in (config.get(section) or {}).items():
             for period in PERIODS:
                 add(scope, str(target), str(target), period, limits.get(period))
-    rows = Budget.objects.filter(enabled=True).select_related("program")
+    by_name = config.get("projects") or {}
+    if by_name:  # named in settings; counted by id
+        from projects.models import Project
+
+        for project_id, name in Project.objects.filter(name__in=list(by_name)).values_list("id", "name"):
+            for period in PERIODS:
+                add("project", str(project_id), name, period, by_name[name].get(period))
+            add_rate(
+                "project",
+                str(project_id),
+                name,
+                by_name[name].get("requests_per_minute"),
+                by_name[name].get("tokens_per_minute"),
+            )
+    rows = Budget.objects.filter(enabled=True).select_related("program", "project", "api_key__project")
     for row in rows:
         if row.scope == Budget.Scope.PROVIDER:
             target, label = row.provider, row.provider
+        elif row.scope == Budget.Scope.PROJECT:
+            target, label = str(row.project_id), row.target_label
+        elif row.scope == Budget.Scope.KEY:
+            target, label = str(row.api_key_id), row.target_label
         else:
             target, label = str(row.program_id), row.program.name if row.program else str(row.program_id)
         add(row.scope, target, label, "daily", row.daily_limit_usd)
         add(row.scope, target, label, "monthly", row.monthly_limit_usd)
-    return list(found.values())
+        if row.scope in (Budget.Scope.PROJECT, Budget.Scope.KEY):
+            add_rate(row.scope, target, label, row.requests_per_minute, row.tokens_per_minute)
+    return list(found.values()), list(rates.values())
+
+
+def limits_and_rates(refresh: bool = False) -> tuple[list[Limit], list[Any]]:
+    with _lock:
+        if refresh or time.monotonic() - _cache["at"] > REFRESH_S:
+            (_cache["limits"], _cache["rates"]), _cache["at"] = _load(), time.monotonic()
+        return _cache["limits"], _cache["rates"]
 
 
 def limits(refresh: bool = False) -> list[Limit]:
-    with _lock:
-        if refresh or time.monotonic() - _cache["at"] > REFRESH_S:
-            _cache["limits"], _cache["at"] = _load(), time.monotonic()
-        return _cache["limits"]
+    return limits_and_rates(refresh)[0]
 
 
 def invalidate() -> None:
@@ -95,10 +142,7 @@ def invalidate() -> None:
 
 
 def _key(limit: Limit) -> str:
-    keys = resilience.spend_keys(limit.target, None) if limit.scope == "provider" else None
-    if keys is None:
-        keys = resilience.spend_keys("-", limit.target)[2:]
-    return keys[0] if limit.period == "daily" else keys[1]
+    return resilience.spend_key(limit.scope, limit.target, limit.period)
 
 
 def spent(selected: list[Limit]) -> list[float] | None:
@@ -114,14 +158,24 @@ def spent(selected: list[Limit]) -> list[float] | None:
     return [float(v) if v is not None else 0.0 for v in values]
 
 
-def check(*, providers: tuple[str, ...] = (), program_id: Any = None) -> None:
-    """Raise BudgetExceeded if any limit of these providers or this program is reached."""
-    program = str(program_id) if program_id is not None else None
+def check(
+    *, providers: tuple[str, ...] = (), program_id: Any = None, project_id: Any = None, key_id: Any = None
+) -> None:
+    """Raise BudgetExceeded if any limit of these providers, or of this program, project or API
+    key, is reached."""
+    targets = {
+        "program": str(program_id) if program_id is not None else None,
+        "project": str(project_id) if project_id is not None else None,
+        "key": str(key_id) if key_id is not None else None,
+    }
     selected = [
         limit
         for limit in limits()
-        if (limit.scope == "provider" and limit.target in providers)
-        or (limit.scope == "program" and limit.target == program)
+        if (
+            limit.target in providers
+            if limit.scope == "provider"
+            else limit.target == targets.get(limit.scope)
+        )
     ]
     if not selected:
         return

@@ -58,8 +58,9 @@ def classify(exc: BaseException) -> Failure:
             return Failure(RATE_LIMIT, err.reason, message, err.retry_after)
         if isinstance(err, UnknownProvider):
             return Failure(PERMANENT, "unknown_provider", str(err))
-        if isinstance(err, DomainError) and err.code == "budget_exceeded":  # llm.budgets.BudgetExceeded
-            return Failure(PERMANENT, "budget_exceeded", str(err))
+        # llm.budgets.BudgetExceeded; projects.keys.KeyRefused (work queued by a key since revoked)
+        if isinstance(err, DomainError) and err.code in ("budget_exceeded", "key_revoked", "key_expired"):
+            return Failure(PERMANENT, err.code, str(err))
         if isinstance(err, dspy.LMRateLimitError | lm15.RateLimitError):
             return Failure(RATE_LIMIT, "rate_limited", message, _retry_after(err))
         if isinstance(err, dspy.LMServerError | lm15.ServerError):

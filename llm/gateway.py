@@ -30,7 +30,7 @@ from django.conf import settings
 from dspy.lm15 import Request, Response
 
 from caching.llm_cache import install_llm_cache
-from llm import budgets, calllog, embedders, pricing, resilience, routing
+from llm import budgets, calllog, embedders, pricing, quotas, resilience, routing
 from llm.calllog import ProviderCall
 from llm.errors import CONTEXT_WINDOW, TRANSIENT, classify, fallback_reason
 from llm.routing import SAMPLING_KEYS, Route, embedding_key, embedding_route_for, lm_config
@@ -186,7 +186,9 @@ class GatewayEngine:
         """One provider request to one deployment: budget, admission, the request, accounting."""
         # Admission before anything is counted as a request: breaker, rate limits, bulkhead, budget.
         # A refusal raises an AdmissionError (classified like a 429 by llm.errors).
-        budgets.check(providers=(route.provider,), program_id=resilience.current_program())
+        owner = resilience.current_owner()
+        budgets.check(providers=(route.provider,), **owner)
+        counted = quotas.admit(owner)  # the project's and key's per-minute limits
         ticket = resilience.admit(
             route.provider,
             route.endpoint,
@@ -217,6 +219,7 @@ class GatewayEngine:
         ticket.finish(
             failure=None, tokens=call.prompt_tokens + call.completion_tokens, cost_usd=call.cost_usd or 0.0
         )
+        quotas.spend_tokens(counted, call.prompt_tokens + call.completion_tokens)
         self._report(call)
         calllog.note_answer(route.model, route.provider)
         # Tokens first: a span handler closes the request span on llm.request.stop.
@@ -287,7 +290,9 @@ def embed(model: str, texts: list[str]) -> list[list[float]]:
     route = embedding_route_for(model)
     engine = embedders.embedder_for(route, embedding_key(route))
     # Refused before anything is sent, exactly like a chat call.
-    budgets.check(providers=(route.provider,), program_id=resilience.current_program())
+    owner = resilience.current_owner()
+    budgets.check(providers=(route.provider,), **owner)
+    counted = quotas.admit(owner)
     ticket = resilience.admit(route.provider, route.endpoint, kind="embeddings")
     meta = {"provider": route.provider, "model": route.model, "kind": "embedding"}
     telemetry.emit("llm.request.start", {}, meta)
@@ -307,6 +312,7 @@ def embed(model: str, texts: list[str]) -> list[list[float]]:
     call.prompt_tokens = embedded.prompt_tokens
     call.cost_usd = pricing.cost_for_tokens(route.model, call.prompt_tokens)
     ticket.finish(failure=None, tokens=call.prompt_tokens, cost_usd=call.cost_usd or 0.0)
+    quotas.spend_tokens(counted, call.prompt_tokens)
     _report_embedding(call, len(texts))
     telemetry.emit(
         "llm.tokens", {"prompt": call.prompt_tokens, "completion": 0, "cost_usd": call.cost_usd or 0.0}, meta

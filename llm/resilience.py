@@ -105,19 +105,37 @@ class BulkheadFullError(AdmissionError):
 # --- traffic class ------------------------------------------------------------------------------
 _traffic: contextvars.ContextVar[str] = contextvars.ContextVar("dspex_traffic", default=BATCH)
 _program: contextvars.ContextVar[str | None] = contextvars.ContextVar("dspex_program", default=None)
+# (project id, API key id) the calls are made for: their spend counts into those budgets too.
+_owner: contextvars.ContextVar[tuple[str | None, str | None]] = contextvars.ContextVar(
+    "dspex_owner", default=(None, None)
+)
 
 
 @contextlib.contextmanager
-def traffic(kind: str, program_id: Any = None) -> Iterator[None]:
+def traffic(kind: str, program_id: Any = None, project_id: Any = None, key_id: Any = None) -> Iterator[None]:
     """Mark the calls made inside as `interactive`, `batch` or `optimization` traffic (and, for
-    per-program budgets, the program they are made for)."""
+    the per-program, per-project and per-key budgets, whom they are made for)."""
     token = _traffic.set(kind)
     program_token = _program.set(str(program_id) if program_id is not None else _program.get())
+    project, key = _owner.get()
+    owner_token = _owner.set(
+        (
+            str(project_id) if project_id is not None else project,
+            str(key_id) if key_id is not None else key,
+        )
+    )
     try:
         yield
     finally:
+        _owner.reset(owner_token)
         _program.reset(program_token)
         _traffic.reset(token)
+
+
+def current_owner() -> dict[str, str | None]:
+    """Whom the current calls are made for, as `llm.budgets.check` takes it."""
+    project, key = _owner.get()
+    return {"program_id": _program.get(), "project_id": project, "key_id": key}
 
 
 def current_traffic() -> str:
@@ -301,13 +319,28 @@ def _key(name: str, part: str) -> str:
     return f"dspex:res:{name}:{part}"
 
 
-def spend_keys(provider: str, program: str | None, now: float | None = None) -> list[str]:
-    """Redis counters of USD spent today and this month (UTC), per provider and per program."""
+def spend_key(scope: str, target: str, period: str, now: float | None = None) -> str:
+    """The Redis counter of USD spent by `scope` (provider, program, project, key) `target` in the
+    current `period` (daily, monthly; UTC)."""
     stamp = time.gmtime(now if now is not None else time.time())
-    day, month = time.strftime("%Y-%m-%d", stamp), time.strftime("%Y-%m", stamp)
-    keys = [f"dspex:spend:provider:{provider}:d:{day}", f"dspex:spend:provider:{provider}:m:{month}"]
-    if program:
-        keys += [f"dspex:spend:program:{program}:d:{day}", f"dspex:spend:program:{program}:m:{month}"]
+    if period == "daily":
+        return f"dspex:spend:{scope}:{target}:d:{time.strftime('%Y-%m-%d', stamp)}"
+    return f"dspex:spend:{scope}:{target}:m:{time.strftime('%Y-%m', stamp)}"
+
+
+def spend_keys(
+    provider: str,
+    program: str | None,
+    now: float | None = None,
+    project: str | None = None,
+    key: str | None = None,
+) -> list[str]:
+    """Redis counters of USD spent today and this month (UTC), per provider and, when given, per
+    program, project and API key: every call's cost goes into each."""
+    keys = []
+    for scope, target in (("provider", provider), ("program", program), ("project", project), ("key", key)):
+        if target:
+            keys += [spend_key(scope, target, "daily", now), spend_key(scope, target, "monthly", now)]
     return keys
 
 
@@ -340,7 +373,7 @@ class Ticket:
             _key(self.name, "rpm"),
             _key(self.name, "tpm"),
             _key(self.name, f"inflight:{self.pool}"),
-            *spend_keys(self.provider, current_program()),
+            *spend_keys(self.provider, current_program(), project=_owner.get()[0], key=_owner.get()[1]),
         ]
         args = [
             "neutral" if neutral else "failure" if failure is not None else "success",

@@ -1,21 +1,21 @@
-"""Console pages for the audit trail and for API tokens (issued and revoked by superusers, audited)."""
+"""Console pages for the audit trail and for API keys (issued and revoked by superusers, audited)."""
 
 import json
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
-from rest_framework.authtoken.admin import TokenAdmin as DRFTokenAdmin
-from rest_framework.authtoken.models import TokenProxy
 
 from dspex_site.console import ReadOnlyAdmin
 from monitoring import audit
 from monitoring.models import AuditEvent
-from projects import access
+from projects import access, keys
+from projects.models import ApiKey
 
 # Shown, and read-only, on an audit event's page (a tuple: both attributes' stub types accept it).
 _FIELDS = (
@@ -27,6 +27,7 @@ _FIELDS = (
     "object_id",
     "object_repr",
     "channel",
+    "key_prefix",
     "ip",
     "changes_json",
 )
@@ -38,8 +39,8 @@ class AuditEventAdmin(ReadOnlyAdmin):
 
     list_display = ["created_at", "who", "action", "target", "origin", "change"]
     list_filter = ["channel", "action", "object_type", "created_at"]
-    search_fields = ["object_id", "object_repr", "actor_name"]
-    search_help_text = "Object id, object name or username"
+    search_fields = ["object_id", "object_repr", "actor_name", "key_prefix"]
+    search_help_text = "Object id, object name, username or API key prefix"
     list_per_page = 100
     show_full_result_count = False
     fields = _FIELDS
@@ -58,7 +59,10 @@ class AuditEventAdmin(ReadOnlyAdmin):
 
     @admin.display(description="who", ordering="actor_name")
     def who(self, obj: AuditEvent) -> str:
-        return obj.actor_name or "—"
+        name = obj.actor_name or "—"
+        if obj.key_prefix:
+            return format_html('{} <span class="dspex-muted">key {}…</span>', name, obj.key_prefix)
+        return name
 
     @admin.display(description="object", ordering="object_type")
     def target(self, obj: AuditEvent) -> str:
@@ -82,25 +86,42 @@ class AuditEventAdmin(ReadOnlyAdmin):
         return format_html('<pre class="dspex-json">{}</pre>', text)
 
 
-if admin.site.is_registered(TokenProxy):
-    admin.site.unregister(TokenProxy)
+class IssueKeyForm(forms.ModelForm):
+    """Issuing a key in the console: who it acts for (or a project's service key), where, what."""
+
+    scopes = forms.MultipleChoiceField(
+        choices=ApiKey.Scope.choices,
+        initial=list(keys.SCOPES),
+        widget=forms.CheckboxSelectMultiple,
+    )
+
+    class Meta:
+        model = ApiKey
+        fields = ["name", "user", "service", "project", "scopes", "expires_at"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        if data.get("service") and not data.get("project"):
+            self.add_error("project", "A service key belongs to a project.")
+        if not data.get("service") and not data.get("user"):
+            self.add_error("user", "A key acts for a user, or is a project's service key.")
+        return data
 
 
-@admin.register(TokenProxy)
-class TokenAdmin(DRFTokenAdmin):
-    """API tokens: only superusers see, issue or revoke them, and every issue and revoke is audited.
+@admin.register(ApiKey)
+class ApiKeyAdmin(admin.ModelAdmin):
+    """API keys: only superusers see, issue or revoke them here (project admins manage their
+    projects' keys through the API), and every issue and revoke is audited.
 
-    The key is shown in full once, right after it is issued; lists show only its first characters.
-    """
+    The key is shown in full once, right after it is issued; lists show only its prefix. Keys
+    are revoked (the action), never edited or deleted."""
 
-    list_display = ["key_prefix", "user", "created", "revoke_link"]
-    list_select_related = ["user"]
-    list_display_links = None  # nothing to see on a token's own page but its key
-
-    def change_view(
-        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: Any = None
-    ) -> Any:
-        return HttpResponseRedirect(reverse("admin:authtoken_tokenproxy_changelist"))
+    form = IssueKeyForm
+    list_display = ["prefix", "name", "user", "project", "scope_list", "expires_at", "last_used_at", "state"]
+    list_filter = ["project", "service", ("revoked_at", admin.EmptyFieldListFilter)]
+    list_select_related = ["user", "project"]
+    search_fields = ["prefix", "name", "user__username"]
+    actions = ["revoke_keys"]
 
     def has_module_permission(self, request: HttpRequest) -> bool:
         return request.user.is_active and request.user.is_superuser
@@ -112,62 +133,59 @@ class TokenAdmin(DRFTokenAdmin):
         return self.has_module_permission(request)
 
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False  # a token is issued or revoked, never edited
+        return False  # a key is issued or revoked, never edited
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return self.has_module_permission(request)
+        return False  # revoked instead: executions and audit events point at it
 
-    @admin.display(description="")
-    def revoke_link(self, obj: TokenProxy) -> str:
-        url = reverse("admin:authtoken_tokenproxy_delete", args=[obj.user_id])
-        return format_html('<a class="deletelink" href="{}">Revoke</a>', url)
+    @admin.display(description="scopes")
+    def scope_list(self, obj: ApiKey) -> str:
+        return ", ".join(obj.scopes)
 
-    @admin.display(description="key")
-    def key_prefix(self, obj: TokenProxy) -> str:
-        return f"{obj.key[:6]}…"
+    @admin.display(description="state")
+    def state(self, obj: ApiKey) -> str:
+        refused = keys.refusal(obj.revoked_at, obj.expires_at, obj.prefix)
+        return "active" if refused is None else refused.code.removeprefix("key_")
 
-    def save_model(self, request: HttpRequest, obj: TokenProxy, form: Any, change: bool) -> None:
+    def save_model(self, request: HttpRequest, obj: ApiKey, form: Any, change: bool) -> None:
+        data = form.cleaned_data
         with transaction.atomic():
-            super().save_model(request, obj, form, change)
-            audit.record(
-                "issue_token", obj.user, channel="admin", request=request, changes={"user": obj.user.username}
+            issued = keys.issue(
+                name=data["name"],
+                user=data.get("user"),
+                project=data.get("project"),
+                scopes=data["scopes"],
+                expires_at=data.get("expires_at"),
+                service=bool(data.get("service")),
+                created_by=request.user,
             )
-
-    def response_add(self, request: HttpRequest, obj: TokenProxy, post_url_continue: Any = None) -> Any:
-        # Not the default "added" message: it would show the key without saying it is shown once.
-        messages.warning(request, f"API token for {obj.user.username} (shown once, copy it now): {obj.key}")
-        return HttpResponseRedirect(reverse("admin:authtoken_tokenproxy_changelist"))
-
-    # Django's own admin log stores str(token), which is the key: the audit trail records these instead.
-    # The stubs promise the LogEntry written; no caller in Django uses it, and these write none.
-    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> None:  # type: ignore[override]
-        return None
-
-    def log_change(self, request: HttpRequest, obj: Any, message: Any) -> None:  # type: ignore[override]
-        return None
-
-    def log_deletions(self, request: HttpRequest, queryset: Any) -> None:  # type: ignore[override]
-        return None
-
-    def delete_model(self, request: HttpRequest, obj: TokenProxy) -> None:
-        with transaction.atomic():
             audit.record(
-                "revoke_token",
-                obj.user,
+                "issue_key",
+                issued.api_key,
                 channel="admin",
                 request=request,
-                changes={"user": obj.user.username},
+                changes=keys.facts(issued.api_key),
             )
-            super().delete_model(request, obj)
+        self._issued = issued
 
-    def delete_queryset(self, request: HttpRequest, queryset: Any) -> None:
+    def response_add(self, request: HttpRequest, obj: ApiKey, post_url_continue: Any = None) -> Any:
+        # Not the default "added" message: the key is shown here once, and said to be.
+        issued = self._issued
+        messages.warning(request, f"API key {issued.api_key.name} (shown once, copy it now): {issued.key}")
+        return HttpResponseRedirect(reverse("admin:projects_apikey_changelist"))
+
+    @admin.action(description="Revoke the selected keys")
+    def revoke_keys(self, request: HttpRequest, queryset: QuerySet) -> None:
+        revoked = 0
         with transaction.atomic():
-            for token in queryset.select_related("user"):
-                audit.record(
-                    "revoke_token",
-                    token.user,
-                    channel="admin",
-                    request=request,
-                    changes={"user": token.user.username},
-                )
-            super().delete_queryset(request, queryset)
+            for api_key in queryset.select_for_update(of=("self",)):
+                if keys.revoke(api_key):
+                    revoked += 1
+                    audit.record(
+                        "revoke_key", api_key, channel="admin", request=request, changes=keys.facts(api_key)
+                    )
+        messages.success(request, f"Revoked {revoked} key(s); every process refuses them within a second.")
+
+    # Django's own admin log would hold the form's data; the audit trail records these instead.
+    def log_addition(self, request: HttpRequest, obj: Any, message: Any) -> None:  # type: ignore[override]
+        return None

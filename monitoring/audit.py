@@ -51,6 +51,7 @@ def record(
         object_id=str(obj.pk),
         object_repr=str(obj)[:255],
         channel=channel,
+        key_prefix=key.prefix if (key := getattr(user, "api_key", None)) is not None else "",
         ip=client_ip(request),
         changes=changes or {},
         project_id=project_id_of(obj),

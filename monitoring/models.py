@@ -23,6 +23,9 @@ class AuditEvent(models.Model):
     object_id = models.CharField(max_length=64, blank=True)
     object_repr = models.CharField(max_length=255, blank=True)
     channel = models.CharField(max_length=10, choices=Channel.choices)
+    key_prefix = models.CharField(
+        max_length=16, blank=True, help_text="The prefix of the API key the change was made with, if any."
+    )
     ip = models.GenericIPAddressField(null=True, blank=True)
     changes = models.JSONField(default=dict, blank=True)
     project = models.ForeignKey(

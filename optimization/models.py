@@ -167,6 +167,15 @@ class OptimizationRun(Job):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    api_key = models.ForeignKey(
+        "projects.ApiKey",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+        help_text="The API key the request came with: the run checks it again when it starts",
+    )
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = JobQuerySet.as_manager()

@@ -26,6 +26,7 @@ from optimization.progress import CANCELLED, COST_BUDGET, TIME_LIMIT, RunMonitor
 from programs import retrieval
 from programs.models import CognitiveProgram, ProgramVersion
 from programs.spec import ProgramSpecError, StateMismatchError, compile_program
+from projects import keys
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +116,7 @@ def create_run(
         cost_budget_usd=cost_budget_usd,
         schedule=schedule,
         created_by=user if getattr(user, "is_authenticated", False) else None,
+        api_key=keys.key_of_user(user),
     )
 
 
@@ -173,11 +175,17 @@ class Optimization:
         run, monitor = self.run, self.monitor
         baseline: Scored | None = None
         try:
+            keys.check(run.api_key_id)  # revoked or expired since it was queued: refused
             self.prepare()
             # Optimization traffic: its own concurrency pool, and it never takes the rate-limit
             # reserve kept for interactive calls (llm.resilience).
             with (
-                resilience.traffic(resilience.OPTIMIZATION, program_id=run.program_id),
+                resilience.traffic(
+                    resilience.OPTIMIZATION,
+                    program_id=run.program_id,
+                    project_id=run.program.project_id,
+                    key_id=run.api_key_id,
+                ),
                 retrieval.for_program(run.program_id),
                 dspy.context(lm=gateway.lm_for(None), callbacks=[monitor]),
             ):
@@ -192,6 +200,8 @@ class Optimization:
             self.save(baseline, optimized.score, compiled, extra)
         except RunStopped as stop:
             self.stopped(stop.reason, baseline)
+        except keys.KeyRefused as exc:
+            self.fail(exc.code, str(exc))
         except (datasets.DatasetError, metrics.MetricError, RunRequestError, ProgramSpecError) as exc:
             self.fail("invalid", str(exc))
         except Exception as exc:

@@ -15,6 +15,10 @@ What a request may do in a project (`allows`):
 
 An object of a project the user is not a member of does not exist for them: views filter it out
 of their querysets (`visible`) and answer 404, never 403.
+
+A request made with an API key (`projects.keys`: its user carries it as `user.api_key`) is
+narrowed further: to the key's project when it names one (superusers included), and to the kinds
+its scopes grant (`SCOPE_KINDS`; `dspex_site.permissions` checks the exact scope per endpoint).
 """
 
 from collections.abc import Iterable
@@ -33,6 +37,24 @@ ROLE_GRANTS: dict[str, frozenset[str]] = {
     Membership.Role.ADMIN: frozenset({READ, RUN, EDIT, MANAGE}),
 }
 CAPPED = (READ, RUN, EDIT)  # the kinds site groups grant and therefore cap
+# What an API key's scopes let its user do at most (the exact scope per endpoint is checked by
+# dspex_site.permissions.required_scope): `execute` and `optimize` both start paid work.
+SCOPE_KINDS: dict[str, frozenset[str]] = {
+    "read": frozenset({READ}),
+    "execute": frozenset({RUN}),
+    "optimize": frozenset({RUN}),
+    "admin": frozenset({EDIT, MANAGE}),
+}
+
+
+def key_of(user: Any) -> Any:
+    """The API key the user authenticated with in this request, or None."""
+    return getattr(user, "api_key", None)
+
+
+def _key_kinds(key: Any) -> frozenset[str]:
+    return frozenset().union(*(SCOPE_KINDS.get(scope, frozenset()) for scope in key.scopes))
+
 
 _roles: LocalCache[dict[int, str]] = LocalCache("project_roles")
 
@@ -41,9 +63,13 @@ def roles(user: Any) -> dict[int, str]:
     """`{project_id: role}` of the user's memberships (cached per process; see the docstring)."""
     if user is None or not user.is_authenticated:
         return {}
-    return _roles.get(
+    mine = _roles.get(
         user.pk, lambda: dict(Membership.objects.filter(user_id=user.pk).values_list("project_id", "role"))
     )
+    key = key_of(user)
+    if key is not None and key.project_id is not None:
+        return {key.project_id: mine[key.project_id]} if key.project_id in mine else {}
+    return mine
 
 
 def _cap(user: Any) -> frozenset[str] | None:
@@ -56,14 +82,19 @@ def grants(user: Any, project_id: int | None) -> frozenset[str]:
     """The kinds of request (`READ`, `RUN`, `EDIT`, `MANAGE`) the user may make in the project."""
     if user is None or not user.is_authenticated:
         return frozenset()
-    if user.is_superuser:
-        return ROLE_GRANTS[Membership.Role.ADMIN]
-    role = roles(user).get(project_id) if project_id is not None else None
-    if role is None:
+    key = key_of(user)
+    if key is not None and key.project_id is not None and project_id != key.project_id:
         return frozenset()
-    allowed = ROLE_GRANTS[role]
-    cap = _cap(user)
-    return allowed if cap is None else allowed & (cap | {MANAGE})
+    if user.is_superuser:
+        allowed = ROLE_GRANTS[Membership.Role.ADMIN]
+    else:
+        role = roles(user).get(project_id) if project_id is not None else None
+        if role is None:
+            return frozenset()
+        allowed = ROLE_GRANTS[role]
+        cap = _cap(user)
+        allowed = allowed if cap is None else allowed & (cap | {MANAGE})
+    return allowed if key is None else allowed & _key_kinds(key)
 
 
 def allows(user: Any, project_id: int | None, kind: str) -> bool:
@@ -74,15 +105,21 @@ def allows_somewhere(user: Any, kind: str) -> bool:
     """Whether some project of the user's allows `kind` (the view-level check, before any object)."""
     if user is None or not user.is_authenticated:
         return False
+    key = key_of(user)
     if user.is_superuser:
-        return True
+        if key is None:
+            return True
+        if key.project_id is not None:
+            return allows(user, key.project_id, kind)
+        return kind in _key_kinds(key)
     return any(allows(user, project_id, kind) for project_id in roles(user))
 
 
 def visible_ids(user: Any) -> list[int] | None:
     """The ids of the projects the user sees, or None for all of them (superusers)."""
     if getattr(user, "is_superuser", False):
-        return None
+        key = key_of(user)
+        return None if key is None or key.project_id is None else [key.project_id]
     return sorted(roles(user))
 
 
@@ -119,11 +156,14 @@ def project_id_of(obj: Any) -> int | None:
 def current_project(request: Any) -> Project | None:
     """The project a request works in when its body names none.
 
-    Today: the user's only project; else the `default` project if they see it (superusers
-    always do; it is created when missing); else None (the caller must name one). An API key
-    bound to a project will answer here first (issue 15, part two).
+    The project of the API key the request came with, when it names one; else the user's only
+    project; else the `default` project if they see it (superusers always do; it is created when
+    missing); else None (the caller must name one).
     """
     user = getattr(request, "user", None)
+    key = key_of(user)
+    if key is not None and key.project_id is not None:
+        return Project.objects.filter(id=key.project_id).first()
     ids = visible_ids(user)
     if ids is not None and len(ids) == 1:
         return Project.objects.filter(id=ids[0]).first()

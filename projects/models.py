@@ -62,3 +62,51 @@ def default_project_id() -> int:
 
 def forget_default(sender: object = None, **kwargs: object) -> None:
     _default_id.clear()
+
+
+class ApiKey(models.Model):
+    """An API key (README, "API keys"): the secret is shown once, at issue, and stored only as its
+    SHA-256 digest; `prefix` (the key's first characters) tells keys apart in lists, logs and the
+    audit trail. A key acts for its `user` (a person, or a project's service account for service
+    keys), only in `project` when it names one (else in all the user's projects), and only for
+    its `scopes`. Keys are revoked, never deleted: executions and audit events point at them."""
+
+    class Scope(models.TextChoices):
+        READ = "read"
+        EXECUTE = "execute"
+        OPTIMIZE = "optimize"
+        ADMIN = "admin"
+
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(
+        max_length=16, unique=True, help_text="The key's first characters, shown in lists"
+    )
+    digest = models.CharField(
+        max_length=64, unique=True, help_text="SHA-256 of the key (hex); the key itself is never stored"
+    )
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="api_keys")
+    project = models.ForeignKey(
+        Project,
+        null=True,
+        blank=True,
+        on_delete=models.CASCADE,
+        related_name="api_keys",
+        help_text="The one project the key works in; empty: every project of its user",
+    )
+    scopes = models.JSONField(default=list, help_text="Any of read, execute, optimize, admin")
+    service = models.BooleanField(default=False, help_text="A project's service key (no person behind it)")
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        db_table = "api_keys"
+        ordering = ["-created_at"]
+        verbose_name = "API key"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix}…)"

@@ -29,6 +29,8 @@ from tests.factories import (
 )
 
 READ, RUN, EDIT, MANAGE = "read", "run", "edit", "manage"
+# Starting (or cancelling) optimizations: RUN for roles, but a scope of its own for API keys.
+OPTIMIZE = "optimize"
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,8 @@ class Role:
     make_user: Callable[..., Any] | None  # None: no account (no credentials, or bad ones)
     grants: frozenset[str] = field(default_factory=frozenset)
     credentials: str | None = None  # an Authorization header for an actor without an account
+    # A key with only these scopes instead of one with all four.
+    scopes: tuple[str, ...] | None = None
 
 
 def runner(**fields: Any) -> Any:
@@ -62,13 +66,15 @@ def project_admin(**fields: Any) -> Any:
 
 
 def stranger() -> "Actor":
-    """An Operators member and admin of another project only: may do every kind of request
-    there, and must see nothing of `default`'s."""
-    user = UserFactory(username="stranger", groups=["Operators"])
-    MembershipFactory(user=user, project=ProjectFactory(name="elsewhere"), role="admin")
+    """A superuser (who sees every project) calling with an API key of another project, of which
+    they are also an admin: the key may do every kind of request there, and must see nothing of
+    `default`'s."""
+    user = SuperuserFactory(username="stranger")
+    elsewhere = ProjectFactory(name="elsewhere")
+    MembershipFactory(user=user, project=elsewhere, role="admin")
     client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {TokenFactory(user=user).key}")
-    return Actor("stranger", user, client, frozenset({READ, RUN, EDIT, MANAGE}))
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {TokenFactory(user=user, project=elsewhere).key}")
+    return Actor("stranger", user, client, frozenset({READ, RUN, OPTIMIZE, EDIT, MANAGE}))
 
 
 ROLES: dict[str, Role] = {
@@ -80,10 +86,17 @@ ROLES: dict[str, Role] = {
     # the role of their group (as the data migration makes them). The API client with limited
     # rights: reads only.
     "viewer": Role(ViewerFactory, frozenset({READ})),
-    "runner": Role(runner, frozenset({READ, RUN})),
-    "operator": Role(OperatorFactory, frozenset({READ, RUN, EDIT})),
-    "project_admin": Role(project_admin, frozenset({READ, RUN, EDIT, MANAGE})),
-    "superuser": Role(SuperuserFactory, frozenset({READ, RUN, EDIT, MANAGE})),
+    "runner": Role(runner, frozenset({READ, RUN, OPTIMIZE})),
+    "operator": Role(OperatorFactory, frozenset({READ, RUN, OPTIMIZE, EDIT})),
+    "project_admin": Role(project_admin, frozenset({READ, RUN, OPTIMIZE, EDIT, MANAGE})),
+    "superuser": Role(SuperuserFactory, frozenset({READ, RUN, OPTIMIZE, EDIT, MANAGE})),
+    # A project admin's keys with one scope each: each does exactly what its scope says
+    # (dspex_site.permissions.required_scope), whatever its user could do. (Keys bound to one
+    # project: `stranger()`.)
+    "key_read": Role(project_admin, frozenset({READ}), scopes=("read",)),
+    "key_execute": Role(project_admin, frozenset({RUN}), scopes=("execute",)),
+    "key_optimize": Role(project_admin, frozenset({OPTIMIZE}), scopes=("optimize",)),
+    "key_admin": Role(project_admin, frozenset({EDIT, MANAGE}), scopes=("admin",)),
 }
 ACTOR_NAMES = list(ROLES)
 REFUSED_CODES = {"anonymous": "not_authenticated", "bad_token": "authentication_failed"}
@@ -95,6 +108,7 @@ class Actor:
     user: Any | None
     client: APIClient
     grants: frozenset[str]
+    refused_code: str = "permission_denied"
 
     @property
     def authenticated(self) -> bool:
@@ -104,14 +118,15 @@ class Actor:
         return kind in self.grants
 
     def assert_refused(self, response: Any) -> None:
-        """As the API refuses today: 401 without valid credentials, 403 `permission_denied` with them."""
+        """As the API refuses today: 401 without valid credentials, 403 `permission_denied` with them
+        (`scope_required` for a key lacking the scope)."""
         body = response.content.decode()[:300]
         if not self.authenticated:
             assert response.status_code == 401, (self.name, response.status_code, body)
             assert response.json()["code"] == REFUSED_CODES[self.name], body
             return
         assert response.status_code == 403, (self.name, response.status_code, body)
-        assert response.json()["code"] == "permission_denied", body
+        assert response.json()["code"] == self.refused_code, body
 
 
 def make_actor(name: str) -> Actor:
@@ -123,7 +138,12 @@ def make_actor(name: str) -> Actor:
         client.credentials(HTTP_AUTHORIZATION=role.credentials)
     if role.make_user is not None:
         user = role.make_user(username=name)
-        client.credentials(HTTP_AUTHORIZATION=f"Token {TokenFactory(user=user).key}")
+        if role.scopes is None:
+            client.credentials(HTTP_AUTHORIZATION=f"Token {TokenFactory(user=user).key}")
+        else:
+            key = TokenFactory(user=user, scopes=list(role.scopes))
+            client.credentials(HTTP_AUTHORIZATION=f"Bearer {key.key}")
+            return Actor(name, user, client, role.grants, refused_code="scope_required")
     return Actor(name, user, client, role.grants)
 
 

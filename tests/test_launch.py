@@ -82,7 +82,7 @@ def test_make_run_serves_the_demo_with_workers_and_beat_then_stops_every_process
         assert len(children) >= 6  # gunicorn (+ its workers), four Celery workers, beat
 
         # The operator's token is printed once; the demo programs are there and run on a worker.
-        token = re.search(r"API token\s*: (\w+)", log_path.read_text()).group(1)
+        token = re.search(r"API key\s*: (\S+)", log_path.read_text()).group(1)
         session = requests.Session()
         session.headers["Authorization"] = f"Token {token}"
         programs = session.get(f"{base}/api/v1/programs/", timeout=10).json()["results"]

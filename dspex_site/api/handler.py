@@ -25,16 +25,19 @@ from dspex_site.errors import DomainError, NotText, QueueUnavailable
 from executions.batches import BatchTooLarge
 from executions.runner import ProgramNotRunnable
 from llm.budgets import BudgetExceeded
+from llm.quotas import RateLimitExceeded
 from llm.resilience import AdmissionError
 from optimization.datasets import DatasetError
 from optimization.results import ResultDoesNotFit
 from optimization.runner import RunRequestError
 from programs.spec import ProgramSpecError
+from projects.keys import KeyRefused
 
 # Domain error -> HTTP status (the most specific class in an exception's MRO wins). The codes
 # are the errors' own (`BudgetExceeded.code` is `budget_exceeded`, ...).
 STATUS_BY_ERROR: dict[type[DomainError], int] = {
     NotText: status.HTTP_400_BAD_REQUEST,
+    KeyRefused: status.HTTP_401_UNAUTHORIZED,  # revoked/expired (the API raises AuthenticationFailed)
     ProgramSpecError: status.HTTP_400_BAD_REQUEST,
     BatchTooLarge: status.HTTP_400_BAD_REQUEST,
     DatasetError: status.HTTP_400_BAD_REQUEST,
@@ -43,6 +46,7 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     ProgramNotRunnable: status.HTTP_409_CONFLICT,
     ResultDoesNotFit: status.HTTP_409_CONFLICT,
     AdmissionError: status.HTTP_503_SERVICE_UNAVAILABLE,
+    RateLimitExceeded: status.HTTP_429_TOO_MANY_REQUESTS,  # a project's or key's per-minute limit
     QueueUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,
 }
 
@@ -116,6 +120,9 @@ def exception_handler(exc: Exception, context: dict) -> Response | None:
         body = {"code": "invalid", "detail": first, "errors": errors}
     else:
         code = next((c for cls, c in CODE_BY_CLASS.items() if isinstance(exc, cls)), "error")
+        own = exc.get_codes() if isinstance(exc, exceptions.APIException) else None
+        if isinstance(own, str) and own != getattr(exc, "default_code", None):
+            code = own  # raised with a code of its own (`key_expired`, `scope_required`)
         detail = exc.detail if isinstance(exc, exceptions.APIException) else str(exc)
         body = {"code": code, "detail": str(detail), "errors": []}
     response.data = body

@@ -14,6 +14,7 @@ returns with 402/409/503), the response is either: `oneOf` the two schemas.
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
@@ -35,6 +36,21 @@ def raises(*errors: type[DomainError] | tuple[int, str]) -> Callable[[View], Vie
         return view
 
     return mark
+
+
+class KeyAuthenticationScheme(OpenApiAuthenticationExtension):
+    """API keys in the schema: `Authorization: Bearer <key>` (`Token <key>` works too)."""
+
+    target_class = "dspex_site.authentication.KeyAuthentication"
+    name = "apiKey"
+
+    def get_security_definition(self, auto_schema: Any) -> dict:
+        return {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "An API key (`POST /api/v1/keys/`, `manage.py dspex_create_key`), as "
+            "`Authorization: Bearer <key>`; `Authorization: Token <key>` is accepted too.",
+        }
 
 
 class ErrorItemSerializer(serializers.Serializer):

@@ -1,22 +1,25 @@
 """Audit trail (read-only for everyone), the Operators/Viewers groups, and API tokens in the console."""
 
+import re
+
 import pytest
 from django.contrib.auth.models import Group
 from django.db import connection
 from django.test import RequestFactory
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
-from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 from monitoring import audit
 from monitoring.models import AuditEvent
 from programs.models import CognitiveProgram
+from projects.models import ApiKey
 
 pytestmark = pytest.mark.django_db
 
 AUDIT = "/admin/monitoring/auditevent/"
 PROGRAMS = "/admin/programs/cognitiveprogram/"
-TOKENS = "/admin/authtoken/tokenproxy/"
+TOKENS = "/admin/projects/apikey/"
 
 
 def test_the_audit_list_shows_who_what_where_and_the_change(superuser_client, operator, make_program):
@@ -117,22 +120,30 @@ def test_operators_edit_programs_but_not_users_or_tokens(operator_client):
     assert operator_client.get(TOKENS + "add/").status_code == 403
 
 
-def test_superusers_issue_and_revoke_tokens_and_both_are_audited(superuser_client, console_operator):
-    response = superuser_client.post(TOKENS + "add/", {"user": console_operator.pk}, follow=True)
-    token = Token.objects.get(user=console_operator)
-    assert token.key in response.content.decode()  # shown once, on issue
-    listing = superuser_client.get(TOKENS).content.decode()
-    assert token.key not in listing and token.key[:6] in listing
-    issued = AuditEvent.objects.get(action="issue_token")
-    assert issued.channel == "admin" and issued.object_repr == console_operator.username
-    assert token.key not in str(issued.changes)
+def test_superusers_issue_and_revoke_keys_and_both_are_audited(superuser_client, console_operator):
+    from projects import keys
 
-    delete = reverse("admin:authtoken_tokenproxy_delete", args=[console_operator.pk])
-    assert delete in listing
-    confirm = superuser_client.get(delete).content.decode()
-    change = reverse("admin:authtoken_tokenproxy_change", args=[console_operator.pk])
-    assert token.key not in superuser_client.get(change, follow=True).content.decode()
-    assert "Revoke the API token of" in confirm and token.key not in confirm
-    assert superuser_client.post(delete, {"post": "yes"}).status_code == 302
-    assert not Token.objects.filter(user=console_operator).exists()
-    assert AuditEvent.objects.filter(action="revoke_token", object_id=str(console_operator.pk)).exists()
+    form = {"name": "ci", "user": console_operator.pk, "scopes": ["read", "execute"], "project": ""}
+    response = superuser_client.post(TOKENS + "add/", form, follow=True)
+    api_key = ApiKey.objects.get(user=console_operator)
+    page = response.content.decode()
+    secret = re.search(r"copy it now\): (\S+?)<", page).group(1)
+    assert keys.digest(secret) == api_key.digest and api_key.scopes == ["read", "execute"]
+    listing = superuser_client.get(TOKENS).content.decode()
+    assert secret not in listing and api_key.prefix in listing
+    issued = AuditEvent.objects.get(action="issue_key")
+    assert issued.channel == "admin" and issued.changes["prefix"] == api_key.prefix
+    assert secret not in str(issued.changes) and api_key.digest not in str(issued.changes)
+
+    api = APIClient()
+    api.credentials(HTTP_AUTHORIZATION=f"Bearer {secret}")
+    assert api.get("/api/v1/programs/").status_code == 200
+    revoke = {"action": "revoke_keys", "_selected_action": [api_key.pk]}
+    assert superuser_client.post(TOKENS, revoke).status_code == 302
+    api_key.refresh_from_db()
+    assert api_key.revoked_at is not None
+    assert AuditEvent.objects.filter(action="revoke_key", object_id=str(api_key.pk)).exists()
+    refused = api.get("/api/v1/programs/")
+    assert refused.status_code == 401 and refused.json()["code"] == "key_revoked"
+    # Keys are never edited or deleted in the console.
+    assert superuser_client.get(reverse("admin:projects_apikey_delete", args=[api_key.pk])).status_code == 403

@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import CommandError, call_command
-from rest_framework.authtoken.models import Token
 
 from executions.models import CognitiveExecution
 from monitoring.models import AuditEvent
 from programs.models import CognitiveProgram
 from programs.spec import compile_program
+from projects import keys
+from projects.models import ApiKey
 from tests.factories import OptimizationResultFactory
 from tests.support import process_env
 
@@ -210,7 +211,8 @@ def test_create_operator_makes_a_staff_user_in_the_operators_group():
     assert list(user.groups.values_list("name", flat=True)) == ["Operators"]
     password = out.split("password : ")[1].split()[0]
     assert user.check_password(password)
-    assert Token.objects.get(user=user).key in out
+    secret = out.split("API key  : ")[1].split()[0]
+    assert ApiKey.objects.get(user=user).digest == keys.digest(secret)
     event = AuditEvent.objects.get(action="create_operator")
     assert event.channel == "command" and event.object_repr == "olga"
     with pytest.raises(CommandError, match="already exists"):

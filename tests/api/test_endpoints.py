@@ -6,15 +6,16 @@ below with the operations the URL resolver serves.
 """
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 from drf_spectacular.generators import EndpointEnumerator
+from rest_framework.test import APIClient
 
 from executions.models import CognitiveExecution
 from optimization.models import OptimizationRun
 from projects.models import Membership
-from tests.actors import EDIT, MANAGE, READ, RUN
+from tests.actors import EDIT, MANAGE, OPTIMIZE, READ, ROLES, RUN, stranger
 from tests.api.cases import Action, APIViewTestCases, Endpoint
 from tests.factories import (
     BatchFactory,
@@ -67,7 +68,7 @@ class TestPrograms(
             "optimize",
             "POST",
             "/api/v1/programs/{pk}/optimize/",
-            RUN,
+            OPTIMIZE,
             202,
             body=lambda case, obj: {
                 "optimizer": "LabeledFewShot",
@@ -178,7 +179,7 @@ class TestOptimizationRuns(
             "cancel",
             "POST",
             "/api/v1/optimizations/{pk}/cancel/",
-            RUN,
+            OPTIMIZE,
             200,
             check=status_becomes("cancelled"),
         )
@@ -273,6 +274,52 @@ class TestProjects(
             ),
         )
     ]
+
+
+class TestKeys(Endpoint):
+    """API keys are the caller's own (or their projects' as admin), not rows every member sees, so
+    the generic mixins do not fit: this class's own test runs every operation per actor
+    (tests/projects/test_keys.py goes deeper: scopes, binding, expiry, revocation, audit)."""
+
+    extra_operations: ClassVar[set[tuple[str, str]]] = {
+        ("GET", "/api/v1/keys/"),
+        ("POST", "/api/v1/keys/"),
+        ("GET", "/api/v1/keys/{pk}/"),
+        ("POST", "/api/v1/keys/{pk}/revoke/"),
+    }
+
+    def test_every_member_manages_their_own_keys(self, actors: Any, actor_name: str) -> None:
+        actor = actors[actor_name]
+        if not actor.authenticated:
+            actor.assert_refused(actor.client.get("/api/v1/keys/"))
+            actor.assert_refused(actor.client.post("/api/v1/keys/", {"name": "x"}, format="json"))
+            return
+        if actor_name == "outsider":  # in no project: refused everywhere
+            actor.assert_refused(actor.client.get("/api/v1/keys/"))
+            return
+        listed = actor.client.get("/api/v1/keys/")
+        if not actor.may(READ):  # a key without `read`
+            assert listed.status_code == 403 and listed.json()["code"] == "scope_required"
+        else:
+            assert listed.status_code == 200 and listed.json()["count"] >= 1
+        scopes = list(ROLES[actor_name].scopes or ("read",))  # a key mints only scopes it holds
+        made = actor.client.post("/api/v1/keys/", {"name": "mine", "scopes": scopes}, format="json")
+        if not actor.may(EDIT) and actor.refused_code == "scope_required":  # a key without `admin`
+            assert made.status_code == 403 and made.json()["code"] == "scope_required"
+            return
+        assert made.status_code == 201, made.content
+        body = made.json()
+        assert body["key"].startswith(body["prefix"]) and body["user"] == actor.user.username
+        fresh = APIClient()
+        fresh.credentials(HTTP_AUTHORIZATION=f"Bearer {body['key']}")
+        if "read" in scopes:
+            assert fresh.get(f"/api/v1/keys/{body['id']}/").json()["prefix"] == body["prefix"]
+        revoked = actor.client.post(f"/api/v1/keys/{body['id']}/revoke/")
+        assert revoked.status_code == 200 and revoked.json()["revoked_at"]
+        assert fresh.get("/api/v1/keys/").json()["code"] == "key_revoked"  # before any scope check
+        outsider = stranger()
+        assert outsider.client.get(f"/api/v1/keys/{body['id']}/").status_code == 404
+        assert outsider.client.post(f"/api/v1/keys/{body['id']}/revoke/").status_code == 404
 
 
 class TestCacheStats(APIViewTestCases.Actions):

@@ -9,6 +9,7 @@ import time
 
 import pytest
 import requests
+from django.contrib.auth import get_user_model
 
 from bench.common import free_port, wait_http
 from tests.support import ROOT, process_env, start_worker
@@ -114,15 +115,14 @@ def test_metrics_can_be_limited_to_addresses(client, settings):
 @pytest.mark.e2e
 def test_web_and_worker_processes_appear_in_one_scrape(transactional_db, api, make_program, tmp_path):
     """prometheus_client multiprocess mode: gunicorn workers and a Celery worker share one scrape."""
-    from rest_framework.authtoken.models import Token
-
     from executions.models import CognitiveExecution
+    from tests.factories import KeyFactory
 
     metrics_dir = tmp_path / "prom"
     metrics_dir.mkdir()
     env = {"PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
     program = make_program(name="multiproc-qa")
-    token = Token.objects.get(user__username="op").key
+    token = KeyFactory(user=get_user_model().objects.get(username="op")).key
     worker = start_worker(env=env)
     port = free_port()
     web = subprocess.Popen(

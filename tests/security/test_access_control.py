@@ -34,7 +34,7 @@ def test_requests_are_throttled_per_token(actors, monkeypatch):
     assert actors["operator"].client.get("/api/v1/programs/").status_code == 200  # its own budget
 
 
-def test_the_throttle_is_one_counter_per_token_and_window_and_says_when_to_come_back(actors, monkeypatch):
+def test_the_throttle_is_one_counter_per_key_and_window_and_says_when_to_come_back(actors, monkeypatch):
     import time
 
     from django.core.cache import cache
@@ -46,12 +46,15 @@ def test_the_throttle_is_one_counter_per_token_and_window_and_says_when_to_come_
         time.sleep(2.1)
         statuses = [viewer.client.get("/api/v1/programs/").status_code for _ in range(4)]
     assert statuses == [200, 200, 200, 429]
-    # One small integer per token and window (not a list of timestamps): 3 counted, the refused
+    # One small integer per key and window (not a list of timestamps): 3 counted, the refused
     # request not.
+    from projects.models import ApiKey
+
+    api_key = ApiKey.objects.get(user=viewer.user)
     raw = TokenRateThrottle.redis.raw()
-    counters = [k for k in raw.keys(f"*throttle_user_{viewer.user.pk}:*")]
+    counters = [k for k in raw.keys(f"*throttle_user_key{api_key.pk}:*")]
     assert counters and sorted(int(raw.get(k)) for k in counters)[-1] == 3
-    assert cache.get(f"throttle_user_{viewer.user.pk}") is None  # no DRF history list
+    assert cache.get(f"throttle_user_key{api_key.pk}") is None  # no DRF history list
     refused = viewer.client.get("/api/v1/programs/")
     wait = float(refused["Retry-After"])
     assert refused.status_code == 429 and 0 < wait <= 2.0

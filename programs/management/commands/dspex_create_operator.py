@@ -11,11 +11,10 @@ from django.contrib.auth.password_validation import validate_password
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
-from rest_framework.authtoken.models import Token
 
 from dspex_site.roles import OPERATORS
 from monitoring import audit
-from projects import access
+from projects import access, keys
 from projects.models import Membership, Project
 
 
@@ -76,7 +75,7 @@ class Command(BaseCommand):
             user.save()
             user.groups.add(group)
             Membership.objects.create(user=user, project=target, role=Membership.Role.OPERATOR)
-            key = Token.objects.create(user=user).key if token else None
+            key = keys.issue(name="operator key", user=user, created_by=None).key if token else None
             audit.record(
                 "create_operator",
                 user,
@@ -96,4 +95,4 @@ class Command(BaseCommand):
         if not password_stdin:
             self.stdout.write(f"  password : {password}   (shown once)")
         if key:
-            self.stdout.write(f"  API token: {key}   (shown once)")
+            self.stdout.write(f"  API key  : {key}   (shown once)")

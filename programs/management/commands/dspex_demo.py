@@ -9,11 +9,11 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.management.base import BaseCommand
 from django.db import transaction
-from rest_framework.authtoken.models import Token
 
 from dspex_site.roles import OPERATORS
 from monitoring import audit
 from programs.models import CognitiveProgram
+from projects import keys
 
 DEMO_FILE = Path(__file__).resolve().parents[2] / "demo" / "programs.json"
 
@@ -41,14 +41,14 @@ class Command(BaseCommand):
         user = user_model.objects.create_superuser(username=username, email="", password=password)
         # A superuser already may do everything; the group makes the demo login's role visible.
         user.groups.add(*Group.objects.filter(name=OPERATORS))
-        token = Token.objects.create(user=user)
+        token = keys.issue(name="demo operator key", user=user)
         self.stdout.write(self.style.SUCCESS("Demo operator created. These are shown once, keep them:"))
         self.stdout.write(
             f"  admin login : http://127.0.0.1:8000/admin/  user={username}  password={password}"
         )
-        self.stdout.write(f"  API token   : {token.key}")
+        self.stdout.write(f"  API key     : {token.key}")
         self.stdout.write(
-            f'  try         : curl -H "Authorization: Token {token.key}" http://127.0.0.1:8000/api/v1/programs/'
+            f'  try         : curl -H "Authorization: Bearer {token.key}" http://127.0.0.1:8000/api/v1/programs/'
         )
 
     def ensure_program(self, spec: dict) -> None:
