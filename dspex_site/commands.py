@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.core.management.base import CommandError
 
 from dspex_site.errors import DomainError
@@ -55,3 +56,24 @@ def project_named(name: str | None) -> Any:
 def in_project(queryset: Any, name: str | None) -> Any:
     """`queryset` narrowed to the project of `--project` (unchanged without one)."""
     return queryset if name is None else queryset.filter(project=project_named(name))
+
+
+def by_name_or_id(queryset: Any, ref: str, project: str | None, noun: str) -> Any:
+    """The row named `ref` (or with id `ref`) in the project of `--project`, else in any project;
+    a CommandError when there is none, or when several projects have one of that name (names
+    are unique per project, not site-wide)."""
+    rows = in_project(queryset, project)
+    named = list(rows.filter(name=ref).select_related("project")[:2])
+    if len(named) > 1:
+        where = ", ".join(sorted(row.project.name for row in rows.filter(name=ref).select_related("project")))
+        raise CommandError(f"Several projects have a {noun} named '{ref}' ({where}): give --project.")
+    if named:
+        return named[0]
+    try:
+        found = rows.filter(id=ref).first()
+    except (ValueError, TypeError, ValidationError):  # not an id of that kind
+        found = None
+    if found is None:
+        where = f" in project '{project}'" if project else ""
+        raise CommandError(f"No {noun} named or with id '{ref}'{where}.")
+    return found

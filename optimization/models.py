@@ -18,7 +18,7 @@ class Dataset(models.Model):
     """Labelled examples a program is optimized and scored on. Examples are imported whole or not at all."""
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    name = models.CharField(max_length=255, unique=True)
+    name = models.CharField(max_length=255, help_text="Unique in its project")
     project = models.ForeignKey(
         "projects.Project",
         on_delete=models.PROTECT,
@@ -33,6 +33,9 @@ class Dataset(models.Model):
     class Meta:
         db_table = "optimization_datasets"
         ordering = ["name"]
+        constraints = [
+            models.UniqueConstraint(fields=["name", "project"], name="uniq_dataset_name_per_project")
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -25,7 +25,7 @@ class CognitiveProgram(models.Model):
         ARCHIVED = "archived"
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    name = models.CharField(max_length=255, unique=True)
+    name = models.CharField(max_length=255, help_text="Unique in its project")
     project = models.ForeignKey(
         "projects.Project",
         on_delete=models.PROTECT,
@@ -54,6 +54,10 @@ class CognitiveProgram(models.Model):
         db_table = "cognitive_programs"
         ordering = ["name"]
         indexes = [models.Index(fields=["status"], name="idx_programs_status")]
+        # Names are unique per project (README, "Projects"); the index also serves name lookups.
+        constraints = [
+            models.UniqueConstraint(fields=["name", "project"], name="uniq_program_name_per_project")
+        ]
 
     def __str__(self) -> str:
         return self.name
@@ -145,7 +149,7 @@ class Corpus(models.Model):
         READY = "ready"
         FAILED = "failed"
 
-    name = models.SlugField(max_length=100, unique=True)
+    name = models.SlugField(max_length=100, help_text="Unique in its project")
     project = models.ForeignKey(
         "projects.Project",
         on_delete=models.PROTECT,
@@ -166,6 +170,9 @@ class Corpus(models.Model):
         db_table = "corpora"
         ordering = ["name"]
         verbose_name_plural = "corpora"
+        constraints = [
+            models.UniqueConstraint(fields=["name", "project"], name="uniq_corpus_name_per_project")
+        ]
 
     def __str__(self) -> str:
         return self.name

@@ -88,7 +88,7 @@ class _Matrix:
         self.stamp, self.model, self.vectors, self.texts = stamp, model, vectors, texts
 
 
-_matrices: dict[str, _Matrix] = {}
+_matrices: dict[Any, _Matrix] = {}  # by corpus id: names are unique per project only
 _lock = threading.Lock()
 
 # The program whose run is searching: its Retrieve steps see the corpora of its project only.
@@ -115,7 +115,7 @@ def _matrix(name: str) -> _Matrix:
     row = corpora.values("id", "updated_at", "embedding_model").first()
     if row is None:
         raise PipelineRuntimeError("retrieve", f"corpus {name!r} does not exist")
-    cached = _matrices.get(name)
+    cached = _matrices.get(row["id"])
     if cached is not None and cached.stamp == row["updated_at"]:
         return cached
     model = Corpus(embedding_model=row["embedding_model"]).model_name
@@ -133,7 +133,7 @@ def _matrix(name: str) -> _Matrix:
         vectors /= np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
     matrix = _Matrix(row["updated_at"], model, vectors, [text for text, _b in docs])
     with _lock:
-        _matrices[name] = matrix
+        _matrices[row["id"]] = matrix
     return matrix
 
 

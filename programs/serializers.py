@@ -51,6 +51,7 @@ class ProgramSerializer(ProjectOwned):
             return []
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)  # the name, unique in its project (ProjectOwned)
         instance = self.instance
         pipeline = attrs.get("pipeline", instance.pipeline if instance else None)
         variables = attrs.get("variables", instance.variables if instance else {})

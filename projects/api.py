@@ -7,7 +7,7 @@ import copy
 from typing import Any, cast
 
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 from drf_spectacular.utils import extend_schema
@@ -60,6 +60,34 @@ class ProjectOwned(serializers.ModelSerializer):
             )
         return project
 
+    def get_validators(self) -> list:
+        # Not DRF's validator of the (name, project) constraint: it would make `project`
+        # required; `validate` checks the name in the project the row goes to instead.
+        return []
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        name = attrs.get("name")
+        if name is None:
+            return attrs
+        if self.instance is not None:
+            project_id = self.instance.project_id
+        else:
+            project = attrs.get("project") or access.current_project(self.context.get("request"))
+            project_id = project.pk if project is not None else None
+        model: Any = self.Meta.model  # every subclass has one
+        taken = model._default_manager.filter(project_id=project_id, name=name)
+        if self.instance is not None:
+            taken = taken.exclude(pk=self.instance.pk)
+        if project_id is not None and taken.exists():
+            raise serializers.ValidationError({"name": [self._taken(name)]})
+        return attrs
+
+    def _taken(self, name: str) -> str:
+        model: Any = self.Meta.model
+        noun = model._meta.verbose_name
+        return f"A {noun} named '{name}' already exists in this project."
+
     def create(self, validated_data: dict[str, Any]) -> Any:
         request = self.context.get("request")
         project = validated_data.get("project") or access.current_project(request)
@@ -70,7 +98,14 @@ class ProjectOwned(serializers.ModelSerializer):
         if not access.allows(getattr(request, "user", None), project.pk, EDIT):
             raise PermissionDenied("Your role in this project does not allow creating in it.")
         validated_data["project"] = project
-        return super().create(validated_data)
+        try:
+            with transaction.atomic():  # a concurrent create of the same name: the constraint says
+                return super().create(validated_data)
+        except IntegrityError:
+            model: Any = self.Meta.model
+            if model._default_manager.filter(project=project, name=validated_data.get("name")).exists():
+                raise serializers.ValidationError({"name": [self._taken(validated_data["name"])]}) from None
+            raise
 
 
 class ProjectScoped:

@@ -47,8 +47,10 @@ def test_imports_create_in_the_given_project(tmp_path: Path) -> None:
     rows.write_text(json.dumps({"input": {"question": "q"}, "output": {"answer": "a"}}) + "\n")
     call("dspex_import_dataset", "ds", str(rows), "--project", "a")
     assert Dataset.objects.get(name="ds").project == a
-    with pytest.raises(CommandError, match="belongs to another project"):
-        call("dspex_import_dataset", "ds", str(rows), "--project", "default")
+    # Names are unique per project: the same name in another project is another dataset.
+    call("dspex_import_dataset", "ds", str(rows), "--project", "default")
+    assert sorted(d.project.name for d in Dataset.objects.filter(name="ds")) == ["a", "default"]
+
     program = ProgramFactory(name="src")
     exported = tmp_path / "p.json"
     call("dspex_export_program", "src", "-o", str(exported))

@@ -15,7 +15,11 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import connection
 from tqdm import tqdm
 
-from dspex_site.commands import add_project_argument, domain_errors_as_command_errors, in_project
+from dspex_site.commands import (
+    add_project_argument,
+    by_name_or_id,
+    domain_errors_as_command_errors,
+)
 from executions import batches, runner
 from executions.models import CognitiveExecution
 from programs.models import CognitiveProgram
@@ -60,16 +64,7 @@ class Command(BaseCommand):
         self._write(batch, options["output"])
 
     def _program(self, ref: str, project: str | None = None) -> CognitiveProgram:
-        programs = in_project(CognitiveProgram.objects.all(), project)
-        program = programs.filter(name=ref).first()
-        if program is None:
-            try:
-                program = programs.filter(id=ref).first()
-            except Exception:  # not a UUID
-                program = None
-        if program is None:
-            raise CommandError(f"No program named or with id '{ref}'.")
-        return program
+        return by_name_or_id(CognitiveProgram.objects.all(), ref, project, "program")
 
     def _follow(self, batch: Any, timeout: float) -> None:
         deadline = time.monotonic() + timeout if timeout else None

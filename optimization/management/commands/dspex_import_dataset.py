@@ -37,9 +37,7 @@ class Command(BaseCommand):
                 self.stderr.write(f"row {error.row}: {error.path or '(row)'}: {error.message}")
             raise CommandError(str(exc)) from exc
         project = project_named(options.get("project"))
-        target, created = Dataset.objects.get_or_create(name=dataset, defaults={"project": project})
-        if target.project_id != project.pk:
-            raise CommandError(f"Dataset '{dataset}' belongs to another project, not '{project.name}'.")
+        target, created = Dataset.objects.get_or_create(name=dataset, project=project)
         count = datasets.import_rows(target, rows, replace=options["replace"])
         verb = "Created" if created else "Updated"
         self.stdout.write(

@@ -8,7 +8,11 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connection, transaction
 
-from dspex_site.commands import add_project_argument, domain_errors_as_command_errors, in_project
+from dspex_site.commands import (
+    add_project_argument,
+    by_name_or_id,
+    domain_errors_as_command_errors,
+)
 from optimization import runner
 from optimization.models import Dataset, OptimizationRun
 from optimization.optimizers import OPTIMIZERS
@@ -93,13 +97,4 @@ class Command(BaseCommand):
 
     @staticmethod
     def lookup(model: Any, key: str, project: str | None = None) -> Any:
-        rows = in_project(model.objects.all(), project)
-        found = rows.filter(name=key).first()
-        if found is None:
-            try:
-                found = rows.filter(id=key).first()
-            except Exception:
-                found = None
-        if found is None:
-            raise CommandError(f"No {model._meta.verbose_name} named or with id {key!r}.")
-        return found
+        return by_name_or_id(model.objects.all(), key, project, str(model._meta.verbose_name))

@@ -1,13 +1,12 @@
 """`manage.py dspex_export_program <program> [-o file]`: a program as one JSON document."""
 
 import json
-import uuid
 from pathlib import Path
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from dspex_site.commands import add_project_argument, in_project
+from dspex_site.commands import add_project_argument, by_name_or_id
 from monitoring import audit
 from programs.models import CognitiveProgram
 
@@ -16,17 +15,8 @@ FORMAT = "dspex-program/1"
 
 def find_program(ref: str, project: str | None = None) -> CognitiveProgram:
     """A program by name or id (in the project named `project`, if given); a clear
-    CommandError when there is none."""
-    queryset = in_project(CognitiveProgram.objects.select_related("active_result"), project)
-    try:
-        found = queryset.filter(id=uuid.UUID(ref)).first()
-    except ValueError:
-        found = None
-    found = found or queryset.filter(name=ref).first()
-    if found is None:
-        where = f" in project '{project}'" if project else ""
-        raise CommandError(f"No program named or with id '{ref}'{where}.")
-    return found
+    CommandError when there is none, or when the name is in several projects."""
+    return by_name_or_id(CognitiveProgram.objects.select_related("active_result"), ref, project, "program")
 
 
 def export_program(program: CognitiveProgram) -> dict[str, Any]:

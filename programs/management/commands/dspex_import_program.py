@@ -87,12 +87,14 @@ class Command(BaseCommand):
         if errors:
             raise CommandError("The program does not validate:\n  " + "\n  ".join(str(e) for e in errors))
         active = check_optimization(document)
+        project = project_named(options.get("project"))
         with transaction.atomic():
-            if CognitiveProgram.objects.filter(name=document["name"]).exists():
+            if CognitiveProgram.objects.filter(name=document["name"], project=project).exists():
                 raise CommandError(
-                    f"A program named '{document['name']}' already exists; import it as another with --name."
+                    f"A program named '{document['name']}' already exists in project {project.name}; "
+                    "import it as another with --name."
                 )
-            program = self.create(document, active, project_named(options.get("project")))
+            program = self.create(document, active, project)
         self.stdout.write(
             self.style.SUCCESS(f"Imported '{program.name}' v{program.version} as {program.id}")
             + (" with its active optimization." if active else ".")

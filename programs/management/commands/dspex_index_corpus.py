@@ -32,10 +32,8 @@ class Command(BaseCommand):
         rows = self.read(path)
         project = project_named(options.get("project"))
         corpus, created = Corpus.objects.get_or_create(
-            name=name, defaults={"embedding_model": model, "project": project}
+            name=name, project=project, defaults={"embedding_model": model}
         )
-        if corpus.project_id != project.pk:
-            raise CommandError(f"Corpus '{name}' belongs to another project, not '{project.name}'.")
         count = load_documents(corpus, rows)
         audit.record("create" if created else "update", corpus, channel="cli", changes={"documents": count})
         self.stdout.write(f"{count} documents loaded into corpus {name!r}.")
