@@ -84,6 +84,7 @@ class BudgetAdmin(admin.ModelAdmin):
         "monthly_limit_usd",
         "requests_per_minute",
         "tokens_per_minute",
+        "in_use",
         "enabled",
         "updated_at",
     )
@@ -128,6 +129,12 @@ class BudgetAdmin(admin.ModelAdmin):
             kwargs["queryset"] = live if ids is None else live.filter(project_id__in=ids)
         return super().formfield_for_foreignkey(db_field, request, **kwargs)
 
+    @admin.display(description="spent / used now")
+    def in_use(self, obj: Budget) -> str:
+        """Spend today and this month, and (projects, keys) calls and tokens of the sliding
+        minute, from the same Redis counters that enforce them ("—" without Redis)."""
+        return budget_usage(obj)
+
     def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         """A project's budgets are changed by those who may edit in that project (site budgets:
         as the model permission says)."""
@@ -162,3 +169,25 @@ def _budget_project(budget: Budget) -> int | None:
     if budget.scope == Budget.Scope.PROGRAM and budget.program is not None:
         return budget.program.project_id
     return None
+
+
+def budget_usage(budget: Budget) -> str:
+    from llm import quotas
+
+    target = {
+        Budget.Scope.PROVIDER: budget.provider,
+        Budget.Scope.PROGRAM: str(budget.program_id),
+        Budget.Scope.PROJECT: str(budget.project_id),
+        Budget.Scope.KEY: str(budget.api_key_id),
+    }[Budget.Scope(budget.scope)]
+    periods = [budgets.Limit(budget.scope, target, "", period, 0.0) for period in budgets.PERIODS]
+    spent = budgets.spent(periods)
+    if spent is None:
+        return "—"
+    text = f"${spent[0]:.4f} today, ${spent[1]:.4f} this month"
+    if budget.requests_per_minute or budget.tokens_per_minute:
+        rate = quotas.Rate(budget.scope, target, "", budget.requests_per_minute, budget.tokens_per_minute)
+        used = quotas.usage([rate])
+        if used:
+            text += f"; {used[0][0]:.0f} calls, {used[0][1]:.0f} tokens this minute"
+    return text

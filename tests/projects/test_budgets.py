@@ -110,3 +110,21 @@ def test_queued_work_of_a_spent_key_fails_on_the_worker_path():
     assert execute(client_for(key), program, "spends it").status_code == 200
     outcome = runner.run_execution(waiting.id)
     assert outcome.execution.status == "failed" and outcome.execution.error["type"] == "budget_exceeded"
+
+
+def test_the_console_lists_project_and_key_budgets_with_what_they_used_to_their_projects_only(client):
+    user = OperatorFactory(username="con")
+    program = ProgramFactory(name="c-qa", pipeline=QA)
+    key = KeyFactory(user=user, name="ci", project=default_project())
+    Budget.objects.create(scope=Budget.Scope.PROJECT, project=default_project(), daily_limit_usd="5")
+    Budget.objects.create(scope=Budget.Scope.KEY, api_key=key, monthly_limit_usd="5", requests_per_minute=100)
+    hidden = Budget.objects.create(
+        scope=Budget.Scope.PROJECT, project=ProjectFactory(name="secret-team"), daily_limit_usd=1
+    )
+    budgets.invalidate()
+    assert execute(client_for(key), program, "spend a little").status_code == 200
+    client.force_login(user)
+    page = client.get("/admin/llm/budget/").content.decode()
+    assert "default/ci" in page and "1 calls" in page and "this month" in page
+    assert "secret-team" not in page
+    assert client.get(f"/admin/llm/budget/{hidden.pk}/change/").status_code in (302, 404)
