@@ -36,6 +36,17 @@ class Limit:
     usd: float
 
 
+@dataclass(frozen=True)
+class Rate:
+    """A project's or key's per-minute limits (enforced by llm.quotas)."""
+
+    scope: str  # project | key
+    target: str  # its id
+    label: str  # project name, or `project/key name` (bounded metric label; never an id or a key)
+    requests_per_minute: int | None
+    tokens_per_minute: int | None
+
+
 class BudgetExceeded(DomainError):
     """A spend limit is reached: refuse new work (the API answers 402 `budget_exceeded`)."""
 
@@ -54,11 +65,10 @@ _cache: dict[str, Any] = {"at": -1e9, "limits": [], "rates": []}
 _lock = threading.Lock()
 
 
-def _load() -> tuple[list[Limit], list[Any]]:
+def _load() -> tuple[list[Limit], list[Rate]]:
     """Spend limits, and the per-minute rate limits of projects and keys (llm.quotas), from
     `DSPEX_BUDGETS` and the enabled `Budget` rows."""
     from llm.models import Budget  # so importing budgets never needs a ready app registry
-    from llm.quotas import Rate
 
     found: dict[tuple[str, str, str], Limit] = {}
     rates: dict[tuple[str, str], Rate] = {}
@@ -124,7 +134,7 @@ def _load() -> tuple[list[Limit], list[Any]]:
     return list(found.values()), list(rates.values())
 
 
-def limits_and_rates(refresh: bool = False) -> tuple[list[Limit], list[Any]]:
+def limits_and_rates(refresh: bool = False) -> tuple[list[Limit], list[Rate]]:
     with _lock:
         if refresh or time.monotonic() - _cache["at"] > REFRESH_S:
             (_cache["limits"], _cache["rates"]), _cache["at"] = _load(), time.monotonic()

@@ -22,7 +22,6 @@ after it). Only projects and keys with a limit cost anything: the limits are rea
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 from llm import budgets, resilience
@@ -58,13 +57,7 @@ return {0}
 """
 
 
-@dataclass(frozen=True)
-class Rate:
-    scope: str  # project | key
-    target: str  # its id
-    label: str  # project name, or `project/key name` (bounded metric label; never an id or a key)
-    requests_per_minute: int | None
-    tokens_per_minute: int | None
+Rate = budgets.Rate  # loaded with the spend limits, from the same rows and settings
 
 
 class RateLimitExceeded(resilience.AdmissionError):
