@@ -2,14 +2,16 @@
 PYTHON ?= python3.11
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml clients/python/pyproject.toml | sha256sum | cut -c1-12)
 
 .PHONY: run test install install-local-embeddings lint format typecheck migrate bench-sync peers-env clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e ".[dev,otel]"
+	# The Python client (`import dspex_client`), a package of its own (clients/python).
+	$(PY) -m pip install --quiet -e clients/python
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
