@@ -43,6 +43,8 @@ test: install
 	DJANGO_DEBUG=1 $(PY) manage.py makemigrations --check --dry-run
 	DJANGO_DEBUG=1 $(VENV)/bin/mypy
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	# The queue, retry, batch and crash tests again with RabbitMQ as broker (a vhost of their own).
+	DSPEX_TEST_BROKER=amqp $(VENV)/bin/pytest -m broker $(PYTEST_ARGS)
 
 migrate: install
 	$(PY) manage.py migrate

@@ -10,6 +10,7 @@ a killed worker therefore does not wait for the visibility timeout: job rows car
 the reapers re-queue the ones whose worker went silent (dspex_site.jobs).
 """
 
+import math
 import os
 import threading
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from typing import Any
 from celery import Celery
 from celery.fixups.django import DjangoFixup, DjangoWorkerFixup  # type: ignore[attr-defined]  # not in celery-types
 from django.db import close_old_connections
+from kombu import Exchange
 from kombu import Queue as KombuQueue
 
 from dspex_site.env import env_int
@@ -173,18 +175,77 @@ def django_fixup(app: Celery) -> DjangoFixup | None:
 app = Celery("dspex", fixups=[f"{__name__}:django_fixup"])
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.conf.task_default_queue = Queue.DEFAULT.value
-app.conf.task_queues = [KombuQueue(q.value, routing_key=q.value) for q in Queue]
+
+
+def broker_is_amqp(url: str | None = None) -> bool:
+    """Whether the broker is RabbitMQ (`amqp://`, `amqps://`, `pyamqp://`), not Redis. Without a
+    URL, the environment's `CELERY_BROKER_URL` (where the settings take it from): this module is
+    imported while the settings are still being read."""
+    if url is None:
+        url = os.environ.get("CELERY_BROKER_URL", "")
+    return url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+
+def task_queues(amqp: bool) -> list[KombuQueue]:
+    """The queues of DESIGN's table. On RabbitMQ each is a durable **quorum** queue (replicated,
+    survives a broker node) behind a topic exchange of its name: Celery's native delayed delivery
+    (countdowns of retries and re-queues) needs a topic exchange with quorum queues, since a
+    quorum queue allows no global QoS for a worker to hold ETA messages. The `priority` queue is
+    how the design does priorities, so no message priorities are needed (RabbitMQ 3.x quorum
+    queues have none)."""
+    if not amqp:
+        return [KombuQueue(q.value, routing_key=q.value) for q in Queue]
+    return [
+        KombuQueue(
+            q.value,
+            Exchange(q.value, type="topic", durable=True),
+            routing_key=q.value,
+            durable=True,
+            queue_arguments={"x-queue-type": "quorum"},
+        )
+        for q in Queue
+    ]
+
+
+AMQP = broker_is_amqp()
+app.conf.task_queues = task_queues(AMQP)
 app.conf.task_routes = {name: {"queue": wiring.queue.value} for name, wiring in TASKS.items()}
 app.conf.task_annotations = {
     name: {"soft_time_limit": wiring.soft_s, "time_limit": wiring.hard_s, **wiring.options}
     for name, wiring in TASKS.items()
 }
-app.conf.broker_transport_options = {
-    "visibility_timeout": VISIBILITY_TIMEOUT_S,
-    # A dead Redis must fail a publish in about a second (the API answers 503), not hang it.
-    "socket_connect_timeout": 1.0,
-    "socket_timeout": 5.0,
-}
+app.conf.broker_transport_options = (
+    {
+        # Publisher confirms: a publish returns once RabbitMQ has the message (on a quorum
+        # queue: on a majority of its nodes), so an accepted execution is never only in flight.
+        "confirm_publish": True,
+        # A dead RabbitMQ must fail a publish in about a second (the API answers 503), as Redis does.
+        "connect_timeout": 1.0,
+    }
+    if AMQP
+    else {
+        "visibility_timeout": VISIBILITY_TIMEOUT_S,
+        # A dead Redis must fail a publish in about a second (the API answers 503), not hang it.
+        "socket_connect_timeout": 1.0,
+        "socket_timeout": 5.0,
+    }
+)
+if AMQP:
+    from celery.signals import worker_init
+
+    @worker_init.connect
+    def declare_every_queue(sender: Any = None, **kwargs: Any) -> None:
+        """Declare every queue (and its exchange) before the worker's consumer starts, whichever
+        queues this worker serves: native delayed delivery binds all of them to its exchanges,
+        and a task published to a queue no worker has declared yet must not be unroutable."""
+        with app.connection_for_write() as connection:
+            channel = connection.default_channel
+            for queue in app.conf.task_queues:
+                queue.bind(channel).declare()
+
+    app.conf.broker_connection_timeout = 1.0
+    app.conf.worker_detect_quorum_queues = True  # per-consumer QoS (quorum queues refuse global)
+    app.conf.broker_native_delayed_delivery_queue_type = "quorum"
 app.conf.task_publish_retry_policy = {
     "max_retries": 2,
     "interval_start": 0,
@@ -220,6 +281,11 @@ def publish(name: str, *args: Any, queue: str | None = None, countdown: float | 
     options: dict[str, Any] = {"queue": queue} if queue else {}
     # celery-types admits only a tuple for `args` and a float for `countdown`; Celery takes any
     # sequence and None ("no countdown"), and the published message keeps a list (its `argsrepr`).
+    if countdown and AMQP:
+        # RabbitMQ's native delayed delivery counts whole seconds, and Celery refuses a countdown
+        # that truncates to 0 ("countdown must be a positive number"): a sub-second backoff
+        # waits one second there.
+        countdown = float(math.ceil(countdown))
     task.apply_async(args=list(args), countdown=countdown or None, **options)
 
 

@@ -9,6 +9,7 @@ import hmac
 import logging
 import os
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import prometheus_client
 from django.conf import settings
@@ -57,11 +58,16 @@ class Derived:
 
 
 def queue_depths() -> dict[str, int | None]:
-    """Tasks waiting per Celery queue (Redis broker: each queue is a list); None when unknown."""
-    from dspex_site.celery import Queue
+    """Tasks waiting per Celery queue (Redis: each queue is a list; RabbitMQ: a passive declare);
+    None when unknown."""
+    from dspex_site.celery import Queue, broker_is_amqp
 
     url = settings.CELERY_BROKER_URL or ""
-    if not url.startswith("redis") or settings.CELERY_TASK_ALWAYS_EAGER:
+    if settings.CELERY_TASK_ALWAYS_EAGER:
+        return {queue.value: None for queue in Queue}
+    if broker_is_amqp(url):
+        return _amqp_queue_depths()
+    if not url.startswith("redis"):
         return {queue.value: None for queue in Queue}
     import redis
 
@@ -75,6 +81,31 @@ def queue_depths() -> dict[str, int | None]:
         logger.warning("queue depth unavailable: %s", type(exc).__name__)
         return {queue.value: None for queue in Queue}
     return {queue.value: int(length) for queue, length in zip(Queue, lengths, strict=True)}
+
+
+def _amqp_queue_depths() -> dict[str, int | None]:
+    """RabbitMQ: each queue's ready messages, from a passive declare (None for a queue not
+    declared yet, or when the broker is unreachable)."""
+    from dspex_site.celery import Queue, app
+
+    depths: dict[str, int | None] = {queue.value: None for queue in Queue}
+    try:
+        with app.connection_for_read() as connection:
+            connection.ensure_connection(max_retries=1, timeout=1)
+            for queue in Queue:
+                channel: Any = connection.channel()  # py-amqp's Channel (the stubs know the base)
+                try:
+                    depths[queue.value] = int(channel.queue_declare(queue.value, passive=True).message_count)
+                except Exception:  # not declared yet: the passive declare closed this channel
+                    depths[queue.value] = None
+                finally:
+                    try:
+                        channel.close()
+                    except Exception:  # already closed by the broker
+                        logger.debug("channel of %s already closed", queue.value)
+    except Exception as exc:
+        logger.warning("queue depth unavailable: %s", type(exc).__name__)
+    return depths
 
 
 class QueueDepth:

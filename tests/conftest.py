@@ -7,7 +7,9 @@ Tests run against the machine's real PostgreSQL (pytest-django creates `test_dsp
 (database 15, flushed per test so tests never see each other's cache entries).
 """
 
+import os
 import shutil
+import subprocess
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -17,6 +19,31 @@ from rest_framework.test import APIClient
 from tests.actors import ACTOR_NAMES, Actors
 from tests.factories import ProgramFactory, SuperuserFactory, TokenFactory
 from tests.support import RedisServer, SimServer, WorkerProcess, start_simlm, start_worker
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With DSPEX_TEST_BROKER=amqp (tests/settings.py), a fresh RabbitMQ virtual host of this
+    slot's own: the machine's RabbitMQ is shared, so nothing else is touched."""
+    if os.environ.get("DSPEX_TEST_BROKER") == "amqp":
+        vhost = amqp_vhost()
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", vhost], capture_output=True, check=False)
+        subprocess.run(["rabbitmqctl", "-q", "add_vhost", vhost], capture_output=True, check=True)
+        subprocess.run(
+            ["rabbitmqctl", "-q", "set_permissions", "-p", vhost, "guest", ".*", ".*", ".*"],
+            capture_output=True,
+            check=True,
+        )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if os.environ.get("DSPEX_TEST_BROKER") == "amqp":
+        subprocess.run(["rabbitmqctl", "-q", "delete_vhost", amqp_vhost()], capture_output=True, check=False)
+
+
+def amqp_vhost() -> str:
+    from django.conf import settings
+
+    return str(settings.CELERY_BROKER_URL).rsplit("/", 1)[1]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

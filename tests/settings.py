@@ -10,6 +10,11 @@ import os
 # gets its own test database and Redis database.
 _slot = int(os.environ.get("DSPEX_TEST_SLOT", "0"))
 os.environ.setdefault("REDIS_URL", f"redis://localhost:6379/{15 - _slot}")
+# DSPEX_TEST_BROKER=amqp: the Celery broker is the machine's RabbitMQ, in a virtual host of this
+# slot's own (created and deleted by tests/conftest.py), instead of the slot's Redis database.
+# `make test` runs the broker-marked tests (queues, retries, batches, crashes) both ways.
+if os.environ.get("DSPEX_TEST_BROKER") == "amqp":
+    os.environ.setdefault("CELERY_BROKER_URL", f"amqp://guest:guest@localhost:5672/dspex-test-{_slot}")
 os.environ.setdefault("DATABASE_TEST_NAME", f"test_dspex_{_slot}" if _slot else "test_dspex")
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-only-secret-key-" + "x" * 40)
 os.environ.setdefault("LOG_JSON", "0")

@@ -6,6 +6,8 @@ import pytest
 
 from executions.models import CognitiveExecution
 
+pytestmark = pytest.mark.broker  # run on Redis and again on RabbitMQ
+
 
 @pytest.mark.e2e
 def test_a_queued_execution_is_run_by_a_worker(api, make_program, worker):

@@ -10,6 +10,8 @@ from optimization.models import OptimizationRun
 from optimization.tasks import reap_stale_runs
 from tests.support import start_worker
 
+pytestmark = pytest.mark.broker  # run on Redis and again on RabbitMQ
+
 
 def kill_tree(worker) -> None:
     """SIGKILL the worker and its pool processes at once, as a lost machine would."""

@@ -10,6 +10,8 @@ from executions.models import Batch, CognitiveExecution
 from tests.factories import OptimizationResultFactory, ProgramCachePolicyFactory
 from tests.support import sim_env, start_worker, wait_for
 
+pytestmark = pytest.mark.broker
+
 
 def create(api, program, **body):
     return api.post("/api/v1/batches/", {"program": str(program.id), **body}, format="json")

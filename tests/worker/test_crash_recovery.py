@@ -11,7 +11,7 @@ from dspex_site.beat import sync_schedules
 from executions.models import CognitiveExecution
 from tests.support import process_env, sim_env, start_beat, start_worker, stop, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.broker]
 
 FAST_RECOVERY = {"DSPEX_HEARTBEAT_S": "1", "DSPEX_HEARTBEAT_STALE_S": "5"}
 

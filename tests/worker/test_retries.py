@@ -6,7 +6,7 @@ import requests
 from executions.models import CognitiveExecution
 from tests.support import sim_env, start_worker, wait_for
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.broker]
 
 
 @pytest.fixture
