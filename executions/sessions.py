@@ -121,9 +121,10 @@ class Turn:
     def claim(self, execution: CognitiveExecution) -> None:
         """In the transaction that inserts `execution`: make it the session's one unfinished turn,
         or raise SessionBusy / SessionExpired (rolling the insert back). Locks the session row
-        until that transaction ends; `FOR NO KEY UPDATE` because the execution's insert already
-        holds `FOR KEY SHARE` on it (its foreign key), which `FOR UPDATE` would wait on: two
-        concurrent turns would deadlock instead of one of them being refused."""
+        until that transaction ends, so concurrent claims of one session run one after the other
+        and the second sees the first's turn. `FOR NO KEY UPDATE` is enough for that and, unlike
+        `FOR UPDATE`, does not conflict with the `FOR KEY SHARE` that foreign-key checks of rows
+        pointing at the session take (Django's are deferred to commit)."""
         now = timezone.now()
         locked = Session.objects.select_for_update(no_key=True).filter(id=self.session.id).first()
         if locked is None:
