@@ -203,7 +203,16 @@ class SessionAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
     list_filter = [("program", VisibleRelatedFilter)]
     search_fields = ["id"]
     show_full_result_count = False
-    fields = ("id", "program", "metadata_json", "ttl_s", "created_by", "created_at", "expires_at", "turn_list")
+    fields = (
+        "id",
+        "program",
+        "metadata_json",
+        "ttl_s",
+        "created_by",
+        "created_at",
+        "expires_at",
+        "turn_list",
+    )
     readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet:
