@@ -158,7 +158,10 @@ class SessionViewSet(
     required_kinds = {"create": RUN, "turns": RUN, "destroy": RUN}
 
     def get_queryset(self):
-        qs = sessions.with_turn_state(super().get_queryset())
+        # The program: its project (the permission check) and its History inputs, in the same query.
+        qs = super().get_queryset().select_related("program")
+        if self.action in ("list", "retrieve"):  # what the bodies show; a turn does not need them
+            qs = sessions.with_turn_state(qs)
         # The list shows live sessions; a detail route finds an expired one to say so (404
         # `session_expired`) until the prune task deletes it.
         return qs.filter(expires_at__gt=timezone.now()) if self.action == "list" else qs

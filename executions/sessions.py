@@ -14,7 +14,7 @@ turns is read from those executions, so it can never disagree with them:
   kept as an execution with its number, but does not advance the conversation: the next turn
   takes the same number again;
 - **busy**: a session is busy while one of its turns is pending or running. Creating a turn
-  locks the session row (`FOR NO KEY UPDATE`, in the transaction that inserts the execution),
+  locks the session row (the UPDATE of its expiry, in the transaction that inserts the execution),
   checks that no other turn is unfinished and that no turn finished since the history was read,
   and pushes `expires_at` (sliding TTL); a second concurrent turn therefore gets 409
   `session_busy` (refused, not queued). Postgres is the only state: any web process or worker
@@ -120,29 +120,32 @@ class Turn:
 
     def claim(self, execution: CognitiveExecution) -> None:
         """In the transaction that inserts `execution`: make it the session's one unfinished turn,
-        or raise SessionBusy / SessionExpired (rolling the insert back). Locks the session row
-        until that transaction ends, so concurrent claims of one session run one after the other
-        and the second sees the first's turn. `FOR NO KEY UPDATE` is enough for that and, unlike
-        `FOR UPDATE`, does not conflict with the `FOR KEY SHARE` that foreign-key checks of rows
-        pointing at the session take (Django's are deferred to commit)."""
-        now = timezone.now()
-        locked = Session.objects.select_for_update(no_key=True).filter(id=self.session.id).first()
-        if locked is None:
-            raise Session.DoesNotExist(f"No session {self.session.id}.")
-        if locked.expires_at <= now:
-            raise SessionExpired(f"Session {locked.id} expired at {locked.expires_at.isoformat()}.")
-        others = CognitiveExecution.objects.filter(session_id=locked.id).exclude(id=execution.id)
-        running = others.filter(status__in=UNFINISHED).values_list("id", flat=True).first()
-        if running is not None:
+        or raise SessionBusy / SessionExpired (rolling the insert back).
+
+        The UPDATE that pushes `expires_at` back (sliding TTL) is also the lock: it holds the
+        session row (`FOR NO KEY UPDATE`, which foreign-key checks of rows pointing at it do not
+        wait on) until the transaction ends, so concurrent claims of one session run one after
+        the other and the second sees the first's turn."""
+        now, session = timezone.now(), self.session
+        expires_at = now + timedelta(seconds=session.ttl_s)
+        if not Session.objects.filter(id=session.id, expires_at__gt=now).update(expires_at=expires_at):
+            if Session.objects.filter(id=session.id).exists():
+                raise SessionExpired(f"Session {session.id} expired.")
+            raise Session.DoesNotExist(f"No session {session.id}.")
+        others = CognitiveExecution.objects.filter(session_id=session.id).exclude(id=execution.id)
+        state = others.aggregate(
+            running=models.Count("id", filter=models.Q(status__in=UNFINISHED)),
+            last=models.Max("turn", filter=models.Q(status=Status.SUCCEEDED)),
+        )
+        if state["running"]:
+            running = others.filter(status__in=UNFINISHED).values_list("id", flat=True).first()
             raise SessionBusy(
-                f"Session {locked.id} has a turn running (execution {running}); retry after it."
+                f"Session {session.id} has a turn running (execution {running}); retry after it."
             )
-        last = others.filter(status=Status.SUCCEEDED).aggregate(last=models.Max("turn"))["last"] or 0
+        last = state["last"] or 0
         if last != self.number - 1:  # a turn finished between reading the history and now
-            raise SessionBusy(f"Session {locked.id} moved on to turn {last + 1} meanwhile; retry.")
-        expires_at = now + timedelta(seconds=locked.ttl_s)
-        Session.objects.filter(id=locked.id).update(expires_at=expires_at)
-        self.session.expires_at = expires_at
+            raise SessionBusy(f"Session {session.id} moved on to turn {last + 1} meanwhile; retry.")
+        session.expires_at = expires_at
 
 
 def prepare_turn(session: Session, program: Any, input_data: Any) -> Turn:
