@@ -22,7 +22,7 @@ from dspex_site.api.serializers import referenced_row
 from dspex_site.errors import QueueUnavailable
 from dspex_site.roles import RUN
 from executions import batches, runner, sessions
-from executions.filters import ExecutionFilter
+from executions.filters import ExecutionFilter, SessionFilter
 from executions.models import Batch, CognitiveExecution, Session
 from executions.runner import ProgramNotRunnable
 from executions.serializers import (
@@ -154,7 +154,7 @@ class SessionViewSet(
     project_path = "program__project"
     serializer_class = SessionSerializer
     parser_classes = [LimitedJSONParser]
-    filterset_class = None
+    filterset_class = SessionFilter
     required_kinds = {"create": RUN, "turns": RUN, "destroy": RUN}
 
     def get_queryset(self):

@@ -252,3 +252,17 @@ def test_a_viewer_reads_sessions_but_cannot_open_or_run_one(chat_program):
     ]
     assert [r.status_code for r in refused] == [403, 403, 403]
     assert Session.objects.count() == 1 and not CognitiveExecution.objects.exists()
+
+
+def test_sessions_and_their_turns_can_be_listed_by_program_and_session(api, open_session):
+    other = ProgramFactory(name="other-chat", pipeline={"signature": "question, history: History -> answer"})
+    mine, theirs = open_session(), open_session(program=other)
+    turn(api, mine, "one?")
+    turn(api, theirs, "two?")
+    listed = api.get("/api/v1/sessions/", {"program": str(other.id)}).json()["results"]
+    assert [s["id"] for s in listed] == [theirs["id"]] and listed[0]["turns"] == 1
+    executions = api.get("/api/v1/executions/", {"session": mine["id"]}).json()["results"]
+    assert [(e["session"], e["turn"], e["input"]["question"]) for e in executions] == [
+        (mine["id"], 1, "one?")
+    ]
+    assert api.get("/api/v1/sessions/", {"program": "nope"}).status_code == 400
