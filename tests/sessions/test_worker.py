@@ -8,10 +8,11 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from dspex_site.beat import sync_schedules
 from executions import housekeeping
 from executions.models import CognitiveExecution
 from tests.sessions.conftest import turn
-from tests.support import start_worker, wait_for
+from tests.support import process_env, sim_env, start_beat, start_worker, stop, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.usefixtures("transactional_db")]
 
@@ -96,3 +97,50 @@ def test_a_crashed_turn_out_of_attempts_fails_and_its_number_is_taken_again(api,
     again = turn(api, session, "again?").json()
     assert again["turn"] == 1 and again["status"] == "succeeded"
     assert again["input"]["history"] == {"messages": []}
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_turn_leaves_the_session_usable(api, open_session, simlm, settings, tmp_path):
+    """The real thing: SIGKILL while the provider is answering; beat's reaper hands the turn to
+    a surviving worker, and the session carries on from it."""
+    simlm.reset()
+    simlm.configure(latency_ms=4000)
+    settings.DSPEX_REAP_INTERVAL_S = 2
+    sync_schedules()
+    env = sim_env(simlm, DSPEX_HEARTBEAT_S="1", DSPEX_HEARTBEAT_STALE_S="5")
+    doomed = start_worker(queues="llm_calls,priority", env=env, name="doomed")
+    survivor = beat = None
+    try:
+        session = open_session()
+        queued = turn(api, session, "interrupted?", wait=False).json()
+        wait_for(
+            lambda: CognitiveExecution.objects.filter(id=queued["id"], status="running").first(),
+            30,
+            "the doomed worker to start the turn",
+        )
+        doomed.kill()
+        assert turn(api, session, "too soon?").json()["code"] == "session_busy"
+        simlm.configure(latency_ms=0)
+        survivor = start_worker(queues="llm_calls,priority,cleanup", env=env, name="survivor")
+        beat = start_beat(process_env(**env), tmp_path)
+        recovered = wait_for(
+            lambda: CognitiveExecution.objects.filter(
+                id=queued["id"], status__in=CognitiveExecution.FINISHED
+            ).first(),
+            120,
+            "the turn to finish on the surviving worker",
+            interval=0.5,
+        )
+    finally:
+        if doomed.proc.poll() is None:
+            doomed.kill()
+        if beat is not None:
+            stop(beat)
+        if survivor is not None:
+            survivor.stop()
+        simlm.reset()
+    assert recovered.status == "succeeded" and [e["type"] for e in recovered.errors] == ["worker_lost"]
+    assert CognitiveExecution.objects.filter(session_id=session["id"]).count() == 1
+    after = turn(api, session, "and now?").json()
+    assert after["turn"] == 2
+    assert after["input"]["history"]["messages"] == [{"question": "interrupted?", **recovered.output}]
