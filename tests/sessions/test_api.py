@@ -266,3 +266,21 @@ def test_sessions_and_their_turns_can_be_listed_by_program_and_session(api, open
         (mine["id"], 1, "one?")
     ]
     assert api.get("/api/v1/sessions/", {"program": "nope"}).status_code == 400
+
+
+def test_the_caches_key_on_the_history_too(api, open_session):
+    """The history is part of the stored input and of the prompt: a conversation that repeats
+    another is answered from the caches (the answer cache once a run was fully LLM-cached, as
+    for `execute`), with its turns still stored and counted; the same question after another
+    history is not."""
+    sessions = [open_session() for _ in range(3)]
+    turns = [turn(api, session, "same?").json() for session in sessions]
+    assert [t["metrics"]["cache_hits"] for t in turns[:2]] == [0, 1]
+    answered = turns[2]
+    assert answered["metrics"].get("answer_cache_hit") is True
+    assert (answered["session"], answered["turn"], answered["status"]) == (sessions[2]["id"], 1, "succeeded")
+    assert api.get(f"/api/v1/sessions/{sessions[2]['id']}/").json()["turns"] == 1
+    follow_up = turn(api, sessions[0], "follow-up?").json()
+    fresh = turn(api, open_session(), "follow-up?").json()  # same question, no history
+    assert follow_up["metrics"]["cache_hits"] == fresh["metrics"]["cache_hits"] == 0
+    assert turn(api, sessions[1], "follow-up?").json()["metrics"]["cache_hits"] == 1
