@@ -117,6 +117,7 @@ TASKS: dict[str, Wiring] = {
         Queue.CLEANUP, 50, 60, Every(setting="DSPEX_REAP_INTERVAL_S"), "dspex: reap stuck executions"
     ),
     "executions.prune": Wiring(Queue.CLEANUP, 240, 300, Cron("17"), "dspex: prune old executions"),
+    "executions.prune_sessions": Wiring(Queue.CLEANUP, 50, 60, Every(300), "dspex: prune expired sessions"),
     "executions.analyze": Wiring(Queue.CLEANUP, 540, 600, Cron("40", "3"), "dspex: analyze big tables"),
     "optimization.run": Wiring(
         Queue.OPTIMIZATION,

@@ -344,6 +344,11 @@ DSPEX_PRUNE_BATCH_SIZE = env_int("DSPEX_PRUNE_BATCH_SIZE", 1000)
 DSPEX_BATCH_MAX_INPUTS = env_int("DSPEX_BATCH_MAX_INPUTS", 10_000)
 DSPEX_BATCH_MAX_BYTES = env_int("DSPEX_BATCH_MAX_BYTES", 32 * 1024 * 1024)
 DSPEX_BATCH_CONCURRENCY = env_int("DSPEX_BATCH_CONCURRENCY", 20)
+# Sessions (executions.sessions): the TTL a session gets when its body names none, the longest
+# one it may ask for, and how many earlier turns at most go into a History input.
+DSPEX_SESSION_TTL_S = env_int("DSPEX_SESSION_TTL_S", 86_400)
+DSPEX_SESSION_MAX_TTL_S = env_int("DSPEX_SESSION_MAX_TTL_S", 30 * 86_400)
+DSPEX_SESSION_HISTORY_TURNS = env_int("DSPEX_SESSION_HISTORY_TURNS", 50)
 
 # --- Observability --------------------------------------------------------------------------
 SENTRY_DSN = env_str("SENTRY_DSN")

@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.routers import DefaultRouter
 
 from caching.api import cache_purge, cache_stats, program_cache_policy
-from executions.api import BatchViewSet, ExecutionViewSet
+from executions.api import BatchViewSet, ExecutionViewSet, SessionViewSet
 from llm import admin as llm_admin
 from llm.api import providers, routing
 from monitoring import dashboards, health, scrape
@@ -26,6 +26,7 @@ router = DefaultRouter()
 router.register("programs", ProgramViewSet, basename="program")
 router.register("executions", ExecutionViewSet, basename="execution")
 router.register("batches", BatchViewSet, basename="batch")
+router.register("sessions", SessionViewSet, basename="session")
 router.register("corpora", CorpusViewSet, basename="corpus")
 router.register("datasets", DatasetViewSet, basename="dataset")
 router.register("optimizations", RunViewSet, basename="optimization")

@@ -8,12 +8,13 @@ from django.contrib.admin.utils import flatten_fieldsets
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.urls import reverse
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 
 from dspex_site.console import ReadOnlyAdmin
 from dspex_site.display import money, pre, pretty, summary, trace_rows
 from dspex_site.roles import RUN
-from executions.models import Batch, CognitiveExecution
+from executions import sessions
+from executions.models import Batch, CognitiveExecution, Session
 from projects.console import ProjectScopedAdmin, VisibleRelatedFilter
 
 
@@ -78,6 +79,8 @@ class ExecutionAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
                     "priority",
                     "use_cache",
                     "batch",
+                    "session_link",
+                    "turn",
                 ],
             },
         ),
@@ -125,6 +128,15 @@ class ExecutionAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
         url = reverse("admin:programs_cognitiveprogram_change", args=[obj.program_id])
         return format_html(
             '<a href="{}">{}</a> <span class="dspex-muted">v{}</span>', url, obj.program, obj.program_version
+        )
+
+    @admin.display(description="session")
+    def session_link(self, obj: CognitiveExecution) -> str:
+        if obj.session_id is None:
+            return "—"
+        url = reverse("admin:executions_session_change", args=[obj.session_id])
+        return format_html(
+            '<a href="{}">{}</a> <span class="dspex-muted">turn {}</span>', url, obj.session_id, obj.turn
         )
 
     @admin.display(description="status", ordering="status")
@@ -178,3 +190,74 @@ class BatchAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
     list_select_related = ["program"]
     list_filter = [("program", VisibleRelatedFilter)]
     show_full_result_count = False
+
+
+@admin.register(Session)
+class SessionAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
+    """Read-only: sessions are made and used through the API. The page lists every turn (failed
+    ones too, each a link to its execution); the API's history holds the succeeded ones."""
+
+    project_path = "program__project"
+    list_display = ["id", "program", "turn_count", "created_at", "expires_at"]
+    list_select_related = ["program"]
+    list_filter = [("program", VisibleRelatedFilter)]
+    search_fields = ["id"]
+    show_full_result_count = False
+    fields = (
+        "id",
+        "program",
+        "metadata_json",
+        "ttl_s",
+        "created_by",
+        "created_at",
+        "expires_at",
+        "turn_list",
+    )
+    readonly_fields = fields
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet:
+        return sessions.with_turn_state(super().get_queryset(request))
+
+    def get_search_results(self, request: HttpRequest, queryset: QuerySet, search_term: str) -> tuple:
+        try:
+            return queryset.filter(id=uuid.UUID(search_term.strip())), False
+        except ValueError:
+            return (queryset.none(), False) if search_term.strip() else (queryset, False)
+
+    @admin.display(description="turns")
+    def turn_count(self, obj: Session) -> int:
+        return getattr(obj, "turns", 0)
+
+    @admin.display(description="metadata")
+    def metadata_json(self, obj: Session) -> str:
+        return pre(obj.metadata)
+
+    @admin.display(description="turns")
+    def turn_list(self, obj: Session) -> str:
+        turns = obj.executions.order_by("turn", "created_at").only(
+            "id", "turn", "status", "duration_ms", "created_at"
+        )
+        rows = format_html_join(
+            "",
+            '<tr><td>{}</td><td><a href="{}">{}</a></td>'
+            '<td><span class="dspex-status dspex-status-{}">{}</span></td><td>{}</td><td>{}</td></tr>',
+            (
+                (
+                    execution.turn,
+                    reverse("admin:executions_cognitiveexecution_change", args=[execution.id]),
+                    str(execution.id)[:8],
+                    execution.status,
+                    execution.status,
+                    "—" if execution.duration_ms is None else f"{execution.duration_ms} ms",
+                    execution.created_at.isoformat(timespec="seconds"),
+                )
+                for execution in turns
+            ),
+        )
+        if not rows:
+            return "No turns yet."
+        return format_html(
+            '<table class="dspex-turns"><thead><tr><th>turn</th><th>execution</th><th>status</th>'
+            "<th>duration</th><th>created</th></tr></thead><tbody>{}</tbody></table>",
+            rows,
+        )

@@ -1,9 +1,15 @@
-"""REST API for executions (list, detail, cancel) and batches (create, progress, results, cancel)."""
+"""REST API for executions (list, detail, cancel), batches (create, progress, results, cancel)
+and sessions (create, list, read with history, delete, turns)."""
 
-from django.http import StreamingHttpResponse
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.http import Http404, StreamingHttpResponse
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
-from rest_framework import status, viewsets
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.parsers import MultiPartParser
 from rest_framework.request import Request
@@ -13,17 +19,25 @@ from dspex_site.api.errors import APIError
 from dspex_site.api.parsers import LimitedJSONParser
 from dspex_site.api.schema import raises
 from dspex_site.api.serializers import referenced_row
-from executions import batches
-from executions.filters import ExecutionFilter
-from executions.models import Batch, CognitiveExecution
+from dspex_site.errors import QueueUnavailable
+from dspex_site.roles import RUN
+from executions import batches, runner, sessions
+from executions.filters import ExecutionFilter, SessionFilter
+from executions.models import Batch, CognitiveExecution, Session
 from executions.runner import ProgramNotRunnable
 from executions.serializers import (
     BatchCreateSerializer,
     BatchSerializer,
     ExecutionSerializer,
     ExecutionSummarySerializer,
+    QueuedTurnSerializer,
+    SessionCreateSerializer,
+    SessionDetailSerializer,
+    SessionSerializer,
+    TurnSerializer,
 )
 from llm.budgets import BudgetExceeded
+from programs.api import execution_response, publish
 from programs.models import CognitiveProgram
 from projects import access
 from projects.api import ProjectScoped
@@ -123,3 +137,124 @@ class BatchViewSet(ProjectScoped, viewsets.GenericViewSet):
         batch = self.get_object()
         batches.cancel(batch)
         return Response(self._represent(batch))
+
+
+class SessionViewSet(
+    ProjectScoped,
+    mixins.ListModelMixin,
+    mixins.RetrieveModelMixin,
+    mixins.DestroyModelMixin,
+    viewsets.GenericViewSet,
+):
+    """Multi-turn sessions with a program (executions.sessions): create, list, read with history,
+    delete, and run turns. Creating a session or a turn and deleting one start or end work with
+    the program: they need RUN, as `execute` does; reading needs READ."""
+
+    queryset = Session.objects.all()
+    project_path = "program__project"
+    serializer_class = SessionSerializer
+    parser_classes = [LimitedJSONParser]
+    filterset_class = SessionFilter
+    required_kinds = {"create": RUN, "turns": RUN, "destroy": RUN}
+
+    def get_queryset(self):
+        # The program: its project (the permission check) and its History inputs, in the same query.
+        qs = super().get_queryset().select_related("program")
+        if self.action in ("list", "retrieve"):  # what the bodies show; a turn does not need them
+            qs = sessions.with_turn_state(qs)
+        # The list shows live sessions; a detail route finds an expired one to say so (404
+        # `session_expired`) until the prune task deletes it.
+        return qs.filter(expires_at__gt=timezone.now()) if self.action == "list" else qs
+
+    def get_object(self) -> Session:
+        session = super().get_object()
+        if session.is_expired:
+            raise sessions.SessionExpired(
+                f"Session {session.id} expired at {session.expires_at.isoformat()}."
+            )
+        return session
+
+    @extend_schema(request=SessionCreateSerializer, responses={201: SessionSerializer})
+    def create(self, request: Request) -> Response:
+        body = SessionCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        program = referenced_row(
+            access.visible(CognitiveProgram.objects.all(), request.user),
+            data["program"],
+            path="program",
+            code="invalid",
+            detail=f"No program {data['program']}.",
+            problem="no such program",
+        )
+        self.check_object_permissions(request, program)  # a viewer there may not start work
+        session = sessions.create_session(
+            program,
+            metadata=data["metadata"],
+            ttl_s=data.get("ttl_s", settings.DSPEX_SESSION_TTL_S),
+            user=request.user,
+        )
+        session.turns, session.busy = 0, False  # type: ignore[attr-defined]  # what with_turn_state adds
+        return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(responses={200: SessionDetailSerializer})
+    @raises(sessions.SessionExpired)
+    def retrieve(self, request: Request, pk: str | None = None) -> Response:
+        return Response(SessionDetailSerializer(self.get_object()).data)
+
+    @raises(sessions.SessionExpired)
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Delete the session; its turns stay as executions (`session` null), pruned as any."""
+        return super().destroy(request, *args, **kwargs)
+
+    @extend_schema(
+        request=TurnSerializer,
+        responses={
+            200: ExecutionSerializer,
+            202: QueuedTurnSerializer,
+            402: OpenApiResponse(ExecutionSerializer, description="A spend limit was reached during the run"),
+            409: OpenApiResponse(ExecutionSerializer, description="Cancelled while it ran"),
+            422: OpenApiResponse(ExecutionSerializer, description="The program failed on this input"),
+            502: OpenApiResponse(ExecutionSerializer, description="The provider failed"),
+            503: OpenApiResponse(
+                ExecutionSerializer, description="Refused for now (breaker, rate limit, bulkhead)"
+            ),
+        },
+    )
+    @raises(
+        sessions.SessionBusy,
+        sessions.SessionExpired,
+        ProgramNotRunnable,
+        BudgetExceeded,
+        QueueUnavailable,
+    )
+    @action(detail=True, methods=["post"])
+    def turns(self, request: Request, pk: str | None = None) -> Response:
+        """Run the session's next turn: `execute`'s answer (`wait=true`, the default) with
+        `session` and `turn`; a History input of the program gets the earlier turns."""
+        session = self.get_object()
+        body = TurnSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        # The cached runnable program, as `execute` reads it (executions.runner.runnable_program).
+        program = runner.runnable_program(session.program_id)
+        turn = sessions.prepare_turn(session, program.program, data["input"])
+        args = (program, turn.input, data["variables"])
+        options = {
+            "user": request.user,
+            "priority": data["priority"],
+            "use_cache": data["cache"],
+            "turn": turn,
+        }
+        try:
+            if data["wait"]:
+                return execution_response(runner.run_now(*args, **options))
+            execution = runner.create_execution(*args, **options)
+        except Session.DoesNotExist:  # deleted while the turn was being prepared
+            raise Http404 from None
+        unpublished: list[str] = []
+        transaction.on_commit(lambda: publish(execution, unpublished))
+        if unpublished:
+            execution.fail_unpublished(unpublished[0])
+            raise QueueUnavailable(unpublished[0])
+        return Response(QueuedTurnSerializer(execution).data, status=status.HTTP_202_ACCEPTED)

@@ -4,7 +4,7 @@ import django_filters
 from django.core.exceptions import ValidationError
 from django_filters.fields import IsoDateTimeField
 
-from executions.models import CognitiveExecution
+from executions.models import CognitiveExecution, Session
 
 
 class BoundedIsoDateTimeField(IsoDateTimeField):
@@ -33,8 +33,20 @@ class ExecutionFilter(django_filters.FilterSet):
     # an unknown id does (a choice filter would answer 400 for the one and not the other).
     program = django_filters.UUIDFilter(field_name="program_id")
     batch = django_filters.UUIDFilter(field_name="batch_id")
+    session = django_filters.UUIDFilter(field_name="session_id")
     project = django_filters.NumberFilter(field_name="program__project_id")
 
     class Meta:
         model = CognitiveExecution
-        fields = ["program", "status", "batch", "created_after", "created_before"]
+        fields = ["program", "status", "batch", "session", "created_after", "created_before"]
+
+
+class SessionFilter(django_filters.FilterSet):
+    """`?program=` takes a plain id, as above; `?project=` a project's."""
+
+    program = django_filters.UUIDFilter(field_name="program_id")
+    project = django_filters.NumberFilter(field_name="program__project_id")
+
+    class Meta:
+        model = Session
+        fields = ["program", "project"]

@@ -70,7 +70,8 @@ def _top_up_batches() -> int:
 
 
 def prune(now: Any = None) -> tuple[int, bool]:
-    """Delete finished executions older than the retention, one bounded chunk per call.
+    """Delete finished executions older than the retention (not turns of a live session), one
+    bounded chunk per call.
 
     Returns (deleted, more_left). Chunks keep each DELETE short, so it never holds locks or
     bloats WAL the way one huge DELETE would.
@@ -78,7 +79,11 @@ def prune(now: Any = None) -> tuple[int, bool]:
     now = now or timezone.now()
     cutoff = now - timedelta(days=settings.DSPEX_EXECUTION_RETENTION_DAYS)
     size = settings.DSPEX_PRUNE_BATCH_SIZE
-    old = CognitiveExecution.objects.filter(created_at__lt=cutoff, status__in=CognitiveExecution.FINISHED)
+    # A live session's turns are its history: kept while it lives (executions.sessions.prune
+    # deletes expired sessions, which sets their turns' `session` to null, and they go then).
+    old = CognitiveExecution.objects.filter(
+        created_at__lt=cutoff, status__in=CognitiveExecution.FINISHED, session__isnull=True
+    )
     ids = list(old.order_by("created_at").values_list("id", flat=True)[:size])
     deleted = CognitiveExecution.objects.filter(id__in=ids).delete()[0] if ids else 0
     if len(ids) < size:

@@ -195,6 +195,16 @@ class CognitiveExecution(Job):
     queued_at = models.DateTimeField(null=True, blank=True)
     errors = models.JSONField(default=list, blank=True, help_text="Every failed attempt, oldest first.")
     batch_index = models.PositiveIntegerField(null=True, blank=True)
+    # A session's turn (executions.sessions): which session, and the turn's number in it.
+    session = models.ForeignKey(
+        "executions.Session",
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="executions",
+        db_index=False,
+    )
+    turn = models.PositiveIntegerField(null=True, blank=True)
 
     objects = ExecutionQuerySet.as_manager()
 
@@ -219,6 +229,12 @@ class CognitiveExecution(Job):
                 fields=["created_by"],
                 name="idx_executions_created_by",
                 condition=models.Q(created_by__isnull=False),
+            ),
+            # A session's turns (its history, whether one is running); only turns have an entry.
+            models.Index(
+                fields=["session", "turn"],
+                name="idx_executions_session_turn",
+                condition=models.Q(session__isnull=False),
             ),
         ]
 
@@ -361,6 +377,39 @@ class Batch(models.Model):
 
     def __str__(self) -> str:
         return str(self.id)
+
+
+class Session(models.Model):
+    """A conversation with one program: its turns are executions (`session`, `turn`), and a
+    program input of type History gets the earlier succeeded turns (executions.sessions).
+
+    Nothing about the turns is stored here: the number of turns, the history and whether a turn
+    is running are read from the executions, so they can never disagree with them (a turn whose
+    process died is recovered by the executions' own reaper, and the session with it).
+    """
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    program = models.ForeignKey(
+        "programs.CognitiveProgram", on_delete=models.CASCADE, related_name="sessions"
+    )
+    metadata = models.JSONField(default=dict, blank=True)
+    ttl_s = models.PositiveIntegerField(help_text="Seconds without a turn after which the session expires.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(default=timezone.now)
+    expires_at = models.DateTimeField(db_index=True)  # the prune task's lookup
+
+    class Meta:
+        db_table = "execution_sessions"
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return str(self.id)
+
+    @property
+    def is_expired(self) -> bool:
+        return self.expires_at <= timezone.now()
 
 
 if TYPE_CHECKING:

@@ -43,6 +43,7 @@ from projects import keys
 
 if TYPE_CHECKING:
     from executions.models import ClaimedExecution
+    from executions.sessions import Turn
 
 logger = logging.getLogger(__name__)
 
@@ -138,15 +139,28 @@ def create_execution(
     priority: str = CognitiveExecution.Priority.NORMAL,
     use_cache: bool = True,
     batch: Any = None,
+    turn: "Turn | None" = None,
 ) -> CognitiveExecution:
     """Validate and store a pending execution of the program's current version.
 
     Raises ProgramNotRunnable (archived) or ProgramSpecError with `input.*` / `variables.*` paths;
-    nothing is written unless everything is valid.
+    nothing is written unless everything is valid. A session's `turn` (executions.sessions)
+    claims its session in the transaction that stores the row (SessionBusy rolls it back).
     """
-    execution = _new_execution(program, input_data, variables, user, priority, use_cache, batch=batch)
-    CognitiveExecution.objects.insert(execution)
+    execution = _new_execution(
+        program, input_data, variables, user, priority, use_cache, batch=batch, **_turn_fields(turn)
+    )
+    if turn is None:
+        CognitiveExecution.objects.insert(execution)
+        return execution
+    with transaction.atomic():
+        CognitiveExecution.objects.insert(execution)
+        turn.claim(execution)
     return execution
+
+
+def _turn_fields(turn: "Turn | None") -> dict[str, Any]:
+    return {} if turn is None else {"session": turn.session, "turn": turn.number}
 
 
 def _new_execution(
@@ -174,6 +188,7 @@ def run_now(
     priority: str = CognitiveExecution.Priority.NORMAL,
     use_cache: bool = True,
     on_created: Callable[[CognitiveExecution], None] | None = None,
+    turn: "Turn | None" = None,
 ) -> Outcome:
     """Store and run one execution in the caller's thread: the one path of every "run now" entry
     point (the API's `execute` with `wait=true`, the console's Run page, `manage.py dspex_run`).
@@ -185,10 +200,16 @@ def run_now(
     Someone is waiting for the answer, so the run is `interactive` traffic (served first, may
     use the rate-limit reserve; llm.resilience) whichever entry point started it. Raises what
     `create_execution` raises, with nothing written; `on_created` runs in the transaction that
-    stores the row (the console and the command record their audit event there).
+    stores the row (the console and the command record their audit event there), and so does a
+    session's `turn` claiming its session (executions.sessions: SessionBusy rolls the row back).
     """
     now = timezone.now()
-    execution = _new_execution(program, input_data, variables, user, priority, use_cache)
+    execution = _new_execution(
+        program, input_data, variables, user, priority, use_cache, **_turn_fields(turn)
+    )
+    if turn is not None:
+        assert on_created is None, "a session turn claims its session in on_created"
+        on_created = turn.claim
     for name, value in (CognitiveExecution.claim_values(now) | {"attempts": 1}).items():
         setattr(execution, name, value)
     program_name = RunnableProgram.of(program).program.name

@@ -2,9 +2,13 @@
 
 from typing import Any
 
+from django.conf import settings
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from executions.models import CognitiveExecution
+from dspex_site.api.serializers import StrictSerializer
+from executions import sessions
+from executions.models import CognitiveExecution, Session
 
 SUMMARY_FIELDS = [
     "id",
@@ -26,6 +30,8 @@ SUMMARY_FIELDS = [
     "finished_at",
     "errors",
     "batch_index",
+    "session",
+    "turn",
 ]
 
 
@@ -58,7 +64,12 @@ class ExecutionSerializer(serializers.ModelSerializer):
 
 _datetime = serializers.DateTimeField()
 # Foreign keys: the API shows their ids.
-_KEYS = {"program": "program_id", "optimization_result": "optimization_result_id", "batch": "batch_id"}
+_KEYS = {
+    "program": "program_id",
+    "optimization_result": "optimization_result_id",
+    "batch": "batch_id",
+    "session": "session_id",
+}
 _DATETIMES = ("created_at", "started_at", "finished_at")
 
 
@@ -121,3 +132,92 @@ class BatchSerializer(serializers.Serializer):
     counts = serializers.DictField(child=serializers.IntegerField(), help_text="executions by status")
     finished = serializers.IntegerField()
     progress = serializers.FloatField(help_text="finished / total, 0..1")
+
+
+# --- sessions -------------------------------------------------------------------------------
+
+
+class SessionCreateSerializer(StrictSerializer):
+    """Body of POST /sessions/."""
+
+    program = serializers.UUIDField()
+    metadata = serializers.JSONField(
+        required=False, default=dict, help_text="Anything of the client's (an object)."
+    )
+    ttl_s = serializers.IntegerField(
+        required=False,
+        min_value=1,
+        help_text="Seconds without a turn after which the session expires (default DSPEX_SESSION_TTL_S, "
+        "at most DSPEX_SESSION_MAX_TTL_S).",
+    )
+
+    def validate_metadata(self, value: Any) -> dict:
+        if not isinstance(value, dict):
+            raise serializers.ValidationError("must be an object")
+        return value
+
+    def validate_ttl_s(self, value: int) -> int:
+        if value > settings.DSPEX_SESSION_MAX_TTL_S:
+            raise serializers.ValidationError(
+                f"at most {settings.DSPEX_SESSION_MAX_TTL_S} seconds (DSPEX_SESSION_MAX_TTL_S)"
+            )
+        return value
+
+
+class TurnSerializer(StrictSerializer):
+    """Body of POST /sessions/{id}/turns/: `execute`'s, except that `wait` defaults to true."""
+
+    input = serializers.JSONField(
+        help_text="The program's inputs except its History ones (the session fills those)."
+    )
+    variables = serializers.JSONField(required=False, default=dict, help_text="Variable overrides.")
+    wait = serializers.BooleanField(
+        default=True, help_text="Run in the request (200) or queue the turn (202)."
+    )
+    priority = serializers.ChoiceField(choices=["normal", "high"], default="normal")
+    cache = serializers.BooleanField(default=True, help_text="Use the LLM response cache.")
+    stream = serializers.BooleanField(default=False, help_text="Not available yet: must be false.")
+
+    def validate_stream(self, value: bool) -> bool:
+        if value:
+            raise serializers.ValidationError("streaming is not available yet; send false or leave it out")
+        return value
+
+
+class SessionSerializer(serializers.ModelSerializer):
+    """A session; `turns` is its last succeeded turn (0 before the first), `busy` whether a turn
+    is pending or running (both read from its executions, executions.sessions)."""
+
+    turns = serializers.IntegerField(read_only=True)
+    busy = serializers.BooleanField(read_only=True)
+
+    class Meta:
+        model = Session
+        fields = ["id", "program", "turns", "busy", "metadata", "ttl_s", "created_at", "expires_at"]
+        read_only_fields = fields
+
+
+class HistoryTurnSerializer(serializers.Serializer):
+    turn = serializers.IntegerField()
+    input = serializers.JSONField(help_text="As the client sent it (without the History fields).")
+    output = serializers.JSONField()
+    execution = serializers.UUIDField()
+
+
+class SessionDetailSerializer(SessionSerializer):
+    history = serializers.SerializerMethodField()
+
+    class Meta(SessionSerializer.Meta):
+        fields = [*SessionSerializer.Meta.fields, "history"]
+        read_only_fields = fields
+
+    @extend_schema_field(HistoryTurnSerializer(many=True))
+    def get_history(self, obj: Session) -> list[dict[str, Any]]:
+        return sessions.history(obj)
+
+
+class QueuedTurnSerializer(QueuedExecutionSerializer):
+    """The 202 answer to a queued turn."""
+
+    session = serializers.UUIDField(source="session_id", read_only=True)
+    turn = serializers.IntegerField(read_only=True)

@@ -20,7 +20,7 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, connection
 
-from executions import batches, housekeeping, runner
+from executions import batches, housekeeping, runner, sessions
 from executions.models import CognitiveExecution
 from llm.errors import RATE_LIMIT, TRANSIENT, Failure
 
@@ -77,6 +77,14 @@ def prune_task() -> int:
     deleted, more = housekeeping.prune()
     if more:  # bounded work per task run: the rest goes in the next message
         prune_task.apply_async(countdown=1)
+    return deleted
+
+
+@shared_task(name="executions.prune_sessions", acks_late=True)
+def prune_sessions_task() -> int:
+    deleted, more = sessions.prune()
+    if more:  # bounded work per task run, as `executions.prune`
+        prune_sessions_task.apply_async(countdown=1)
     return deleted
 
 

@@ -24,6 +24,7 @@ from dspex_site.api.errors import APIError, PayloadTooLarge
 from dspex_site.errors import DomainError, NotText, QueueUnavailable
 from executions.batches import BatchTooLarge
 from executions.runner import ProgramNotRunnable
+from executions.sessions import SessionBusy, SessionExpired
 from llm.budgets import BudgetExceeded
 from llm.quotas import RateLimitExceeded
 from llm.resilience import AdmissionError
@@ -43,7 +44,9 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     DatasetError: status.HTTP_400_BAD_REQUEST,
     RunRequestError: status.HTTP_400_BAD_REQUEST,
     BudgetExceeded: status.HTTP_402_PAYMENT_REQUIRED,
+    SessionExpired: status.HTTP_404_NOT_FOUND,
     ProgramNotRunnable: status.HTTP_409_CONFLICT,
+    SessionBusy: status.HTTP_409_CONFLICT,
     ResultDoesNotFit: status.HTTP_409_CONFLICT,
     AdmissionError: status.HTTP_503_SERVICE_UNAVAILABLE,
     RateLimitExceeded: status.HTTP_429_TOO_MANY_REQUESTS,  # a project's or key's per-minute limit

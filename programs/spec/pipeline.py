@@ -25,6 +25,7 @@ from programs.spec.references import Ref
 from programs.spec.registry import Registry
 from programs.spec.state import StateMismatchError, clean_predictor_state
 from programs.spec.steps import Shared
+from programs.spec.types import as_history, is_history
 from programs.spec.variables import resolve_declared
 
 LMFactory = Callable[[dict[str, Any]], dspy.BaseLM]
@@ -121,7 +122,16 @@ class PipelineModule(dspy.Module):
             inputs = check_inputs(self.plan.input_types, inputs, allow_extra=True)
             defaults = {name: decl.default for name, decl in self.plan.variables.items()}
             run = _Run(self, defaults, self.lm_for, None)
-        return dspy.Prediction(**_Execution(self, run).outputs(inputs))
+        return dspy.Prediction(**_Execution(self, run).outputs(self._typed(inputs)))
+
+    def _typed(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """Inputs with every History field (stored and sent as JSON) as a dspy.History, the type
+        DSPy's adapters format as earlier conversation turns."""
+        types = self.plan.input_types
+        return {
+            name: as_history(value) if name in types and is_history(types[name]) else value
+            for name, value in inputs.items()
+        }
 
     # --- state -----------------------------------------------------------------------------------
 

@@ -16,7 +16,7 @@ import dspy
 
 from programs.spec.errors import Errors, join, join_key, show
 from programs.spec.references import is_identifier
-from programs.spec.types import STR, ParsedType, TypeExprError, parse_type
+from programs.spec.types import STR, ParsedType, TypeExprError, is_history, parse_type
 
 MAX_SIGNATURE_LENGTH = 5000
 MAX_FIELDS = 50
@@ -109,6 +109,12 @@ def _check_field_set(spec: SignatureSpec, errors: Errors, path: str) -> bool:
         return False
     if len(spec.inputs) > MAX_FIELDS or len(spec.outputs) > MAX_FIELDS:
         errors.add(path, f"more than {MAX_FIELDS} input or output fields")
+        return False
+    if any(is_history(field.type) for field in spec.outputs):
+        errors.add(path, "History can only be the type of an input field (the conversation so far)")
+        return False
+    if sum(is_history(field.type) for field in spec.inputs) > 1:
+        errors.add(path, "at most one input field can be a History (DSPy formats only the first)")
         return False
     seen: set[str] = set()
     for field in (*spec.inputs, *spec.outputs):

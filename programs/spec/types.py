@@ -4,7 +4,9 @@ DSPy's own string-signature parser resolves unknown names with `importlib.import
 and `getattr` (so `x: os.path -> y` imports a module), which is unacceptable for specs
 written by API clients. This parser walks the expression's AST and accepts only:
 str, int, float, bool, Any, list[T], dict[str, T], Optional[T] (or `T | None`) and
-Literal[...] of strings, numbers and booleans. Nothing is ever looked up by name.
+Literal[...] of strings, numbers and booleans, and `History` (`dspy.History`, a conversation's
+earlier turns: only as the whole type of an input field, which is where DSPy's adapters look
+for it; sessions fill it, executions.sessions). Nothing is ever looked up by name.
 """
 
 import ast
@@ -14,6 +16,8 @@ import typing
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Optional
+
+import dspy
 
 MAX_TYPE_LENGTH = 500
 MAX_DEPTH = 6
@@ -38,6 +42,7 @@ class ParsedType:
 
 STR = ParsedType(str, "str")
 ANY = ParsedType(Any, "Any")
+HISTORY = ParsedType(dspy.History, "History")
 
 
 def parse_type(text: object) -> ParsedType:
@@ -50,7 +55,14 @@ def parse_type(text: object) -> ParsedType:
         tree = ast.parse(text.strip(), mode="eval")
     except (SyntaxError, ValueError, RecursionError, MemoryError) as exc:
         raise TypeExprError(f"not a type expression: {text.strip()[:80]!r}") from exc
+    if isinstance(tree.body, ast.Name) and tree.body.id == HISTORY.text:
+        return HISTORY
     return _parse_node(tree.body, 0)
+
+
+def is_history(parsed: ParsedType) -> bool:
+    """Whether a field holds a conversation's history (`dspy.History`)."""
+    return parsed.annotation is dspy.History
 
 
 def _parse_node(node: ast.AST, depth: int) -> ParsedType:
@@ -74,6 +86,10 @@ def _parse_name(name: str) -> ParsedType:
         return ParsedType(_SCALARS[name], name)
     if name in _CONTAINERS:
         return ParsedType(list if _CONTAINERS[name] == "list" else dict, _CONTAINERS[name])
+    if name == HISTORY.text:
+        # DSPy's adapters recognise a history field by `annotation == History` only: inside
+        # Optional[...] or list[...] it would be sent as plain JSON text.
+        raise TypeExprError("History must be the whole type of a field (not inside another type)")
     raise TypeExprError(f"unknown type {name[:80]!r} (allowed: {allowed_types_hint()})")
 
 
@@ -161,7 +177,7 @@ def _is_none(node: ast.AST) -> bool:
 
 
 def allowed_types_hint() -> str:
-    return "str, int, float, bool, Any, list[T], dict[str, T], Optional[T], Literal[...]"
+    return "str, int, float, bool, Any, list[T], dict[str, T], Optional[T], Literal[...], History"
 
 
 # --- checking values against a parsed annotation ---------------------------------------------
@@ -176,6 +192,8 @@ def check_value(annotation: Any, value: Any) -> str | None:
     """Shallow check of a JSON value against an annotation; returns what was expected, or None if ok."""
     if annotation is Any:
         return None
+    if annotation is dspy.History:
+        return _check_history(value)
     origin = typing.get_origin(annotation)
     if origin is typing.Union:
         if value is None:
@@ -206,3 +224,20 @@ def _check_base(base: Any, value: Any) -> str | None:
     if base is dict:
         return None if isinstance(value, dict) else "an object"
     return None
+
+
+def _check_history(value: Any) -> str | None:
+    """A history as JSON (`{"messages": [{field: value, ...}, ...]}`) or already a dspy.History."""
+    if isinstance(value, dspy.History):
+        return None
+    messages = value.get("messages") if isinstance(value, dict) else None
+    if not isinstance(value, dict) or value.keys() != {"messages"} or not isinstance(messages, list):
+        return 'a history ({"messages": [{<inputs>, <outputs>}, ...]})'
+    if not all(isinstance(message, dict) for message in messages):
+        return "a history whose messages are objects"
+    return None
+
+
+def as_history(value: Any) -> Any:
+    """A JSON history (checked by `check_value`) as the dspy.History DSPy's adapters expect."""
+    return dspy.History(messages=value["messages"]) if isinstance(value, dict) else value

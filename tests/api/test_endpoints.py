@@ -12,12 +12,13 @@ import pytest
 from drf_spectacular.generators import EndpointEnumerator
 from rest_framework.test import APIClient
 
-from executions.models import CognitiveExecution
+from executions.models import CognitiveExecution, Session
 from optimization.models import OptimizationRun
 from projects.models import Membership
 from tests.actors import EDIT, MANAGE, OPTIMIZE, READ, ROLES, RUN, stranger
 from tests.api.cases import Action, APIViewTestCases, Endpoint
 from tests.factories import (
+    CHAT_PIPELINE,
     BatchFactory,
     CorpusFactory,
     DatasetFactory,
@@ -27,6 +28,7 @@ from tests.factories import (
     OptimizationScheduleFactory,
     ProgramFactory,
     ProjectFactory,
+    SessionFactory,
     UserFactory,
     default_project,
 )
@@ -120,6 +122,47 @@ class TestBatches(APIViewTestCases.GetObject, APIViewTestCases.CreateObject, API
     actions = [
         Action("results", "GET", "/api/v1/batches/{pk}/results/", READ, 200),
         Action("cancel", "POST", "/api/v1/batches/{pk}/cancel/", RUN, 200),
+    ]
+
+
+class TestSessions(
+    APIViewTestCases.GetObject,
+    APIViewTestCases.ListObjects,
+    APIViewTestCases.CreateObject,
+    APIViewTestCases.Actions,
+):
+    """Opening a session, running a turn and ending one start or end work: RUN, as `execute`."""
+
+    list_path, detail_path = "/api/v1/sessions/", "/api/v1/sessions/{pk}/"
+    factory = SessionFactory
+    create_kind = RUN
+
+    @staticmethod
+    def create_data(case: Any, obj: Any) -> dict[str, Any]:
+        return {"program": str(ProgramFactory(pipeline=dict(CHAT_PIPELINE)).id), "metadata": {"user": "u"}}
+
+    actions = [
+        Action(
+            "turn",
+            "POST",
+            "/api/v1/sessions/{pk}/turns/",
+            RUN,
+            200,
+            body={"input": {"question": "Hello?"}},
+            check=lambda case, obj, response: CognitiveExecution.objects.get(
+                id=response.json()["id"], session=obj, turn=1, status="succeeded"
+            ),
+        ),
+        Action(
+            "delete",
+            "DELETE",
+            "/api/v1/sessions/{pk}/",
+            RUN,
+            204,
+            check=lambda case, obj, response: _assert_equal(
+                Session.objects.filter(pk=obj.pk).exists(), False
+            ),
+        ),
     ]
 
 

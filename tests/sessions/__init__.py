@@ -1,0 +1,1 @@
+"""Sessions: multi-turn conversations with a program (executions.sessions)."""
