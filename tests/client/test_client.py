@@ -121,3 +121,22 @@ def test_queued_work_batches_and_optimizations_are_followed_to_the_end(client, s
         assert client.programs.get(qa.id).raw["active_result"] == finished.result
     finally:
         worker.stop()
+
+
+def test_sessions_carry_the_conversation(client):
+    chat = client.programs.create(
+        name="client-chat",
+        pipeline={"signature": "question, history: History -> answer"},
+        status="active",
+    )
+    session = chat.session(metadata={"user": "u1"}, ttl_s=600)
+    first = session.turn({"question": "My name is Ada."})
+    second = session.turn({"question": "What is my name?"})
+    assert (first.turn, second.turn, second.session) == (1, 2, session.id)
+    lm = next(e for e in second.trace if e["kind"] == "lm")
+    assert any("My name is Ada." in str(m.get("content")) for m in lm["messages"])
+    read = client.session(session.id).refresh()
+    assert [h["turn"] for h in read.history] == [1, 2] and read.metadata == {"user": "u1"}
+    session.delete()
+    with pytest.raises(NotFound):
+        session.refresh()

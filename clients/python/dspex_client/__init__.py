@@ -1,6 +1,6 @@
 """Python client of the DSPex API (README, "Python client")."""
 
-from dspex_client.client import BatchHandle, Client, ExecutionHandle, ProgramHandle, RunHandle
+from dspex_client.client import BatchHandle, Client, ExecutionHandle, ProgramHandle, RunHandle, SessionHandle
 from dspex_client.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -12,7 +12,7 @@ from dspex_client.errors import (
     RateLimited,
     Unavailable,
 )
-from dspex_client.models import ApiKey, Batch, Dataset, Execution, OptimizationRun, Project
+from dspex_client.models import ApiKey, Batch, Dataset, Execution, OptimizationRun, Project, Session
 
 __all__ = [
     "ApiKey",
@@ -34,5 +34,7 @@ __all__ = [
     "Project",
     "RateLimited",
     "RunHandle",
+    "Session",
+    "SessionHandle",
     "Unavailable",
 ]

@@ -23,7 +23,7 @@ from typing import Any
 import httpx
 
 from dspex_client.errors import DSPexError, error_for
-from dspex_client.models import ApiKey, Batch, Dataset, Execution, OptimizationRun, Project
+from dspex_client.models import ApiKey, Batch, Dataset, Execution, OptimizationRun, Project, Session
 
 RETRIED = frozenset({429, 503})
 
@@ -217,6 +217,44 @@ class ProgramHandle:
             Execution.from_api(row)
             for row in self._api.pages("/api/v1/executions/", {"program": self.id, **filters})
         )
+
+    def session(self, *, metadata: dict[str, Any] | None = None, ttl_s: int | None = None) -> "SessionHandle":
+        """A new conversation with this program: each `turn` gets the earlier ones as its history."""
+        body = _without_none({"program": self.id, "metadata": metadata, "ttl_s": ttl_s})
+        return SessionHandle(
+            self._api, Session.from_api(self._api.json("POST", "/api/v1/sessions/", json=body))
+        )
+
+
+class SessionHandle:
+    """A multi-turn session: the program's `History` input is filled from the earlier turns."""
+
+    def __init__(self, api: Transport, session: Session) -> None:
+        self._api, self.session = api, session
+
+    @property
+    def id(self) -> str:
+        assert self.session.id is not None
+        return self.session.id
+
+    def turn(
+        self, input: dict[str, Any], *, wait: bool = True, timeout_s: float = 300.0, **options: Any
+    ) -> Execution:
+        """One turn (an execution with `session` and `turn`). A turn while another one of this
+        session runs raises `Conflict` with code `session_busy`."""
+        body = {"input": input, "wait": wait, **_without_none(options)}
+        data = self._api.json("POST", f"/api/v1/sessions/{self.id}/turns/", json=body)
+        if wait:
+            return Execution.from_api(data)
+        return ExecutionHandle(self._api, data["id"]).wait(timeout_s)
+
+    def refresh(self) -> Session:
+        """The session with its `history` (succeeded turns, oldest first)."""
+        self.session = Session.from_api(self._api.json("GET", f"/api/v1/sessions/{self.id}/"))
+        return self.session
+
+    def delete(self) -> None:
+        self._api.request("DELETE", f"/api/v1/sessions/{self.id}/")
 
 
 class ExecutionHandle:
@@ -445,6 +483,11 @@ class Client:
 
     def projects(self) -> list[Project]:
         return [Project.from_api(row) for row in self.api.pages("/api/v1/projects/")]
+
+    def session(self, session_id: str) -> SessionHandle:
+        return SessionHandle(
+            self.api, Session.from_api(self.api.json("GET", f"/api/v1/sessions/{session_id}/"))
+        )
 
     def batch(self, batch_id: str) -> BatchHandle:
         return BatchHandle(self.api, Batch.from_api(self.api.json("GET", f"/api/v1/batches/{batch_id}/")))

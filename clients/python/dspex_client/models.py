@@ -21,6 +21,8 @@ class Record:
 class Execution(Record):
     id: str | None = None
     status: str | None = None
+    session: str | None = None
+    turn: int | None = None
     program: str | None = None
     program_version: int | None = None
     input: dict[str, Any] | None = None
@@ -99,3 +101,18 @@ class Project(Record):
     id: int | None = None
     name: str | None = None
     role: str | None = None
+
+
+@dataclass
+class Session(Record):
+    id: str | None = None
+    program: str | None = None
+    turns: int | None = None
+    busy: bool | None = None
+    metadata: dict[str, Any] | None = None
+    ttl_s: int | None = None
+    created_at: str | None = None
+    expires_at: str | None = None
+    history: list[dict[str, Any]] | None = (
+        None  # in a session read: [{"turn", "input", "output", "execution"}]
+    )
