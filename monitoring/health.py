@@ -18,6 +18,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from dspex_site import db
+
 
 @require_GET
 @never_cache
@@ -28,7 +30,19 @@ def live(request: HttpRequest) -> JsonResponse:
 def check_database() -> dict:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
-    return {"vendor": connection.vendor}
+    result: dict = {"vendor": connection.vendor}
+    if connection.vendor == "postgresql":
+        result |= db.describe()
+        # This process's pool (the one answering); workers publish theirs with their heartbeat.
+        pools = db.pool_stats()
+        if pools:
+            result["pool_usage"] = pools
+        from monitoring.heartbeat import worker_pools
+
+        workers = worker_pools()
+        if workers:
+            result["worker_pools"] = workers
+    return result
 
 
 def check_cache() -> dict:
