@@ -205,7 +205,8 @@ def result_lines(batch_id: Any, chunk: int = 500) -> Iterator[str]:
         yield from (_result_line(*row) for row in page)
 
 
-def _result_line(index: int | None, execution_id: Any, input_data: Any, output: Any, status: str, error: Any) -> str:
+def _result_line(*row: Any) -> str:
+    index, execution_id, input_data, output, status, error = row
     record = {
         "index": index,
         "execution": str(execution_id),

@@ -210,4 +210,5 @@ def test_the_web_tier_serves_synchronous_runs_from_its_pool_and_reports_it(
     assert usage["pool_max"] == 2 and 1 <= usage["pool_size"] <= 2
     assert usage["requests_waiting"] == 0
     gauges = [line for line in metrics.splitlines() if line.startswith("dspex_db_pool_max{")]
-    assert any('alias="default"' in line and 'process="web:' in line and line.endswith(" 2.0") for line in gauges)
+    web_gauges = [line for line in gauges if 'alias="default"' in line and 'process="web:' in line]
+    assert [line.rsplit(" ", 1)[1] for line in web_gauges] == ["2.0"], gauges
