@@ -135,10 +135,12 @@ def _database_from(url: str, *, pooled: bool, pgbouncer: bool) -> dict[str, Any]
     if pgbouncer:
         # Transaction pooling hands each transaction to any server connection: no cursor may
         # outlive its transaction (Django's iterator() opens WITH HOLD cursors in autocommit),
-        # and no statement may be prepared server-side (Django's default for psycopg 3, pinned
-        # here so that an OPTIONS change cannot turn it on).
+        # and no statement may be prepared server-side (PgBouncer before 1.21 cannot carry
+        # them; `tests/datatier` shows the flow failing with them). Django's defaults for
+        # psycopg 3 (client-side binding, prepare_threshold None), pinned against OPTIONS.
         parsed["DISABLE_SERVER_SIDE_CURSORS"] = True
         options["prepare_threshold"] = None
+        options["server_side_binding"] = False
     return parsed
 
 

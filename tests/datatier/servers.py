@@ -8,12 +8,15 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 
 from bench.common import free_port
-from tests.support import PostgresServer, wait_for
+from tests.support import PostgresServer, database_url_of_tests, wait_for
 
 
 def _as_postgres(path: Path) -> None:
@@ -151,3 +154,27 @@ class TLSPostgres(PostgresServer):
             super().close()
         finally:
             shutil.rmtree(self.certs, ignore_errors=True)
+
+
+def backends_counter(application_name: str) -> tuple[Callable[[], int], Callable[[], None]]:
+    """Poll the Postgres backends of one application every 20 ms; (most seen, stop)."""
+    seen = [0]
+    done = threading.Event()
+
+    def poll() -> None:
+        with psycopg.connect(database_url_of_tests(), autocommit=True) as conn:
+            while not done.is_set():
+                (count,) = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [application_name]
+                ).fetchone() or (0,)
+                seen[0] = max(seen[0], int(count))
+                time.sleep(0.02)
+
+    thread = threading.Thread(target=poll, daemon=True)
+    thread.start()
+
+    def stop_polling() -> None:
+        done.set()
+        thread.join(timeout=5)
+
+    return lambda: seen[0], stop_polling

@@ -12,12 +12,12 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-import psycopg
 import pytest
 import requests
 
 from executions.models import CognitiveExecution
 from monitoring.heartbeat import worker_pools
+from tests.datatier.servers import backends_counter
 from tests.factories import TokenFactory
 from tests.support import (
     ROOT,
@@ -77,6 +77,7 @@ def test_pgbouncer_mode_needs_no_session_on_the_pooled_url():
     default, direct = databases["default"], databases["direct"]
     assert default["DISABLE_SERVER_SIDE_CURSORS"] is True
     assert default["OPTIONS"]["prepare_threshold"] is None
+    assert default["OPTIONS"]["server_side_binding"] is False
     assert (direct["HOST"], direct["PORT"]) == ("db.internal", 5432)
     assert direct["DISABLE_SERVER_SIDE_CURSORS"] is False and "pool" not in direct["OPTIONS"]
     assert direct["TEST"] == {"MIRROR": "default"}
@@ -92,30 +93,6 @@ def test_pgbouncer_mode_needs_no_session_on_the_pooled_url():
 )
 def test_bad_pool_settings_stop_start_up_naming_the_variable(env, message):
     assert message in settings_of(**env)["error"]
-
-
-def backends_counter(application_name: str) -> tuple[Callable[[], int], Callable[[], None]]:
-    """Poll the Postgres backends of one application every 20 ms; (most seen, stop)."""
-    seen = [0]
-    done = threading.Event()
-
-    def poll() -> None:
-        with psycopg.connect(database_url_of_tests(), autocommit=True) as conn:
-            while not done.is_set():
-                (count,) = conn.execute(
-                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s", [application_name]
-                ).fetchone() or (0,)
-                seen[0] = max(seen[0], int(count))
-                time.sleep(0.02)
-
-    thread = threading.Thread(target=poll, daemon=True)
-    thread.start()
-
-    def stop_polling() -> None:
-        done.set()
-        thread.join(timeout=5)
-
-    return lambda: seen[0], stop_polling
 
 
 @pytest.fixture
