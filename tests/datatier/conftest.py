@@ -4,9 +4,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from bench.dbservers import PgBouncer
 from optimization import datasets
 from optimization.models import Dataset
-from tests.datatier.servers import PgBouncer
 from tests.factories import DatasetFactory
 from tests.optimization.conftest import DEMO, demo_program_spec
 

@@ -1,9 +1,8 @@
-"""Servers the data-tier tests start on ports of their own: a PgBouncer in transaction mode in
-front of the machine's Postgres, and a private Postgres serving TLS with a certificate from a
-CA the test makes (openssl CLI). Each is stopped, and its files removed, by the test that
-made it; the machine's Postgres is only ever a client's upstream."""
+"""Servers the data-tier tests start on ports of their own: PgBouncer (bench.dbservers) in
+transaction mode in front of the machine's Postgres, and a private Postgres serving TLS with a
+certificate from a CA the test makes (openssl CLI). Each is stopped, and its files removed, by
+the test that made it; the machine's Postgres is only ever a client's upstream."""
 
-import getpass
 import os
 import shutil
 import subprocess
@@ -15,82 +14,8 @@ from pathlib import Path
 
 import psycopg
 
-from bench.common import free_port
-from tests.support import PostgresServer, database_url_of_tests, wait_for
-
-
-def _as_postgres(path: Path) -> None:
-    """PgBouncer and Postgres refuse to run as root: their files belong to `postgres`."""
-    if os.geteuid() == 0:
-        shutil.chown(path, "postgres", "postgres")
-
-
-class PgBouncer:
-    """`pgbouncer` on a free port, `pool_mode = transaction`, every database forwarded to the
-    machine's Postgres; trust auth, as the machine's Postgres trusts localhost."""
-
-    def __init__(self, upstream_port: int = 5432, pool_size: int = 10) -> None:
-        if shutil.which("pgbouncer") is None:
-            raise RuntimeError("pgbouncer is required (Debian package `pgbouncer`; .ci/run installs it)")
-        self.port = free_port()
-        self.dir = Path(tempfile.mkdtemp(prefix="dspex-pgbouncer-"))
-        self.user = getpass.getuser()
-        users = {self.user, "postgres"}
-        (self.dir / "userlist.txt").write_text("".join(f'"{user}" ""\n' for user in sorted(users)))
-        (self.dir / "pgbouncer.ini").write_text(
-            "[databases]\n"
-            f"* = host=127.0.0.1 port={upstream_port}\n"
-            "[pgbouncer]\n"
-            "listen_addr = 127.0.0.1\n"
-            f"listen_port = {self.port}\n"
-            "unix_socket_dir =\n"
-            "auth_type = trust\n"
-            f"auth_file = {self.dir / 'userlist.txt'}\n"
-            "pool_mode = transaction\n"
-            f"default_pool_size = {pool_size}\n"
-            "max_client_conn = 1000\n"
-            f"admin_users = {self.user}\n"
-            f"stats_users = {self.user}\n"
-            f"logfile = {self.dir / 'pgbouncer.log'}\n"
-            "ignore_startup_parameters = extra_float_digits,options\n"
-        )
-        for path in [self.dir, *self.dir.iterdir()]:
-            _as_postgres(path)
-        user = "postgres" if os.geteuid() == 0 else None
-        self.proc = subprocess.Popen(
-            ["pgbouncer", str(self.dir / "pgbouncer.ini")],
-            user=user,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        wait_for(self._answers, 15, f"pgbouncer on port {self.port}")
-
-    def url(self, dbname: str) -> str:
-        return f"postgres://{self.user}@127.0.0.1:{self.port}/{dbname}"
-
-    def _answers(self) -> bool:
-        try:
-            self.show("VERSION")
-        except psycopg.Error:
-            return False
-        return True
-
-    def show(self, what: str) -> list[dict]:
-        """`SHOW <what>` on PgBouncer's admin console, as dicts."""
-        with psycopg.connect(self.url("pgbouncer"), autocommit=True, prepare_threshold=None) as conn:
-            cursor = conn.execute(f"SHOW {what}")
-            columns = [column.name for column in cursor.description or ()]
-            return [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
-
-    def log(self) -> str:
-        path = self.dir / "pgbouncer.log"
-        return path.read_text() if path.exists() else ""
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-        shutil.rmtree(self.dir, ignore_errors=True)
+from bench.dbservers import own_by_postgres
+from tests.support import PostgresServer, database_url_of_tests
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -140,7 +65,7 @@ class TLSPostgres(PostgresServer):
             for source, target in ((cert, "server.crt"), (key, "server.key")):
                 shutil.copy(source, self.data / target)
                 os.chmod(self.data / target, 0o600)
-                _as_postgres(self.data / target)
+                own_by_postgres(self.data / target)
             with (self.data / "postgresql.conf").open("a") as conf:
                 conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
             self._configured = True

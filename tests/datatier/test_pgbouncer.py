@@ -18,10 +18,11 @@ import pytest
 import requests
 from django_celery_beat.models import PeriodicTask
 
+from bench.dbservers import PgBouncer
 from dspex_site.celery import TASKS
 from executions.models import CognitiveExecution
 from optimization.models import OptimizationRun
-from tests.datatier.servers import PgBouncer, backends_counter
+from tests.datatier.servers import backends_counter
 from tests.factories import TokenFactory
 from tests.support import (
     ROOT,
