@@ -12,7 +12,7 @@ here with room for them (`max_connections` 1000; the machine's has 100):
 - `pgbouncer+pool`: both.
 
 Printed per mode: the most Postgres backends seen on the benchmark database (polled every
-20 ms; the poller's own excluded), the time from the first POST to the last row succeeding and
+20 ms; the benchmark's own connections excluded), the time from the first POST to the last row succeeding and
 the executions per minute that makes (the same run, so the modes compare), and failures.
 
 Usage: `python bench/connections.py [--n 200] [--latency-ms 3000] [--workers 2]
@@ -44,14 +44,14 @@ from bench.dbservers import PgBouncer, PrivatePostgres  # noqa: E402
 
 DBNAME = "dspex_connections"
 MODES = ("direct", "pool", "pgbouncer", "pgbouncer+pool")
+POLLER = "dspex-bench-poller"  # the benchmark's own connections, not counted
 
 
 class PeakBackends:
     """The most backends connected to the database at once, polled through a connection of its own."""
 
     def __init__(self, url: str) -> None:
-        self.conn = psycopg.connect(url, autocommit=True)
-        self.own = self.conn.info.backend_pid
+        self.conn = psycopg.connect(url, autocommit=True, application_name=POLLER)
         self.peak = 0
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -60,7 +60,8 @@ class PeakBackends:
     def _loop(self) -> None:
         while not self.done.is_set():
             row = self.conn.execute(
-                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND pid <> %s", [DBNAME, self.own]
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s AND application_name <> %s",
+                [DBNAME, POLLER],
             ).fetchone()
             self.peak = max(self.peak, int(row[0]) if row else 0)
             time.sleep(0.02)
@@ -91,6 +92,9 @@ def run_mode(mode: str, args: argparse.Namespace, postgres: PrivatePostgres, tmp
         latency_ms=args.latency_ms,
         worker_name=f"conn-{mode}-",
     )
+    from django.db import connections
+
+    connections.close_all()  # the benchmark's own (setup) connection is not the deployment's
     peak = PeakBackends(direct)
     try:
         session = requests.Session()
@@ -106,7 +110,7 @@ def run_mode(mode: str, args: argparse.Namespace, postgres: PrivatePostgres, tmp
 
         with ThreadPoolExecutor(32) as clients:
             ids = [i for i in clients.map(post, range(args.n)) if i]
-        with psycopg.connect(direct, autocommit=True) as conn:
+        with psycopg.connect(direct, autocommit=True, application_name=POLLER) as conn:
             while True:
                 row = conn.execute(
                     "SELECT count(*) FILTER (WHERE status IN ('pending', 'running')), "

@@ -37,7 +37,8 @@ class PgBouncer:
     Postgres trusts localhost; clients connect as `user` (default: this OS user)."""
 
     def __init__(self, upstream_port: int = 5432, pool_size: int = 10, user: str | None = None) -> None:
-        if shutil.which("pgbouncer") is None:
+        binary = shutil.which("pgbouncer") or shutil.which("pgbouncer", path="/usr/sbin")
+        if binary is None:
             raise RuntimeError("pgbouncer is required (Debian package `pgbouncer`; .ci/run installs it)")
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="dspex-pgbouncer-"))
@@ -65,7 +66,7 @@ class PgBouncer:
             own_by_postgres(path)
         user = "postgres" if os.geteuid() == 0 else None
         self.proc = subprocess.Popen(
-            ["pgbouncer", str(self.dir / "pgbouncer.ini")],
+            [binary, str(self.dir / "pgbouncer.ini")],
             user=user,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
