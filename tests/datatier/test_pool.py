@@ -189,3 +189,30 @@ def test_the_web_tier_serves_synchronous_runs_from_its_pool_and_reports_it(
     gauges = [line for line in metrics.splitlines() if line.startswith("dspex_db_pool_max{")]
     web_gauges = [line for line in gauges if 'alias="default"' in line and 'process="web:' in line]
     assert [line.rsplit(" ", 1)[1] for line in web_gauges] == ["2.0"], gauges
+
+
+def test_each_prefork_child_draws_from_a_pool_of_its_own(
+    make_program, operator, transactional_db, pooled_env
+):
+    """The optimization workers fork: a child must never use a pool made before the fork."""
+    program = make_program()
+    name = "dspex-pool-prefork"
+    worker = start_worker(queues="llm_calls,priority", pool="prefork", concurrency=2, env=pooled_env(name))
+    most, stop_polling = backends_counter(name)
+    try:
+        ids = []
+        for i in range(4):
+            execution = CognitiveExecution.objects.create(
+                program=program, program_version=program.version, input={"question": f"forked {i}?"}
+            )
+            execution.publish()
+            ids.append(execution.id)
+
+        def finished() -> bool:
+            return not CognitiveExecution.objects.filter(id__in=ids).exclude(status="succeeded").exists()
+
+        wait_for(finished, 60, "4 executions on a prefork worker", interval=0.05)
+    finally:
+        stop_polling()
+        worker.stop()
+    assert 1 <= most() <= 2 * 2, most()  # two children, a pool of at most 2 each
