@@ -39,7 +39,10 @@ def check_database() -> dict:
             result["pool_usage"] = pools
         from monitoring.heartbeat import worker_pools
 
-        workers = worker_pools()
+        try:
+            workers = worker_pools()
+        except Exception as exc:  # Redis has its own check: the database is not down for it
+            workers = {"unavailable": f"{type(exc).__name__}"}
         if workers:
             result["worker_pools"] = workers
     return result
