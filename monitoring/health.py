@@ -42,9 +42,10 @@ def check_database() -> dict:
         try:
             workers = worker_pools()
         except Exception as exc:  # Redis has its own check: the database is not down for it
-            workers = {"unavailable": f"{type(exc).__name__}"}
-        if workers:
-            result["worker_pools"] = workers
+            result["worker_pools"] = f"unavailable: {type(exc).__name__}"
+        else:
+            if workers:
+                result["worker_pools"] = workers
     return result
 
 
