@@ -9,6 +9,9 @@ may need a session: what does goes to `session_alias()` (`DATABASE_DIRECT_URL` w
 """
 
 import logging
+import threading
+import time
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
@@ -18,6 +21,7 @@ from django.db import DEFAULT_DB_ALIAS, connections
 logger = logging.getLogger(__name__)
 
 DIRECT_ALIAS = "direct"
+REPLICA_ALIAS = "replica"
 # What readiness and /metrics report of psycopg_pool's `get_stats()`.
 POOL_STATS = ("pool_min", "pool_max", "pool_size", "pool_available", "requests_waiting", "requests_errors")
 
@@ -111,3 +115,90 @@ def check_connections(databases: Any = None, **kwargs: Any) -> list[checks.Check
                 )
             )
     return errors
+
+
+# --- the read replica (DATABASE_REPLICA_URL) --------------------------------------------------
+# Seconds the replica is behind: 0 when it has replayed all it received, else the age of the
+# last transaction it replayed (what a reader may miss at most); NULL before any replay.
+_LAG_SQL = (
+    "SELECT pg_is_in_recovery(), CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() "
+    "THEN 0 ELSE EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) END"
+)
+
+
+@dataclass
+class ReplicaState:
+    """What this process last found of the replica: where lag-tolerant reads go, and why."""
+
+    serving: str  # "replica" or "primary"
+    lag_s: float | None
+    reason: str | None
+    checked_at: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "serving": self.serving,
+            "lag_s": None if self.lag_s is None else round(self.lag_s, 3),
+            "max_lag_s": settings.DSPEX_REPLICA_MAX_LAG_S,
+            **({"reason": self.reason} if self.reason else {}),
+        }
+
+
+_replica_lock = threading.Lock()
+_replica: ReplicaState | None = None
+
+
+def replica_configured() -> bool:
+    return REPLICA_ALIAS in settings.DATABASES
+
+
+def _probe() -> ReplicaState:
+    now = time.monotonic()
+    try:
+        with connections[REPLICA_ALIAS].cursor() as cursor:
+            cursor.execute(_LAG_SQL)
+            in_recovery, lag = cursor.fetchone()
+    except Exception as exc:
+        connections[REPLICA_ALIAS].close()
+        return ReplicaState("primary", None, f"down: {str(exc).strip()[:200]}", now)
+    if not in_recovery:
+        return ReplicaState("primary", None, "not in recovery: not a replica (promoted?)", now)
+    if lag is None:
+        return ReplicaState("primary", None, "lag unknown: nothing replayed yet", now)
+    lag = float(lag)
+    if lag > settings.DSPEX_REPLICA_MAX_LAG_S:
+        return ReplicaState("primary", lag, f"lagging {lag:.1f} s > DSPEX_REPLICA_MAX_LAG_S", now)
+    return ReplicaState("replica", lag, None, now)
+
+
+def replica_state() -> ReplicaState | None:
+    """The replica's state, probed at most every `DSPEX_REPLICA_CHECK_S` per process (None:
+    no replica configured). One caller probes; the others read the last result."""
+    global _replica
+    if not replica_configured():
+        return None
+    state = _replica
+    if state is not None and time.monotonic() - state.checked_at < settings.DSPEX_REPLICA_CHECK_S:
+        return state
+    with _replica_lock:
+        state = _replica
+        if state is None or time.monotonic() - state.checked_at >= settings.DSPEX_REPLICA_CHECK_S:
+            state = _replica = _probe()
+            if state.serving == "primary":
+                logger.warning("read replica not used, reads go to the primary: %s", state.reason)
+    return state
+
+
+def replica_failed(exc: BaseException) -> None:
+    """A read on the replica failed: send reads to the primary until the next probe."""
+    global _replica
+    connections[REPLICA_ALIAS].close()
+    _replica = ReplicaState("primary", None, f"down: {str(exc).strip()[:200]}", time.monotonic())
+
+
+def read_alias() -> str:
+    """Where a read that tolerates lag goes: the replica while it answers and is within
+    `DSPEX_REPLICA_MAX_LAG_S`, else the primary. Never for a read that must see this
+    request's (or a just-made) write, nor inside a transaction."""
+    state = replica_state()
+    return REPLICA_ALIAS if state is not None and state.serving == "replica" else DEFAULT_DB_ALIAS

@@ -164,6 +164,16 @@ else:
         _direct["CONN_MAX_AGE"] = 0  # opened for a migration or an export, not kept
         _direct["TEST"] = {"MIRROR": "default"}
         DATABASES["direct"] = _direct
+    # A streaming replica for reads that tolerate lag (dspex_site.db.read_alias()).
+    _replica_url = env_str("DATABASE_REPLICA_URL")
+    if _replica_url:
+        _replica = _database_from(_replica_url, pooled=DB_POOL_MAX > 0, pgbouncer=DB_POOLER == "pgbouncer")
+        # A replica that is down must cost a list page little: it falls back to the primary.
+        _replica["OPTIONS"]["connect_timeout"] = min(env_int("DATABASE_CONNECT_TIMEOUT", 5), 2)
+        _replica["TEST"] = {"MIRROR": "default"}
+        DATABASES["replica"] = _replica
+DSPEX_REPLICA_MAX_LAG_S = env_float("DSPEX_REPLICA_MAX_LAG_S", 30.0)
+DSPEX_REPLICA_CHECK_S = env_float("DSPEX_REPLICA_CHECK_S", 5.0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache and broker ----------------------------------------------------------------

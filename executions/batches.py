@@ -185,13 +185,13 @@ def progress(batch: Batch) -> dict:
     }
 
 
-def result_lines(batch_id: Any, chunk: int = 500) -> Iterator[str]:
+def result_lines(batch_id: Any, chunk: int = 500, using: str = "default") -> Iterator[str]:
     """The batch's results as JSONL, in input order: input, output, status, error.
 
     Read in pages of `chunk` items by `batch_index` (the batch's index serves each page), one
     short query each: no cursor outlives its statement, so a long download holds no database
     session and works the same through PgBouncer in transaction mode."""
-    rows = CognitiveExecution.objects.filter(batch_id=batch_id).order_by("batch_index")
+    rows = CognitiveExecution.objects.using(using).filter(batch_id=batch_id).order_by("batch_index")
     after: int | None = -1
     while True:
         page = list(

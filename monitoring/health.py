@@ -49,6 +49,18 @@ def check_database() -> dict:
     return result
 
 
+def check_replica() -> dict:
+    """Where lag-tolerant reads go (DATABASE_REPLICA_URL): an error while they fall back to the
+    primary (the replica is down, lagging or promoted), which degrades the service but keeps web
+    in rotation: the primary serves every read meanwhile."""
+    state = db.replica_state()
+    if state is None:
+        return {"configured": False}
+    if state.serving != "replica":
+        raise RuntimeError(f"reads fall back to the primary: {state.reason} (lag_s={state.lag_s})")
+    return state.as_dict()
+
+
 def check_cache() -> dict:
     cache = caches["default"]
     cache.set("health:probe", "1", timeout=10)
@@ -116,6 +128,7 @@ def check_beat() -> dict:
 # the others report a degraded service without pulling web traffic.
 CHECKS: dict[str, tuple[Callable[[], dict], bool]] = {
     "database": (check_database, True),
+    "replica": (check_replica, False),
     "cache": (check_cache, True),
     "broker": (check_broker, True),
     "workers": (check_workers, False),

@@ -122,7 +122,8 @@ class Liveness:
 
 class DatabasePools:
     """Scrape-time gauges of the database connection pools (`DSPEX_DB_POOL_MAX`): the web
-    process answering the scrape, and every worker from its last heartbeat."""
+    process answering the scrape, and every worker from its last heartbeat; and of the read
+    replica (`DATABASE_REPLICA_URL`) as the answering process finds it."""
 
     GAUGES = {
         "pool_size": "Connections the pool holds (in use and idle)",
@@ -132,7 +133,7 @@ class DatabasePools:
     }
 
     def collect(self) -> Iterator[Metric]:
-        from dspex_site.db import pool_stats
+        from dspex_site.db import pool_stats, replica_state
         from monitoring.heartbeat import worker_pools
 
         families = {
@@ -149,6 +150,18 @@ class DatabasePools:
                 for key, family in families.items():
                     family.add_metric([process, alias], float(stats.get(key, 0)))
         yield from families.values()
+        state = replica_state()
+        if state is not None:
+            serving = GaugeMetricFamily(
+                "dspex_db_replica_serving",
+                "1: lag-tolerant reads go to the replica; 0: fallen back to the primary",
+            )
+            serving.add_metric([], 1.0 if state.serving == "replica" else 0.0)
+            yield serving
+            lag = GaugeMetricFamily("dspex_db_replica_lag_seconds", "How far the read replica is behind")
+            if state.lag_s is not None:
+                lag.add_metric([], state.lag_s)
+            yield lag
 
 
 def registry() -> CollectorRegistry:
