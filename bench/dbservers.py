@@ -103,17 +103,40 @@ class PgBouncer:
 
 class PrivatePostgres:
     """A Postgres cluster of its own (initdb into a temporary directory, `pg_ctl` on a free
-    port, trust auth on 127.0.0.1), with extra server settings (`max_connections=500`, ...)."""
+    port, trust auth on 127.0.0.1), with extra server settings (`max_connections=500`, ...);
+    with `primary`, a streaming replica of that cluster (`pg_basebackup -R`)."""
 
-    def __init__(self, **settings: object) -> None:
+    def __init__(self, primary: "PrivatePostgres | None" = None, **settings: object) -> None:
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="dspex-pg-"))
         own_by_postgres(self.dir)
         self.data = self.dir / "data"
-        self._run(["initdb", "-A", "trust", "-U", "postgres", "-D", str(self.data)])
+        if primary is None:
+            self._run(["initdb", "-A", "trust", "-U", "postgres", "-D", str(self.data)])
+        else:  # a streaming replica of `primary` (initdb's pg_hba trusts replication on 127.0.0.1)
+            source = ["-h", "127.0.0.1", "-p", str(primary.port), "-U", "postgres"]
+            self._run(["pg_basebackup", *source, "-D", str(self.data), "-R", "-X", "stream"])
         options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
         options += "".join(f" -c {key}={value}" for key, value in settings.items())
-        self._run(["pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-o", options, "-w", "start"])
+        self._options = options
+        self.start()
+
+    def start(self) -> None:
+        argv = [
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.dir / "log"),
+            "-o",
+            self._options,
+            "-w",
+            "start",
+        ]
+        self._run(argv)
+
+    def stop(self) -> None:
+        self._run(["pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"])
 
     def _run(self, argv: list[str]) -> None:
         # initdb and postgres refuse to run as root: as root, run them as the `postgres` user.
@@ -129,6 +152,7 @@ class PrivatePostgres:
 
     def close(self) -> None:
         try:
-            self._run(["pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop"])
+            if (self.data / "postmaster.pid").exists():
+                self.stop()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
