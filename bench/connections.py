@@ -16,7 +16,9 @@ Printed per mode: the most Postgres backends seen on the benchmark database (pol
 the executions per minute that makes (the same run, so the modes compare), and failures.
 
 Usage: `python bench/connections.py [--n 200] [--latency-ms 3000] [--workers 2]
-[--concurrency 100] [--web-workers 2] [--web-threads 16] [--modes direct,pool,pgbouncer]`.
+[--concurrency 100] [--web-workers 2] [--web-threads 16] [--modes direct,pool,pgbouncer] [--replica]`
+(`--replica`: a streaming replica of the private cluster, `pg_basebackup`, whose largest lag
+during each run is printed).
 """
 
 import argparse
@@ -73,7 +75,37 @@ class PeakBackends:
         return self.peak
 
 
-def run_mode(mode: str, args: argparse.Namespace, postgres: PrivatePostgres, tmp: Path) -> dict:
+class ReplicaLag:
+    """The largest lag of a streaming replica seen while it runs (dspex_site.db's measure:
+    0 when all received WAL is replayed, else the age of the last replayed transaction)."""
+
+    def __init__(self, url: str) -> None:
+        from dspex_site.db import _LAG_SQL
+
+        self.sql = _LAG_SQL
+        self.conn = psycopg.connect(url, autocommit=True, application_name=POLLER)
+        self.worst = 0.0
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while not self.done.is_set():
+            row = self.conn.execute(self.sql).fetchone()
+            if row and row[1] is not None:
+                self.worst = max(self.worst, float(row[1]))
+            time.sleep(0.02)
+
+    def stop(self) -> float:
+        self.done.set()
+        self.thread.join()
+        self.conn.close()
+        return self.worst
+
+
+def run_mode(
+    mode: str, args: argparse.Namespace, postgres: PrivatePostgres, tmp: Path, replica: PrivatePostgres | None
+) -> dict:
     bouncer = PgBouncer(postgres.port, args.bouncer_pool, user="postgres") if "pgbouncer" in mode else None
     direct = postgres.url(DBNAME)
     os.environ["DATABASE_URL"] = bouncer.url(DBNAME) if bouncer else direct
@@ -96,6 +128,7 @@ def run_mode(mode: str, args: argparse.Namespace, postgres: PrivatePostgres, tmp
 
     connections.close_all()  # the benchmark's own (setup) connection is not the deployment's
     peak = PeakBackends(direct)
+    lag = ReplicaLag(replica.url(DBNAME)) if replica else None
     try:
         session = requests.Session()
         session.headers["Authorization"] = f"Token {token}"
@@ -125,6 +158,7 @@ def run_mode(mode: str, args: argparse.Namespace, postgres: PrivatePostgres, tmp
         elapsed = time.monotonic() - started
     finally:
         held = peak.stop()
+        worst_lag = lag.stop() if lag else None
         stop_all(procs)
         if bouncer:
             bouncer.close()
@@ -135,6 +169,7 @@ def run_mode(mode: str, args: argparse.Namespace, postgres: PrivatePostgres, tmp
         "not_succeeded": int(row[1]),
         "seconds": elapsed,
         "per_min": len(ids) / elapsed * 60,
+        "replica_lag_s": worst_lag,
     }
 
 
@@ -149,12 +184,14 @@ def main() -> None:
     parser.add_argument("--pool-max", type=int, default=10, help="DSPEX_DB_POOL_MAX in the pool modes")
     parser.add_argument("--bouncer-pool", type=int, default=20, help="PgBouncer default_pool_size")
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--replica", action="store_true", help="also stream to a replica and report its lag")
     args = parser.parse_args()
     modes = [mode for mode in args.modes.split(",") if mode]
     unknown = set(modes) - set(MODES)
     if unknown:
         sys.exit(f"unknown mode(s) {sorted(unknown)}; choose from {', '.join(MODES)}")
     postgres = PrivatePostgres(max_connections=1000)
+    replica = PrivatePostgres(primary=postgres, max_connections=1000) if args.replica else None
     tmp = Path(tempfile.mkdtemp(prefix="dspex-bench-conn-"))
     results = []
     try:
@@ -164,9 +201,11 @@ def main() -> None:
 
         django.setup()  # the benchmark's own connection: always direct, settings read once here
         for mode in modes:
-            results.append(run_mode(mode, args, postgres, tmp))
+            results.append(run_mode(mode, args, postgres, tmp, replica))
             print(_line(results[-1]), flush=True)
     finally:
+        if replica:
+            replica.close()
         postgres.close()
         shutil.rmtree(tmp, ignore_errors=True)
     threads = args.web_workers * args.web_threads + args.workers * args.concurrency
@@ -185,6 +224,11 @@ def _line(result: dict) -> str:
         f"{result['mode']:>15}: peak {result['peak_backends']:4d} Postgres backends; "
         f"{result['accepted']} executions in {result['seconds']:.1f} s ({result['per_min']:,.0f}/min), "
         f"{result['not_succeeded']} not succeeded"
+        + (
+            f"; replica lag at most {result['replica_lag_s']:.3f} s"
+            if result["replica_lag_s"] is not None
+            else ""
+        )
     )
 
 
