@@ -20,17 +20,20 @@ class ReplicaReads:
     replica_actions: tuple[str, ...] = ("list",)
     _on_primary = False
 
+    _read_from: str | None = None  # the alias this request's read went to
+
     def get_queryset(self) -> Any:
         queryset = super().get_queryset()  # type: ignore[misc]
         if self.action in self.replica_actions and not self._on_primary:  # type: ignore[attr-defined]
-            return queryset.using(db.read_alias())
+            self._read_from = db.read_alias()
+            return queryset.using(self._read_from)
         return queryset
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         try:
             return super().list(request, *args, **kwargs)  # type: ignore[misc]
         except DatabaseError as exc:
-            if self._on_primary or db.read_alias() != db.REPLICA_ALIAS:
+            if self._on_primary or self._read_from != db.REPLICA_ALIAS:
                 raise
             db.replica_failed(exc)
             self._on_primary = True

@@ -81,6 +81,19 @@ def test_pgbouncer_mode_needs_no_session_on_the_pooled_url():
     assert (direct["HOST"], direct["PORT"]) == ("db.internal", 5432)
     assert direct["DISABLE_SERVER_SIDE_CURSORS"] is False and "pool" not in direct["OPTIONS"]
     assert direct["TEST"] == {"MIRROR": "default"}
+    assert "replica" not in databases
+
+
+def test_a_replica_url_adds_the_replica_alias():
+    databases = settings_of(
+        DATABASE_URL="postgres://db.internal:5432/dspex",
+        DATABASE_REPLICA_URL="postgres://replica.internal:5432/dspex?sslmode=verify-full&sslrootcert=/etc/ca.pem",
+        DSPEX_DB_POOL_MAX="4",
+    )
+    replica = databases["replica"]
+    assert (replica["HOST"], replica["OPTIONS"]["sslmode"]) == ("replica.internal", "verify-full")
+    assert replica["OPTIONS"]["connect_timeout"] == 2  # a dead replica costs a list page little
+    assert replica["OPTIONS"]["pool"]["max_size"] == 4 and replica["TEST"] == {"MIRROR": "default"}
 
 
 @pytest.mark.parametrize(
