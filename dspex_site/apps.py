@@ -10,8 +10,14 @@ class DspexSiteConfig(AppConfig):
     verbose_name = "DSPex"
 
     def ready(self) -> None:
+        from django.core import checks
+
         from dspex_site.authentication import connect_signals
         from dspex_site.beat import sync_after_migrate
+        from dspex_site.db import check_connections
+
+        # Database-tagged: run by `migrate` and `check --database ALIAS`, which connect anyway.
+        checks.register(check_connections, checks.Tags.database)
 
         post_migrate.connect(sync_after_migrate, dispatch_uid="dspex-beat-schedules")
         connect_signals()

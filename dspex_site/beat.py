@@ -12,6 +12,7 @@ from django.conf import settings
 from django_celery_beat.models import CrontabSchedule, IntervalSchedule, PeriodicTask
 
 from dspex_site.celery import TASKS, Cron, Every
+from dspex_site.db import session_alias
 
 CREATED, UPDATED, UNCHANGED = "created", "updated", "unchanged"
 
@@ -68,6 +69,7 @@ def sync_schedules() -> dict[str, str]:
 
 
 def sync_after_migrate(sender: Any, **kwargs: Any) -> None:
-    """post_migrate is sent once per app: sync once, for django_celery_beat, whose tables it needs."""
-    if sender.label == "django_celery_beat" and kwargs.get("using", "default") == "default":
+    """post_migrate is sent once per app: sync once, for django_celery_beat, whose tables it needs
+    (and once per database: `migrate` runs on the session alias, `DATABASE_DIRECT_URL` if set)."""
+    if sender.label == "django_celery_beat" and kwargs.get("using", "default") == session_alias():
         sync_schedules()

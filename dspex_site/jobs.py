@@ -35,6 +35,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from dspex_site.celery import publish
+from dspex_site.db import release
 
 logger = logging.getLogger(__name__)
 
@@ -436,6 +437,8 @@ class Heartbeat:
                     close_old_connections()
                     if not self.beat(model) and not self.held():
                         connection.close()  # idle: hold no database session between runs
+                    else:
+                        release()  # pooled: back to the pool until the next beat
                 except Exception:
                     # The database restarting must not kill the thread: drop the connection, retry.
                     logger.warning("%s heartbeat failed; retrying", model.__name__, exc_info=True)

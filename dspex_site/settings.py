@@ -97,19 +97,82 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------------
+# Scale-out (README "Configuration" and "Database connections"): an in-process psycopg pool
+# (DSPEX_DB_POOL_MAX > 0), PgBouncer in transaction mode in front (DSPEX_DB_POOLER), a direct
+# URL for what needs a session (migrations, streaming reads), TLS from the URL's sslmode.
+DB_POOLER = (env_str("DSPEX_DB_POOLER", "") or "").strip().lower()
+if DB_POOLER not in ("", "pgbouncer"):
+    raise ImproperlyConfigured(f"DSPEX_DB_POOLER must be empty or 'pgbouncer', not {DB_POOLER!r}")
+DB_POOL_MIN = env_int("DSPEX_DB_POOL_MIN", 1)
+DB_POOL_MAX = env_int("DSPEX_DB_POOL_MAX", 0)
+DB_POOL_TIMEOUT_S = env_float("DSPEX_DB_POOL_TIMEOUT_S", 5.0)
+if DB_POOL_MAX and not 0 <= DB_POOL_MIN <= DB_POOL_MAX:
+    raise ImproperlyConfigured(
+        f"DSPEX_DB_POOL_MIN ({DB_POOL_MIN}) must be between 0 and DSPEX_DB_POOL_MAX ({DB_POOL_MAX})"
+    )
+if DB_POOL_MAX < 0 or DB_POOL_TIMEOUT_S <= 0:
+    raise ImproperlyConfigured(
+        "DSPEX_DB_POOL_MAX must be 0 (no pool) or more; DSPEX_DB_POOL_TIMEOUT_S above 0"
+    )
+
+
+def _database_from(url: str, *, pooled: bool, pgbouncer: bool) -> dict[str, Any]:
+    # A pooled connection goes back to the pool after each request or task: Django refuses
+    # CONN_MAX_AGE > 0 with a pool, and the pool keeps the connections open instead.
+    parsed: dict[str, Any] = dict(
+        dj_database_url.parse(
+            url,
+            conn_max_age=0 if pooled else env_int("DATABASE_CONN_MAX_AGE", 60),
+            conn_health_checks=True,
+        )
+    )
+    # The URL's query (sslmode, sslrootcert, application_name, ...) is in OPTIONS already.
+    options = parsed.setdefault("OPTIONS", {})
+    options["connect_timeout"] = env_int("DATABASE_CONNECT_TIMEOUT", 5)
+    if pooled:
+        options["pool"] = {"min_size": DB_POOL_MIN, "max_size": DB_POOL_MAX, "timeout": DB_POOL_TIMEOUT_S}
+    if pgbouncer:
+        # Transaction pooling hands each transaction to any server connection: no cursor may
+        # outlive its transaction (Django's iterator() opens WITH HOLD cursors in autocommit),
+        # and no statement may be prepared server-side (PgBouncer before 1.21 cannot carry
+        # them; `tests/datatier` shows the flow failing with them). Django's defaults for
+        # psycopg 3 (client-side binding, prepare_threshold None), pinned against OPTIONS.
+        parsed["DISABLE_SERVER_SIDE_CURSORS"] = True
+        options["prepare_threshold"] = None
+        options["server_side_binding"] = False
+    return parsed
+
+
 DATABASES: dict[str, Mapping[str, object]]
 if EMBEDDED:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": VAR_DIR / "dspex.sqlite3"}}
 else:
-    _database = dj_database_url.parse(
+    _database = _database_from(
         env_str("DATABASE_URL", "postgres://localhost:5432/dspex"),
-        conn_max_age=env_int("DATABASE_CONN_MAX_AGE", 60),
-        conn_health_checks=True,
+        pooled=DB_POOL_MAX > 0,
+        pgbouncer=DB_POOLER == "pgbouncer",
     )
-    _database.setdefault("OPTIONS", {})["connect_timeout"] = env_int("DATABASE_CONNECT_TIMEOUT", 5)
     _database["TEST"] = {"NAME": env_str("DATABASE_TEST_NAME", "test_dspex")}
     DATABASES = {"default": _database}
+    # What needs a session while DATABASE_URL is a transaction pooler: migrations (dspex_site's
+    # `migrate` defaults to it) and long streaming reads (dspex_site.db.session_alias()).
+    _direct_url = env_str("DATABASE_DIRECT_URL")
+    if _direct_url:
+        _direct = _database_from(_direct_url, pooled=False, pgbouncer=False)
+        _direct["CONN_MAX_AGE"] = 0  # opened for a migration or an export, not kept
+        _direct["TEST"] = {"MIRROR": "default"}
+        DATABASES["direct"] = _direct
+    # A streaming replica for reads that tolerate lag (dspex_site.db.read_alias()).
+    _replica_url = env_str("DATABASE_REPLICA_URL")
+    if _replica_url:
+        _replica = _database_from(_replica_url, pooled=DB_POOL_MAX > 0, pgbouncer=DB_POOLER == "pgbouncer")
+        # A replica that is down must cost a list page little: it falls back to the primary.
+        _replica["OPTIONS"]["connect_timeout"] = min(env_int("DATABASE_CONNECT_TIMEOUT", 5), 2)
+        _replica["TEST"] = {"MIRROR": "default"}
+        DATABASES["replica"] = _replica
+DSPEX_REPLICA_MAX_LAG_S = env_float("DSPEX_REPLICA_MAX_LAG_S", 30.0)
+DSPEX_REPLICA_CHECK_S = env_float("DSPEX_REPLICA_CHECK_S", 5.0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache and broker ----------------------------------------------------------------

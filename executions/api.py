@@ -17,8 +17,10 @@ from rest_framework.response import Response
 
 from dspex_site.api.errors import APIError
 from dspex_site.api.parsers import LimitedJSONParser
+from dspex_site.api.replica import ReplicaReads
 from dspex_site.api.schema import raises
 from dspex_site.api.serializers import referenced_row
+from dspex_site.db import read_alias
 from dspex_site.errors import QueueUnavailable
 from dspex_site.roles import RUN
 from executions import batches, runner, sessions
@@ -43,7 +45,7 @@ from projects import access
 from projects.api import ProjectScoped
 
 
-class ExecutionViewSet(ProjectScoped, viewsets.ReadOnlyModelViewSet):
+class ExecutionViewSet(ReplicaReads, ProjectScoped, viewsets.ReadOnlyModelViewSet):
     queryset = CognitiveExecution.objects.all()
     project_path = "program__project"
     filterset_class = ExecutionFilter
@@ -126,7 +128,9 @@ class BatchViewSet(ProjectScoped, viewsets.GenericViewSet):
     def results(self, request: Request, pk: str | None = None) -> StreamingHttpResponse:
         """JSONL, one line per input in input order: index, execution, input, output, status, error."""
         batch = self.get_object()
-        response = StreamingHttpResponse(batches.result_lines(batch.id), content_type="application/x-ndjson")
+        # Finished items' results tolerate lag; the batch itself was read from the primary.
+        lines = batches.result_lines(batch.id, using=read_alias())
+        response = StreamingHttpResponse(lines, content_type="application/x-ndjson")
         response["Content-Disposition"] = f'attachment; filename="batch-{batch.id}.jsonl"'
         return response
 

@@ -187,20 +187,34 @@ def progress(batch: Batch) -> dict:
     }
 
 
-def result_lines(batch_id: Any, chunk: int = 500) -> Iterator[str]:
-    """The batch's results as JSONL, in input order: input, output, status, error."""
-    rows = (
-        CognitiveExecution.objects.filter(batch_id=batch_id)
-        .order_by("batch_index")
-        .values_list("batch_index", "id", "input", "output", "status", "error")
-    )
-    for index, execution_id, input_data, output, status, error in rows.iterator(chunk_size=chunk):
-        record = {
-            "index": index,
-            "execution": str(execution_id),
-            "input": input_data,
-            "output": output,
-            "status": status,
-            "error": error,
-        }
-        yield json.dumps(record, separators=(",", ":")) + "\n"
+def result_lines(batch_id: Any, chunk: int = 500, using: str = "default") -> Iterator[str]:
+    """The batch's results as JSONL, in input order: input, output, status, error.
+
+    Read in pages of `chunk` items by `batch_index` (the batch's index serves each page), one
+    short query each: no cursor outlives its statement, so a long download holds no database
+    session and works the same through PgBouncer in transaction mode."""
+    rows = CognitiveExecution.objects.using(using).filter(batch_id=batch_id).order_by("batch_index")
+    after: int | None = -1
+    while True:
+        page = list(
+            rows.filter(batch_index__gt=after).values_list(
+                "batch_index", "id", "input", "output", "status", "error"
+            )[:chunk]
+        )
+        if not page:
+            return
+        after = page[-1][0]
+        yield from (_result_line(*row) for row in page)
+
+
+def _result_line(*row: Any) -> str:
+    index, execution_id, input_data, output, status, error = row
+    record = {
+        "index": index,
+        "execution": str(execution_id),
+        "input": input_data,
+        "output": output,
+        "status": status,
+        "error": error,
+    }
+    return json.dumps(record, separators=(",", ":")) + "\n"

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from caching.models import ProgramCachePolicy
 from caching.optimizations import optimization_state
+from dspex_site import db
 from dspex_site.errors import DomainError
 from dspex_site.jobs import heartbeat
 from dspex_site.local_cache import LocalCache
@@ -349,6 +350,7 @@ def _cancel_checker(execution_id: UUID, started_at: Any = None, every_s: float =
                 or row[0] != CognitiveExecution.Status.RUNNING
                 or (started_at is not None and row[1] != started_at)
             )
+            db.release()  # back to waiting on LM calls
         return cancelled
 
     return check
@@ -437,6 +439,8 @@ def _run(execution: CognitiveExecution, recorder: TraceRecorder, kind: str) -> d
     # History off and a trace list of this run's own: DSPy appends every LM call to several
     # history lists and every prediction to `settings.trace`, all of which only grow in a
     # long-lived worker. The program is marked for its budget.
+    # With a connection pool, the run's LM calls are waited for without holding a connection.
+    db.release()
     with (
         resilience.traffic(
             kind,

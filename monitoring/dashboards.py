@@ -19,6 +19,7 @@ from django.urls import path
 from django.utils import timezone
 
 from caching import operations
+from dspex_site.db import read_alias
 from monitoring import charts
 from monitoring.models import UsageRollup
 from monitoring.rollups import DURATION_BUCKETS_MS, percentile
@@ -63,10 +64,11 @@ def _rollups(request: HttpRequest) -> Any:
     """The hourly rollups of the user's projects' programs (all of them for superusers)."""
     from programs.models import CognitiveProgram
 
-    rows = UsageRollup.objects.all()
+    alias = read_alias()  # dashboards tolerate the replica's lag
+    rows = UsageRollup.objects.using(alias)
     if access.visible_ids(request.user) is None:
         return rows
-    programs = access.visible(CognitiveProgram.objects.all(), request.user).values("id")
+    programs = access.visible(CognitiveProgram.objects.using(alias), request.user).values("id")
     return rows.filter(program_id__in=programs)
 
 

@@ -18,6 +18,8 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
+from dspex_site import db
+
 
 @require_GET
 @never_cache
@@ -28,7 +30,35 @@ def live(request: HttpRequest) -> JsonResponse:
 def check_database() -> dict:
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
-    return {"vendor": connection.vendor}
+    result: dict = {"vendor": connection.vendor}
+    if connection.vendor == "postgresql":
+        result |= db.describe()
+        # This process's pool (the one answering); workers publish theirs with their heartbeat.
+        pools = db.pool_stats()
+        if pools:
+            result["pool_usage"] = pools
+        from monitoring.heartbeat import worker_pools
+
+        try:
+            workers = worker_pools()
+        except Exception as exc:  # Redis has its own check: the database is not down for it
+            result["worker_pools"] = f"unavailable: {type(exc).__name__}"
+        else:
+            if workers:
+                result["worker_pools"] = workers
+    return result
+
+
+def check_replica() -> dict:
+    """Where lag-tolerant reads go (DATABASE_REPLICA_URL): an error while they fall back to the
+    primary (the replica is down, lagging or promoted), which degrades the service but keeps web
+    in rotation: the primary serves every read meanwhile."""
+    state = db.replica_state()
+    if state is None:
+        return {"configured": False}
+    if state.serving != "replica":
+        raise RuntimeError(f"reads fall back to the primary: {state.reason} (lag_s={state.lag_s})")
+    return state.as_dict()
 
 
 def check_cache() -> dict:
@@ -98,6 +128,7 @@ def check_beat() -> dict:
 # the others report a degraded service without pulling web traffic.
 CHECKS: dict[str, tuple[Callable[[], dict], bool]] = {
     "database": (check_database, True),
+    "replica": (check_replica, False),
     "cache": (check_cache, True),
     "broker": (check_broker, True),
     "workers": (check_workers, False),

@@ -5,6 +5,7 @@ the queues dashboard read them back. A worker that stops (or is killed) simply s
 and its entry ages out after HEARTBEAT_STALE_S — no cleanup needed.
 """
 
+import json
 import logging
 import socket
 import time
@@ -14,11 +15,15 @@ import redis
 from celery import bootsteps
 from django.conf import settings
 
+from dspex_site.db import pool_stats
+
 logger = logging.getLogger(__name__)
 
 HEARTBEAT_EVERY_S = 5.0
 HEARTBEAT_STALE_S = 30.0
 KEY = "dspex:workers:{queue}"
+# A worker's database pool usage (dspex_site.db.pool_stats), sent with its heartbeat.
+POOLS_KEY = "dspex:workers:db_pools"
 
 
 def _client() -> redis.Redis:
@@ -27,11 +32,15 @@ def _client() -> redis.Redis:
 
 def beat(hostname: str, queues: list[str]) -> None:
     now = time.time()
+    pools = pool_stats()
     try:
         with _client().pipeline(transaction=False) as pipe:
             for queue in queues:
                 pipe.hset(KEY.format(queue=queue), hostname, now)
                 pipe.expire(KEY.format(queue=queue), int(HEARTBEAT_STALE_S * 10))
+            if pools:
+                pipe.hset(POOLS_KEY, hostname, json.dumps({"at": now, "pools": pools}))
+                pipe.expire(POOLS_KEY, int(HEARTBEAT_STALE_S * 10))
             pipe.execute()
     except redis.RedisError as exc:
         logger.warning("worker heartbeat not written: %s", type(exc).__name__)
@@ -48,6 +57,17 @@ def alive(queues: list[str]) -> dict[str, list[str]]:
         queue: sorted(host.decode() for host, at in entries.items() if float(at) >= cutoff)
         for queue, entries in zip(queues, found, strict=True)
     }
+
+
+def worker_pools() -> dict[str, dict]:
+    """{worker hostname: {alias: pool stats}} from fresh heartbeats of workers that have a pool."""
+    cutoff = time.time() - HEARTBEAT_STALE_S
+    found = {}
+    for host, raw in _client().hgetall(POOLS_KEY).items():
+        entry = json.loads(raw)
+        if entry["at"] >= cutoff:
+            found[host.decode() if isinstance(host, bytes) else host] = entry["pools"]
+    return dict(sorted(found.items()))
 
 
 class HeartbeatStep(bootsteps.StartStopStep):

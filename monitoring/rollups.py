@@ -13,6 +13,7 @@ from uuid import UUID
 from django.db import transaction
 from django.utils import timezone
 
+from dspex_site.db import session_alias
 from executions.models import CognitiveExecution
 from monitoring.models import UsageRollup
 
@@ -30,8 +31,11 @@ def _bucket(duration_ms: int | None) -> int:
 
 
 def _rows_for_hour(hour: datetime) -> list[UsageRollup]:
+    # An hour of executions, streamed through a server-side cursor: on the session alias, since
+    # behind PgBouncer in transaction mode the default alias has no server-side cursors.
     executions = (
-        CognitiveExecution.objects.filter(finished_at__gte=hour, finished_at__lt=hour + timedelta(hours=1))
+        CognitiveExecution.objects.using(session_alias())
+        .filter(finished_at__gte=hour, finished_at__lt=hour + timedelta(hours=1))
         .values_list("program_id", "program__name", "status", "duration_ms", "metrics")
         .iterator(chunk_size=2000)
     )

@@ -151,6 +151,50 @@ class Liveness:
         yield beat
 
 
+class DatabasePools:
+    """Scrape-time gauges of the database connection pools (`DSPEX_DB_POOL_MAX`): the web
+    process answering the scrape, and every worker from its last heartbeat; and of the read
+    replica (`DATABASE_REPLICA_URL`) as the answering process finds it."""
+
+    GAUGES = {
+        "pool_size": "Connections the pool holds (in use and idle)",
+        "pool_available": "Idle connections ready in the pool",
+        "requests_waiting": "Threads waiting for a connection from the pool",
+        "pool_max": "Most connections the pool may hold",
+    }
+
+    def collect(self) -> Iterator[Metric]:
+        from dspex_site.db import pool_stats, replica_state
+        from monitoring.heartbeat import worker_pools
+
+        families = {
+            key: GaugeMetricFamily(f"dspex_db_{key}", text, labels=["process", "alias"])
+            for key, text in self.GAUGES.items()
+        }
+        processes = {f"web:{os.getpid()}": pool_stats()}
+        try:
+            processes |= worker_pools()
+        except Exception as exc:
+            logger.warning("worker pool usage unavailable: %s", type(exc).__name__)
+        for process, pools in processes.items():
+            for alias, stats in pools.items():
+                for key, family in families.items():
+                    family.add_metric([process, alias], float(stats.get(key, 0)))
+        yield from families.values()
+        state = replica_state()
+        if state is not None:
+            serving = GaugeMetricFamily(
+                "dspex_db_replica_serving",
+                "1: lag-tolerant reads go to the replica; 0: fallen back to the primary",
+            )
+            serving.add_metric([], 1.0 if state.serving == "replica" else 0.0)
+            yield serving
+            lag = GaugeMetricFamily("dspex_db_replica_lag_seconds", "How far the read replica is behind")
+            if state.lag_s is not None:
+                lag.add_metric([], state.lag_s)
+            yield lag
+
+
 def registry() -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     base: Collector
@@ -162,6 +206,7 @@ def registry() -> CollectorRegistry:
     reg.register(Derived(base))
     reg.register(QueueDepth())
     reg.register(Liveness())
+    reg.register(DatabasePools())
     for collector in EXTRA_COLLECTORS:
         reg.register(collector)
     return reg

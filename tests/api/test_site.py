@@ -15,11 +15,12 @@ def test_ready_reports_each_dependency(client):
     body = response.json()
     assert response.status_code == 200, body
     assert body["mode"] == "standard"
-    assert set(body["checks"]) == {"database", "cache", "broker", "workers", "beat"}
+    assert set(body["checks"]) == {"database", "replica", "cache", "broker", "workers", "beat"}
     critical = {name for name, check in body["checks"].items() if check["critical"]}
     assert critical == {"database", "cache", "broker"}
     assert all(body["checks"][name]["status"] == "ok" for name in critical)
     assert body["checks"]["database"]["vendor"] == "postgresql"
+    assert body["checks"]["replica"]["configured"] is False  # tests/datatier/test_replica.py has one
     # No worker or beat runs in this test: the service is degraded, not down.
     assert body["status"] == "degraded"
     assert "no live worker" in body["checks"]["workers"]["error"]
