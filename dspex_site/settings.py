@@ -312,6 +312,8 @@ SPECTACULAR_SETTINGS = {
         "OptimizationRunStatusEnum": "optimization.models.OptimizationRun.Status",
         "ProgramStatusEnum": "programs.models.CognitiveProgram.Status",
         "CorpusStatusEnum": "programs.models.Corpus.Status",
+        "ProjectRoleEnum": "projects.models.Membership.Role",
+        "ChatRoleEnum": ["system", "developer", "user", "assistant"],
     },
 }
 

@@ -20,6 +20,7 @@ from optimization.api import (
 )
 from programs.api import ProgramViewSet
 from programs.corpus_api import CorpusViewSet
+from programs.openai_api import ChatCompletionsView, ModelsView
 from projects.api import KeyViewSet, ProjectViewSet
 
 router = DefaultRouter()
@@ -47,6 +48,9 @@ urlpatterns = [
     path("api/v1/providers/", providers, name="providers"),
     path("api/v1/providers/routing/", routing, name="providers-routing"),
     path("api/v1/", include(router.urls)),
+    # OpenAI-compatible: the paths its clients append to a base URL of `.../v1`.
+    path("v1/chat/completions", ChatCompletionsView.as_view(), name="openai-chat-completions"),
+    path("v1/models", ModelsView.as_view(), name="openai-models"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("health/live", health.live, name="health-live"),

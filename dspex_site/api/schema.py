@@ -75,12 +75,14 @@ PAGINATION = {"limit", "offset"}
 
 
 class ErrorDocumentingSchema(AutoSchema):
+    error_serializer: Any = ErrorSerializer  # the body of the error responses it documents
+
     def get_operation(self, *args: Any, **kwargs: Any) -> dict[str, Any] | None:
         operation = super().get_operation(*args, **kwargs)
         if operation is None:
             return None
         errors = self._error_responses(operation)
-        ref = self.resolve_serializer(ErrorSerializer, "response").ref
+        ref = self.resolve_serializer(self.error_serializer, "response").ref
         media_types = self.map_renderers("media_type")
         for code, descriptions in sorted(errors.items()):
             key = str(code)
