@@ -68,7 +68,7 @@ class ExecutionViewSet(ProjectScoped, viewsets.ReadOnlyModelViewSet):
 
     @extend_schema(methods=["GET"], request=None, responses={200: FeedbackSerializer(many=True)})
     @extend_schema(methods=["POST"], request=FeedbackCreateSerializer, responses={201: FeedbackSerializer})
-    @raises((409, "The execution has not finished (`not_finished`)."))
+    @raises(feedback.FeedbackRefused)
     @action(detail=True, methods=["get", "post"], filterset_class=None, pagination_class=None)
     def feedback(self, request: Request, pk: str | None = None) -> Response:
         """GET: every feedback entry of the execution, newest first (`current`: the latest of its
@@ -89,10 +89,7 @@ class ExecutionViewSet(ProjectScoped, viewsets.ReadOnlyModelViewSet):
                 f"{problems[0]['path']}: {problems[0]['message']}",
                 errors=problems,
             )
-        try:
-            entry = feedback.record(execution, user=request.user, channel="api", request=request, **data)
-        except feedback.FeedbackRefused as exc:
-            raise APIError(status.HTTP_409_CONFLICT, exc.code, str(exc)) from None
+        entry = feedback.record(execution, user=request.user, channel="api", request=request, **data)
         return Response(FeedbackSerializer(entry).data, status=status.HTTP_201_CREATED)
 
 

@@ -4,6 +4,7 @@ import django_filters
 from django.db import transaction
 from django.db.models import Count
 from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -19,7 +20,7 @@ from dspex_site.api.schema import raises
 from dspex_site.api.serializers import referenced_row
 from dspex_site.errors import decode_text
 from monitoring import audit
-from optimization import datasets, from_executions, results, runner, schedules
+from optimization import datasets, dspy_state, from_executions, results, runner, schedules
 from optimization.models import Dataset, OptimizationResult, OptimizationRun, OptimizationSchedule
 from optimization.serializers import (
     DatasetSerializer,
@@ -101,7 +102,7 @@ class DatasetViewSet(
         return Response({**DatasetSerializer(dataset).data, "imported": count})
 
     @extend_schema(request=FromExecutionsSerializer, responses={201: FromExecutionsResultSerializer})
-    @raises(from_executions.NoExamples)
+    @raises(from_executions.NoExamples, from_executions.NameTaken)
     @action(detail=False, methods=["post"], url_path="from-executions")
     def from_executions(self, request: Request) -> Response:
         """A dataset of a program's executions (README, "Datasets from executions"): all rows or
@@ -241,6 +242,15 @@ class ResultViewSet(ProjectScoped, viewsets.ReadOnlyModelViewSet):
         result = self.get_object()
         results.set_active(result.program, result, channel="api", request=request)
         return Response(ResultSerializer(result).data)
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["get"], url_path="dspy-state")
+    def dspy_state(self, request: Request, pk: str | None = None) -> Response:
+        """The result as the JSON file plain DSPy's `module.load(path)` reads (docs/dspy.md)."""
+        result = self.get_object()
+        response = Response(dspy_state.export_state(result))
+        response["Content-Disposition"] = f'attachment; filename="dspex-result-{result.id}.json"'
+        return response
 
 
 class ScheduleViewSet(ProjectScoped, viewsets.ModelViewSet):

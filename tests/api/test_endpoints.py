@@ -9,12 +9,13 @@ import json
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
+import dspy
 import pytest
 from drf_spectacular.generators import EndpointEnumerator
 from rest_framework.test import APIClient
 
 from executions.models import CognitiveExecution, Feedback
-from optimization.models import Dataset, OptimizationRun
+from optimization.models import Dataset, OptimizationResult, OptimizationRun
 from projects.models import Membership
 from tests.actors import EDIT, MANAGE, OPTIMIZE, READ, ROLES, RUN, stranger
 from tests.api.cases import Action, APIViewTestCases, Endpoint
@@ -37,6 +38,12 @@ pytestmark = pytest.mark.django_db
 
 QA = {"signature": "question -> answer"}
 EXAMPLE = {"input": {"question": "What is 1 + 1?"}, "output": {"answer": "2"}}
+
+
+def plain_dspy_state(metadata: bool = True) -> dict[str, Any]:
+    """What plain DSPy's `save()` writes for a `question -> answer` program (its step `main`)."""
+    state = {"main": dspy.Predict("question -> answer").dump_state()}
+    return {**state, "metadata": {"dependency_versions": {"dspy": dspy.__version__}}} if metadata else state
 
 
 def feedback_stored(execution: Any, score: float, label: str) -> None:
@@ -89,6 +96,17 @@ class TestPrograms(
             ),
         ),
         Action("rollback", "POST", "/api/v1/programs/{pk}/rollback/", EDIT, 200, body={"result": None}),
+        Action(
+            "import-state",
+            "POST",
+            "/api/v1/programs/{pk}/import-state/",
+            EDIT,
+            201,
+            body=lambda case, obj: plain_dspy_state(),
+            check=lambda case, obj, response: OptimizationResult.objects.get(
+                id=response.json()["id"], program=obj, optimizer_type="imported"
+            ),
+        ),
     ]
 
     def replace_data(self, obj: Any) -> dict[str, Any]:
@@ -248,7 +266,16 @@ class TestOptimizationResults(
             check=lambda case, obj, response: _assert_equal(
                 type(obj.program).objects.get(pk=obj.program_id).active_result_id, obj.pk
             ),
-        )
+        ),
+        Action(
+            "dspy-state",
+            "GET",
+            "/api/v1/optimization-results/{pk}/dspy-state/",
+            READ,
+            200,
+            target=lambda case: OptimizationResultFactory(parameters=plain_dspy_state(metadata=False)),
+            check=lambda case, obj, response: _assert_equal(sorted(response.json()), ["main", "metadata"]),
+        ),
     ]
 
 
