@@ -53,6 +53,33 @@ class CreatedFilter(admin.DateFieldListFilter):
     title = "created"
 
 
+class FeedbackFilter(admin.SimpleListFilter):
+    """Executions with or without feedback, or with a low or high mean score (the row's summary)."""
+
+    title = "feedback"
+    parameter_name = "feedback"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            ("yes", "has feedback"),
+            ("no", "no feedback"),
+            ("low", "score < 0.5"),
+            ("high", "score ≥ 0.5"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if value == "yes":
+            return queryset.filter(feedback_count__gt=0)
+        if value == "no":
+            return queryset.filter(feedback_count=0)
+        if value == "low":
+            return queryset.filter(feedback_score__lt=0.5)
+        if value == "high":
+            return queryset.filter(feedback_score__gte=0.5)
+        return queryset
+
+
 @admin.register(CognitiveExecution)
 class ExecutionAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
     """Read-only: executions are written by the runner only."""
@@ -68,9 +95,15 @@ class ExecutionAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
         "tokens",
         "cost",
         "cache_hits",
+        "feedback_column",
         "created_at",
     ]
-    list_filter = ["status", ("created_at", CreatedFilter), ("program", VisibleRelatedFilter)]
+    list_filter = [
+        "status",
+        ("created_at", CreatedFilter),
+        ("program", VisibleRelatedFilter),
+        FeedbackFilter,
+    ]
     list_select_related = ["program"]
     search_fields = ["id"]
     search_help_text = "Execution id (full, or its first characters)"
@@ -247,6 +280,13 @@ class ExecutionAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
     @admin.display(description="output")
     def output_json(self, obj: CognitiveExecution) -> str:
         return pre(obj.output)
+
+    @admin.display(description="feedback", ordering="feedback_score")
+    def feedback_column(self, obj: CognitiveExecution) -> str:
+        if not obj.feedback_count:
+            return "—"
+        score = "—" if obj.feedback_score is None else f"{obj.feedback_score:.2f}"
+        return f"{score} ({obj.feedback_count})"
 
     @admin.display(description="feedback")
     def feedback_line(self, obj: CognitiveExecution) -> str:

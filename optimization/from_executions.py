@@ -96,7 +96,8 @@ def matching(criteria: Criteria) -> models.QuerySet:
     if criteria.until is not None:
         queryset = queryset.filter(created_at__lt=criteria.until)
     newest = queryset.order_by("-created_at", "-id").values_list("id", flat=True)[: criteria.limit]
-    selected = CognitiveExecution.objects.filter(id__in=list(newest)).order_by("created_at", "id")
+    # One statement: the newest `limit` as a subquery, written oldest first.
+    selected = CognitiveExecution.objects.filter(id__in=newest).order_by("created_at", "id")
     if criteria.use_corrected_output:
         latest = (
             Feedback.objects.filter(execution=OuterRef("pk"), current=True, corrected_output__isnull=False)

@@ -191,3 +191,11 @@ def test_feedback_counts_into_metrics_by_program_name(api, django_capture_on_com
     assert _sample("dspex_feedback_score_count", {"program": "metrics-qa"}) == scores_before + 1
     assert _sample("dspex_feedback_score_sum", {"program": "metrics-qa"}) == pytest.approx(sum_before + 0.3)
     assert _sample("dspex_feedback_score_bucket", {"program": "metrics-qa", "le": "0.5"}) == low_before + 1
+
+
+@pytest.mark.parametrize("raw", ['{"score": NaN}', '{"score": Infinity}', '{"score": 1e999}'])
+def test_non_finite_scores_are_refused(api, raw):
+    execution = ExecutionFactory(finished=True)
+    response = api.generic("POST", url(execution), raw, content_type="application/json")
+    assert response.status_code == 400, response.content
+    assert not Feedback.objects.exists()

@@ -66,3 +66,16 @@ def test_another_projects_execution_is_a_404(operator_client):
     theirs = ExecutionFactory(finished=True, program=ProgramFactory(project=ProjectFactory(name="elsewhere")))
     assert operator_client.post(form_url(theirs), {"score": "1"}).status_code == 404
     assert not Feedback.objects.exists()
+
+
+def test_the_list_shows_and_filters_by_feedback(operator_client):
+    scored = FeedbackFactory(score=0.25).execution
+    plain = ExecutionFactory(finished=True)
+    listing = "/admin/executions/cognitiveexecution/"
+    html = operator_client.get(listing).content.decode()
+    assert "0.25 (1)" in html
+    with_feedback = operator_client.get(listing, {"feedback": "yes"}).content.decode()
+    assert str(scored.pk)[:8] in with_feedback and str(plain.pk)[:8] not in with_feedback
+    low = operator_client.get(listing, {"feedback": "low"}).content.decode()
+    high = operator_client.get(listing, {"feedback": "high"}).content.decode()
+    assert str(scored.pk)[:8] in low and str(scored.pk)[:8] not in high
