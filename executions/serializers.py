@@ -5,6 +5,7 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from dspex_site.api.serializers import StrictSerializer
 from executions.models import CognitiveExecution, Feedback
 
 SUMMARY_FIELDS = [
@@ -145,7 +146,7 @@ class BatchSerializer(serializers.Serializer):
     progress = serializers.FloatField(help_text="finished / total, 0..1")
 
 
-class FeedbackCreateSerializer(serializers.Serializer):
+class FeedbackCreateSerializer(StrictSerializer):
     """`POST /api/v1/executions/{id}/feedback/`; `corrected_output` is checked against the output
     fields of the program version the execution ran (executions.feedback)."""
 

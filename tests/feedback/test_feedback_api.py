@@ -91,6 +91,7 @@ def test_each_author_counts_once_with_their_latest_entry(api, operator):
         ({"corrected_output": ["b"]}, "corrected_output"),
         ({"corrected_output": {}}, "corrected_output"),
         ({"label": "x" * 101}, "label"),
+        ({"scor": 1}, "scor"),
         ({}, "score"),
     ],
 )
