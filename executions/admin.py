@@ -3,23 +3,81 @@
 import uuid
 from typing import Any
 
-from django.contrib import admin
+from django import forms
+from django.contrib import admin, messages
 from django.contrib.admin.utils import flatten_fieldsets
+from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
-from django.http import HttpRequest
-from django.urls import reverse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect
+from django.urls import path, reverse
 from django.utils.html import format_html, format_html_join
+from django.views.decorators.http import require_POST
 
-from dspex_site.console import ReadOnlyAdmin
+from dspex_site.console import ReadOnlyAdmin, show_domain_error
 from dspex_site.display import money, pre, pretty, summary, trace_rows
 from dspex_site.roles import RUN
-from executions import sessions
+from executions import feedback, sessions
 from executions.models import Batch, CognitiveExecution, Session
+from projects import access
 from projects.console import ProjectScopedAdmin, VisibleRelatedFilter
+
+
+class FeedbackForm(forms.Form):
+    """Feedback on an execution from the console (the API's `POST .../feedback/` fields)."""
+
+    score = forms.FloatField(min_value=0.0, max_value=1.0, required=False, help_text="0 (bad) .. 1 (good)")
+    label = forms.CharField(max_length=100, required=False)
+    corrected_output = forms.JSONField(
+        required=False,
+        widget=forms.Textarea(attrs={"rows": 3, "cols": 60}),
+        help_text="What the output should have been: an object of output fields (JSON).",
+    )
+    comment = forms.CharField(required=False, max_length=10_000, widget=forms.Textarea(attrs={"rows": 2}))
+
+    def __init__(self, execution: CognitiveExecution, *args: Any, **kwargs: Any) -> None:
+        self.execution = execution
+        super().__init__(*args, **kwargs)
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        for problem in feedback.corrected_output_problems(self.execution, data.get("corrected_output")):
+            self.add_error("corrected_output", f"{problem['path']}: {problem['message']}")
+        if not self.errors and not any(
+            data.get(name) not in (None, "") for name in ("score", "label", "corrected_output", "comment")
+        ):
+            raise forms.ValidationError("Give at least one of score, label, corrected output, comment.")
+        return data
 
 
 class CreatedFilter(admin.DateFieldListFilter):
     title = "created"
+
+
+class FeedbackFilter(admin.SimpleListFilter):
+    """Executions with or without feedback, or with a low or high mean score (the row's summary)."""
+
+    title = "feedback"
+    parameter_name = "feedback"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [
+            ("yes", "has feedback"),
+            ("no", "no feedback"),
+            ("low", "score < 0.5"),
+            ("high", "score ≥ 0.5"),
+        ]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        value = self.value()
+        if value == "yes":
+            return queryset.filter(feedback_count__gt=0)
+        if value == "no":
+            return queryset.filter(feedback_count=0)
+        if value == "low":
+            return queryset.filter(feedback_score__lt=0.5)
+        if value == "high":
+            return queryset.filter(feedback_score__gte=0.5)
+        return queryset
 
 
 @admin.register(CognitiveExecution)
@@ -37,9 +95,15 @@ class ExecutionAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
         "tokens",
         "cost",
         "cache_hits",
+        "feedback_column",
         "created_at",
     ]
-    list_filter = ["status", ("created_at", CreatedFilter), ("program", VisibleRelatedFilter)]
+    list_filter = [
+        "status",
+        ("created_at", CreatedFilter),
+        ("program", VisibleRelatedFilter),
+        FeedbackFilter,
+    ]
     list_select_related = ["program"]
     search_fields = ["id"]
     search_help_text = "Execution id (full, or its first characters)"
@@ -61,6 +125,7 @@ class ExecutionAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
                     "variables_json",
                     "output_json",
                     "error_json",
+                    "feedback_line",
                 ]
             },
         ),
@@ -117,7 +182,58 @@ class ExecutionAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
             context["summary"] = summary(execution)
             context["execution"] = execution
             context["can_rerun"] = request.user.has_perm(RUN)
+            context["feedback_entries"] = list(execution.feedback_entries.all()[:100])
+            if self._may_give_feedback(request, execution):
+                context["feedback_form"] = FeedbackForm(execution)
         return super().change_view(request, object_id, form_url, extra_context=context)
+
+    def get_urls(self) -> list:
+        wrap = self.admin_site.admin_view
+        return [
+            path("<uuid:pk>/feedback/", wrap(require_POST(self.feedback_view)), name="executions_feedback"),
+            *super().get_urls(),
+        ]
+
+    @staticmethod
+    def _may_give_feedback(request: HttpRequest, execution: CognitiveExecution) -> bool:
+        return (
+            execution.is_finished
+            and request.user.has_perm(RUN)
+            and access.allows(request.user, execution.program.project_id, RUN)
+        )
+
+    def feedback_view(self, request: HttpRequest, pk: Any) -> HttpResponse:
+        """Add the user's feedback (superseding their earlier entry) and go back to the page."""
+        execution = self.get_object(request, str(pk))  # project-scoped: another project's is a 404
+        if execution is None:
+            raise Http404
+        if not self._may_give_feedback(request, execution):
+            raise PermissionDenied
+        change_url = reverse("admin:executions_cognitiveexecution_change", args=[execution.pk])
+        form = FeedbackForm(execution, request.POST)
+        if not form.is_valid():
+            for field, errors in form.errors.items():
+                where = "" if field == "__all__" else f"{field}: "
+                for error in errors:
+                    messages.error(request, f"Feedback not saved: {where}{error}")
+            return HttpResponseRedirect(change_url)
+        data = form.cleaned_data
+        try:
+            feedback.record(
+                execution,
+                user=request.user,
+                channel="admin",
+                request=request,
+                score=data.get("score"),
+                label=data.get("label") or "",
+                corrected_output=data.get("corrected_output"),
+                comment=data.get("comment") or "",
+            )
+        except feedback.FeedbackRefused as exc:
+            show_domain_error(request, exc)
+            return HttpResponseRedirect(change_url)
+        messages.success(request, "Feedback saved.")
+        return HttpResponseRedirect(change_url)
 
     @admin.display(description="id", ordering="id")
     def short_id(self, obj: CognitiveExecution) -> str:
@@ -175,6 +291,20 @@ class ExecutionAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
     @admin.display(description="output")
     def output_json(self, obj: CognitiveExecution) -> str:
         return pre(obj.output)
+
+    @admin.display(description="feedback", ordering="feedback_score")
+    def feedback_column(self, obj: CognitiveExecution) -> str:
+        if not obj.feedback_count:
+            return "—"
+        score = "—" if obj.feedback_score is None else f"{obj.feedback_score:.2f}"
+        return f"{score} ({obj.feedback_count})"
+
+    @admin.display(description="feedback")
+    def feedback_line(self, obj: CognitiveExecution) -> str:
+        if not obj.feedback_count:
+            return "—"
+        score = "no score" if obj.feedback_score is None else f"mean score {obj.feedback_score:.2f}"
+        return f"{obj.feedback_count} current {'entry' if obj.feedback_count == 1 else 'entries'}, {score}"
 
     @admin.display(description="error")
     def error_json(self, obj: CognitiveExecution) -> str:

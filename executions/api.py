@@ -23,7 +23,7 @@ from dspex_site.api.serializers import referenced_row
 from dspex_site.db import read_alias
 from dspex_site.errors import QueueUnavailable
 from dspex_site.roles import RUN
-from executions import batches, runner, sessions
+from executions import batches, feedback, runner, sessions
 from executions.filters import ExecutionFilter, SessionFilter
 from executions.models import Batch, CognitiveExecution, Session
 from executions.runner import ProgramNotRunnable
@@ -32,6 +32,8 @@ from executions.serializers import (
     BatchSerializer,
     ExecutionSerializer,
     ExecutionSummarySerializer,
+    FeedbackCreateSerializer,
+    FeedbackSerializer,
     QueuedTurnSerializer,
     SessionCreateSerializer,
     SessionDetailSerializer,
@@ -49,6 +51,13 @@ class ExecutionViewSet(ReplicaReads, ProjectScoped, viewsets.ReadOnlyModelViewSe
     queryset = CognitiveExecution.objects.all()
     project_path = "program__project"
     filterset_class = ExecutionFilter
+
+    @property
+    def required_kinds(self) -> dict[str, str]:
+        """Giving feedback (POST) is running-kind work (operators, the `execute` scope of API
+        keys), not an edit; reading it is a read like any other (dspex_site.permissions)."""
+        request = getattr(self, "request", None)
+        return {"feedback": RUN} if request is not None and request.method == "POST" else {}
 
     def get_queryset(self):
         qs = super().get_queryset()
@@ -71,6 +80,32 @@ class ExecutionViewSet(ReplicaReads, ProjectScoped, viewsets.ReadOnlyModelViewSe
                 f"Execution {execution.id} already finished with status '{execution.status}'.",
             )
         return Response(ExecutionSerializer(execution).data)
+
+    @extend_schema(methods=["GET"], request=None, responses={200: FeedbackSerializer(many=True)})
+    @extend_schema(methods=["POST"], request=FeedbackCreateSerializer, responses={201: FeedbackSerializer})
+    @raises(feedback.FeedbackRefused)
+    @action(detail=True, methods=["get", "post"], filterset_class=None, pagination_class=None)
+    def feedback(self, request: Request, pk: str | None = None) -> Response:
+        """GET: every feedback entry of the execution, newest first (`current`: the latest of its
+        author, the ones that count). POST: add one; an author's new entry supersedes their last."""
+        if request.method == "GET":
+            execution = self.get_object()
+            entries = execution.feedback_entries.all()
+            return Response(FeedbackSerializer(entries, many=True).data)
+        body = FeedbackCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        execution = self.get_object()
+        problems = feedback.corrected_output_problems(execution, data["corrected_output"])
+        if problems:
+            raise APIError(
+                status.HTTP_400_BAD_REQUEST,
+                "invalid",
+                f"{problems[0]['path']}: {problems[0]['message']}",
+                errors=problems,
+            )
+        entry = feedback.record(execution, user=request.user, channel="api", request=request, **data)
+        return Response(FeedbackSerializer(entry).data, status=status.HTTP_201_CREATED)
 
 
 class BatchJSONParser(LimitedJSONParser):

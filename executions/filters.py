@@ -2,6 +2,7 @@ from datetime import UTC, datetime, timedelta
 
 import django_filters
 from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
 from django_filters.fields import IsoDateTimeField
 
 from executions.models import CognitiveExecution, Session
@@ -35,10 +36,33 @@ class ExecutionFilter(django_filters.FilterSet):
     batch = django_filters.UUIDFilter(field_name="batch_id")
     session = django_filters.UUIDFilter(field_name="session_id")
     project = django_filters.NumberFilter(field_name="program__project_id")
+    # Feedback (executions.feedback): the execution's own summary columns, no join.
+    has_feedback = django_filters.BooleanFilter(method="filter_has_feedback", label="Has feedback")
+    min_score = django_filters.NumberFilter(
+        field_name="feedback_score", lookup_expr="gte", label="Mean feedback score at least (0..1)"
+    )
+    max_score = django_filters.NumberFilter(
+        field_name="feedback_score", lookup_expr="lte", label="Mean feedback score at most (0..1)"
+    )
+
+    def filter_has_feedback(self, queryset: QuerySet, name: str, value: bool | None) -> QuerySet:
+        if value is None:
+            return queryset
+        return queryset.filter(feedback_count__gt=0) if value else queryset.filter(feedback_count=0)
 
     class Meta:
         model = CognitiveExecution
-        fields = ["program", "status", "batch", "session", "created_after", "created_before"]
+        fields = [
+            "program",
+            "status",
+            "batch",
+            "session",
+            "created_after",
+            "created_before",
+            "has_feedback",
+            "min_score",
+            "max_score",
+        ]
 
 
 class SessionFilter(django_filters.FilterSet):

@@ -205,6 +205,10 @@ class CognitiveExecution(Job):
         db_index=False,
     )
     turn = models.PositiveIntegerField(null=True, blank=True)
+    # Feedback summary (executions.feedback keeps it): how many people's current feedback the
+    # execution has and the mean of their scores, so lists, filters and answers read no other table.
+    feedback_count = models.PositiveIntegerField(default=0)
+    feedback_score = models.FloatField(null=True, blank=True)
 
     objects = ExecutionQuerySet.as_manager()
 
@@ -236,10 +240,22 @@ class CognitiveExecution(Job):
                 name="idx_executions_session_turn",
                 condition=models.Q(session__isnull=False),
             ),
+            # `?has_feedback=true`: the few executions with feedback, newest first. Partial, so
+            # inserts and finishes (feedback_count 0) never write it.
+            models.Index(
+                fields=["-created_at"],
+                name="idx_executions_feedback",
+                condition=models.Q(feedback_count__gt=0),
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.id} ({self.status})"
+
+    @property
+    def feedback(self) -> dict[str, Any]:
+        """The API's `feedback`: current entries (the latest of each author) and their mean score."""
+        return {"count": self.feedback_count, "score": self.feedback_score}
 
     @property
     def is_finished(self) -> bool:
@@ -410,6 +426,55 @@ class Session(models.Model):
     @property
     def is_expired(self) -> bool:
         return self.expires_at <= timezone.now()
+
+
+class Feedback(models.Model):
+    """One person's judgement of an execution: a score in [0, 1], a label, a corrected output, a
+    comment (README, "Feedback").
+
+    Entries are never rewritten: a second entry by the same author supersedes their earlier one
+    (`current` moves to the new row), so each author counts once and the history stays readable.
+    """
+
+    class Channel(models.TextChoices):
+        API = "api"
+        ADMIN = "admin"
+
+    id = models.BigAutoField(primary_key=True)
+    execution = models.ForeignKey(
+        CognitiveExecution, on_delete=models.CASCADE, related_name="feedback_entries"
+    )
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    author_name = models.CharField(max_length=150, blank=True, help_text="Kept if the user is deleted.")
+    channel = models.CharField(max_length=10, choices=Channel.choices, default=Channel.API)
+    score = models.FloatField(null=True, blank=True, help_text="0 (bad) .. 1 (good), or none")
+    label = models.CharField(max_length=100, blank=True)
+    corrected_output = models.JSONField(null=True, blank=True, help_text="What the output should have been.")
+    comment = models.TextField(blank=True)
+    current = models.BooleanField(default=True, help_text="The author's latest entry for this execution.")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "execution_feedback"
+        ordering = ["-created_at", "-id"]
+        verbose_name_plural = "feedback"
+        indexes = [models.Index(fields=["execution", "-created_at"], name="idx_feedback_execution")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["execution", "author"],
+                condition=models.Q(current=True),
+                name="uniq_feedback_current_per_author",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(score__isnull=True) | models.Q(score__gte=0, score__lte=1),
+                name="feedback_score_in_unit_interval",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"feedback {self.pk} on {self.execution_id}"
 
 
 if TYPE_CHECKING:

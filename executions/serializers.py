@@ -8,7 +8,7 @@ from rest_framework import serializers
 
 from dspex_site.api.serializers import StrictSerializer
 from executions import sessions
-from executions.models import CognitiveExecution, Session
+from executions.models import CognitiveExecution, Feedback, Session
 
 SUMMARY_FIELDS = [
     "id",
@@ -32,11 +32,27 @@ SUMMARY_FIELDS = [
     "batch_index",
     "session",
     "turn",
+    "feedback",
 ]
+
+
+class FeedbackSummarySerializer(serializers.Serializer):
+    count = serializers.IntegerField(help_text="Current feedback entries (the latest of each author)")
+    score = serializers.FloatField(
+        allow_null=True, help_text="Mean score of those entries (null: none scored)"
+    )
+
+
+@extend_schema_field(FeedbackSummarySerializer)
+class FeedbackSummaryField(serializers.ReadOnlyField):
+    """The execution's `feedback` summary (`CognitiveExecution.feedback`), read from its own
+    columns (no other table)."""
 
 
 class ExecutionSummarySerializer(serializers.ModelSerializer):
     """An execution without its trace (list pages stay small and fast)."""
+
+    feedback = FeedbackSummaryField()
 
     class Meta:
         model = CognitiveExecution
@@ -52,6 +68,8 @@ class ExecutionSerializer(serializers.ModelSerializer):
     execution); the fields declared here are what the schema documents, and a test checks that
     both give the same answer.
     """
+
+    feedback = FeedbackSummaryField()
 
     class Meta:
         model = CognitiveExecution
@@ -77,6 +95,9 @@ def execution_data(execution: CognitiveExecution) -> dict[str, Any]:
     """`ExecutionSerializer`'s representation of an execution (with its trace), field for field."""
     data: dict[str, Any] = {}
     for name in ExecutionSerializer.Meta.fields:
+        if name == "feedback":  # the execution's own columns: no query
+            data[name] = execution.feedback
+            continue
         value = getattr(execution, _KEYS.get(name, name))
         if value is None:
             data[name] = None
@@ -221,3 +242,54 @@ class QueuedTurnSerializer(QueuedExecutionSerializer):
 
     session = serializers.UUIDField(source="session_id", read_only=True)
     turn = serializers.IntegerField(read_only=True)
+
+
+class FeedbackCreateSerializer(StrictSerializer):
+    """`POST /api/v1/executions/{id}/feedback/`; `corrected_output` is checked against the output
+    fields of the program version the execution ran (executions.feedback)."""
+
+    score = serializers.FloatField(
+        min_value=0.0, max_value=1.0, allow_null=True, required=False, default=None
+    )
+    # A declared field named `label` (the metaclass moves it out of the class attributes).
+    label = serializers.CharField(  # type: ignore[assignment]
+        max_length=100, required=False, allow_blank=True, default=""
+    )
+    corrected_output = serializers.JSONField(required=False, allow_null=True, default=None)
+    comment = serializers.CharField(max_length=10_000, required=False, allow_blank=True, default="")
+
+    def validate(self, attrs: dict) -> dict:
+        if (
+            attrs["score"] is None
+            and not attrs["label"]
+            and attrs["corrected_output"] is None
+            and not attrs["comment"]
+        ):
+            raise serializers.ValidationError(
+                {"score": ["give at least one of score, label, corrected_output, comment"]}
+            )
+        return attrs
+
+
+class FeedbackSerializer(serializers.ModelSerializer):
+    execution = serializers.UUIDField(source="execution_id", read_only=True)
+    author = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Feedback
+        fields = [
+            "id",
+            "execution",
+            "author",
+            "channel",
+            "score",
+            "label",
+            "corrected_output",
+            "comment",
+            "current",
+            "created_at",
+        ]
+        read_only_fields = fields
+
+    def get_author(self, obj: Feedback) -> str | None:
+        return obj.author_name or None

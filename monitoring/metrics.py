@@ -55,6 +55,15 @@ CACHE_HITS = Counter("dspex_cache_hit", "Cache hits", ["cache"])
 CACHE_MISSES = Counter("dspex_cache_miss", "Cache misses", ["cache"])
 CACHE_ERRORS = Counter("dspex_cache_error", "Cache operations that failed (the cache failed open)", ["cache"])
 OPTIMIZATION_RUNS = Counter("dspex_optimization_run", "Optimization runs finished", ["optimizer", "status"])
+# Feedback on executions (executions.feedback): entries by program and channel (api, admin), and
+# the scores given (entries without a score are counted, not observed).
+FEEDBACK = Counter("dspex_feedback", "Feedback entries received", ["program", "channel"])
+FEEDBACK_SCORE = Histogram(
+    "dspex_feedback_score",
+    "Feedback scores (0..1)",
+    ["program"],
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
+)
 
 
 def _label(value: Any, default: str = "unknown") -> str:
@@ -110,6 +119,13 @@ def _on_optimization(event: str, measurements: dict, metadata: dict) -> None:
     OPTIMIZATION_RUNS.labels(_label(metadata.get("optimizer")), _label(metadata.get("status"))).inc()
 
 
+def _on_feedback(event: str, measurements: dict, metadata: dict) -> None:
+    program = _label(metadata.get("program"))
+    FEEDBACK.labels(program, _label(metadata.get("channel"))).inc()
+    if "score" in measurements:
+        FEEDBACK_SCORE.labels(program).observe(measurements["score"])
+
+
 HANDLERS = {
     "execution.stop": _on_execution,
     "execution.exception": _on_execution,
@@ -121,6 +137,7 @@ HANDLERS = {
     "cache.miss": _on_cache(CACHE_MISSES),
     "cache.error": _on_cache(CACHE_ERRORS),
     "optimization.run.stop": _on_optimization,
+    "feedback.received": _on_feedback,
 }
 
 

@@ -4,6 +4,7 @@ import django_filters
 from django.db import transaction
 from django.db.models import Count
 from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -19,10 +20,12 @@ from dspex_site.api.schema import raises
 from dspex_site.api.serializers import referenced_row
 from dspex_site.errors import decode_text
 from monitoring import audit
-from optimization import datasets, results, runner, schedules
+from optimization import datasets, dspy_state, from_executions, results, runner, schedules
 from optimization.models import Dataset, OptimizationResult, OptimizationRun, OptimizationSchedule
 from optimization.serializers import (
     DatasetSerializer,
+    FromExecutionsResultSerializer,
+    FromExecutionsSerializer,
     ImportSerializer,
     OptimizeSerializer,
     ResultSerializer,
@@ -97,6 +100,46 @@ class DatasetViewSet(
         )
         dataset = self.get_queryset().get(id=dataset.id)
         return Response({**DatasetSerializer(dataset).data, "imported": count})
+
+    @extend_schema(request=FromExecutionsSerializer, responses={201: FromExecutionsResultSerializer})
+    @raises(from_executions.NoExamples, from_executions.NameTaken)
+    @action(detail=False, methods=["post"], url_path="from-executions")
+    def from_executions(self, request: Request) -> Response:
+        """A dataset of a program's executions (README, "Datasets from executions"): all rows or
+        nothing; the answer counts what was included and what was skipped, and why."""
+        body = FromExecutionsSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        program = referenced_row(
+            access.visible(CognitiveProgram.objects.all(), request.user),
+            data["program"],
+            path="program",
+            code="invalid",
+            detail=f"No program {data['program']}.",
+            problem="no such program",
+        )
+        # Writing a dataset in the program's project: the caller's role there must allow edits.
+        self.check_object_permissions(request, program)
+        criteria = from_executions.Criteria(
+            program=program,
+            min_score=data["min_score"],
+            since=data["since"],
+            until=data["until"],
+            use_corrected_output=data["use_corrected_output"],
+            only_succeeded=data["only_succeeded"],
+            limit=data["limit"],
+        )
+
+        def audited(dataset: Dataset, built: from_executions.Build) -> None:
+            changes = {"from_executions": criteria.as_dict(), **built.report()}
+            changes.pop("skipped_examples")
+            audit.record("create", dataset, channel="api", request=request, changes=changes)
+
+        dataset, built = from_executions.create_dataset(
+            criteria, name=data["name"], description=data["description"], audit_record=audited
+        )
+        dataset = self.get_queryset().get(id=dataset.id)
+        return Response({**DatasetSerializer(dataset).data, **built.report()}, status=status.HTTP_201_CREATED)
 
 
 class OptimizeView(APIView):
@@ -199,6 +242,15 @@ class ResultViewSet(ProjectScoped, viewsets.ReadOnlyModelViewSet):
         result = self.get_object()
         results.set_active(result.program, result, channel="api", request=request)
         return Response(ResultSerializer(result).data)
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["get"], url_path="dspy-state")
+    def dspy_state(self, request: Request, pk: str | None = None) -> Response:
+        """The result as the JSON file plain DSPy's `module.load(path)` reads (docs/dspy.md)."""
+        result = self.get_object()
+        response = Response(dspy_state.export_state(result))
+        response["Content-Disposition"] = f'attachment; filename="dspex-result-{result.id}.json"'
+        return response
 
 
 class ScheduleViewSet(ProjectScoped, viewsets.ModelViewSet):

@@ -39,6 +39,78 @@ class DatasetSerializer(ProjectOwned):
         return obj.examples.count() if annotated is None else annotated
 
 
+class FromExecutionsSerializer(StrictSerializer):
+    """`POST /api/v1/datasets/from-executions/` (optimization.from_executions)."""
+
+    name = serializers.CharField(max_length=255)
+    description = serializers.CharField(required=False, allow_blank=True, default="")
+    program = serializers.UUIDField(help_text="The program whose executions become examples.")
+    min_score = serializers.FloatField(
+        min_value=0.0,
+        max_value=1.0,
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Only executions whose mean feedback score is at least this "
+        "(none: any, with or without feedback).",
+    )
+    since = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    until = serializers.DateTimeField(required=False, allow_null=True, default=None)
+    use_corrected_output = serializers.BooleanField(
+        default=False,
+        help_text="Lay the latest corrected output of the execution's feedback over its output.",
+    )
+    only_succeeded = serializers.BooleanField(default=True)
+    limit = serializers.IntegerField(
+        min_value=1,
+        max_value=100_000,
+        required=False,
+        default=100_000,
+        help_text="At most this many (the newest).",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["since"] and attrs["until"] and attrs["until"] <= attrs["since"]:
+            raise serializers.ValidationError({"until": ["must be after `since`"]})
+        return attrs
+
+
+class SkippedExecutionSerializer(serializers.Serializer):
+    execution = serializers.UUIDField()
+    reason = serializers.ChoiceField(choices=["no_output", "input_mismatch", "output_mismatch"])
+    detail = serializers.CharField()
+
+
+class FromExecutionsResultSerializer(DatasetSerializer):
+    """The dataset, with what went into it."""
+
+    included = serializers.IntegerField(read_only=True, help_text="Executions that became examples")
+    corrected = serializers.IntegerField(
+        read_only=True, help_text="Of those, examples with a corrected output"
+    )
+    skipped = serializers.DictField(
+        child=serializers.IntegerField(), read_only=True, help_text="Executions left out, by reason"
+    )
+    skipped_total = serializers.IntegerField(read_only=True)
+    skipped_examples = SkippedExecutionSerializer(
+        many=True, read_only=True, help_text="The first 20 left out"
+    )
+    content_hash = serializers.CharField(
+        read_only=True, help_text="sha256 of the examples (as a set): the same executions give the same hash"
+    )
+
+    class Meta(DatasetSerializer.Meta):
+        fields = [
+            *DatasetSerializer.Meta.fields,
+            "included",
+            "corrected",
+            "skipped",
+            "skipped_total",
+            "skipped_examples",
+            "content_hash",
+        ]
+
+
 class ImportSerializer(StrictSerializer):
     format = serializers.ChoiceField(choices=["jsonl", "csv"], required=False)
     content = serializers.CharField(required=False, trim_whitespace=False, help_text="The file's text.")

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.db import transaction
 from django.http import Http404
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status, viewsets
 from rest_framework.decorators import action
@@ -19,6 +20,8 @@ from executions.models import CognitiveExecution
 from executions.serializers import ExecutionSerializer, QueuedExecutionSerializer, execution_data
 from llm.budgets import BudgetExceeded
 from monitoring import audit
+from optimization import dspy_state
+from optimization.serializers import ResultSerializer
 from programs.filters import ProgramFilter
 from programs.models import CognitiveProgram
 from programs.serializers import ExecuteSerializer, ProgramSerializer
@@ -59,6 +62,19 @@ class ProgramViewSet(ProjectScoped, viewsets.ModelViewSet):
         with transaction.atomic():
             audit.record("delete", instance, channel="api", request=self.request, changes=snapshot(instance))
             instance.delete()
+
+    @extend_schema(
+        request={"application/json": OpenApiTypes.OBJECT},
+        responses={201: ResultSerializer},
+        description="Body: the JSON plain DSPy's `module.save(path)` writes (docs/dspy.md).",
+    )
+    @raises(dspy_state.StateDoesNotFit)
+    @action(detail=True, methods=["post"], url_path="import-state")
+    def import_state(self, request: Request, pk: str | None = None) -> Response:
+        """Store a plain DSPy state file of a program of the same structure as an `imported`
+        result (optimization.dspy_state); checked as a whole, nothing stored on a mismatch."""
+        result = dspy_state.import_state(self.get_object(), request.data, request=request)
+        return Response(ResultSerializer(result).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
         request=ExecuteSerializer,

@@ -21,7 +21,7 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 
 from caching.models import ProgramCachePolicy
-from executions.models import Batch, CognitiveExecution
+from executions.models import Batch, CognitiveExecution, Feedback
 from optimization.models import (
     Dataset,
     Example,
@@ -352,3 +352,28 @@ class SessionFactory(factory.django.DjangoModelFactory):
     program = factory.SubFactory(ProgramFactory, pipeline=factory.LazyFunction(lambda: dict(CHAT_PIPELINE)))
     ttl_s = 86_400
     expires_at = factory.LazyFunction(lambda: timezone.now() + timedelta(days=1))
+
+
+class FeedbackFactory(factory.django.DjangoModelFactory):
+    """A current feedback entry on a finished execution, the execution's summary kept as
+    executions.feedback keeps it (count and mean score of its current entries)."""
+
+    class Meta:
+        model = Feedback
+        skip_postgeneration_save = True
+
+    execution = factory.SubFactory(ExecutionFactory, finished=True)
+    score = 0.5
+    label = ""
+
+    @factory.post_generation
+    def summary(self, create: bool, extracted: Any, **kwargs: Any) -> None:
+        if not create:
+            return
+        current = Feedback.objects.filter(execution=self.execution, current=True)
+        scores = [s for s in current.values_list("score", flat=True) if s is not None]
+        self.execution.feedback_count = current.count()
+        self.execution.feedback_score = sum(scores) / len(scores) if scores else None
+        CognitiveExecution.objects.filter(pk=self.execution.pk).update(
+            feedback_count=self.execution.feedback_count, feedback_score=self.execution.feedback_score
+        )

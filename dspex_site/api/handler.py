@@ -23,12 +23,15 @@ from rest_framework.views import set_rollback
 from dspex_site.api.errors import APIError, PayloadTooLarge
 from dspex_site.errors import DomainError, NotText, QueueUnavailable
 from executions.batches import BatchTooLarge
+from executions.feedback import FeedbackRefused
 from executions.runner import ProgramNotRunnable
 from executions.sessions import SessionBusy, SessionExpired
 from llm.budgets import BudgetExceeded
 from llm.quotas import RateLimitExceeded
 from llm.resilience import AdmissionError
 from optimization.datasets import DatasetError
+from optimization.dspy_state import StateDoesNotFit
+from optimization.from_executions import NameTaken, NoExamples
 from optimization.results import ResultDoesNotFit
 from optimization.runner import RunRequestError
 from programs.spec import ProgramSpecError
@@ -42,11 +45,15 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     ProgramSpecError: status.HTTP_400_BAD_REQUEST,
     BatchTooLarge: status.HTTP_400_BAD_REQUEST,
     DatasetError: status.HTTP_400_BAD_REQUEST,
+    NoExamples: status.HTTP_400_BAD_REQUEST,
+    NameTaken: status.HTTP_400_BAD_REQUEST,
+    StateDoesNotFit: status.HTTP_400_BAD_REQUEST,
     RunRequestError: status.HTTP_400_BAD_REQUEST,
     BudgetExceeded: status.HTTP_402_PAYMENT_REQUIRED,
     SessionExpired: status.HTTP_404_NOT_FOUND,
     ProgramNotRunnable: status.HTTP_409_CONFLICT,
     SessionBusy: status.HTTP_409_CONFLICT,
+    FeedbackRefused: status.HTTP_409_CONFLICT,  # feedback on an execution not finished yet
     ResultDoesNotFit: status.HTTP_409_CONFLICT,
     AdmissionError: status.HTTP_503_SERVICE_UNAVAILABLE,
     RateLimitExceeded: status.HTTP_429_TOO_MANY_REQUESTS,  # a project's or key's per-minute limit

@@ -6,14 +6,16 @@ below with the operations the URL resolver serves.
 """
 
 import json
+from types import SimpleNamespace
 from typing import Any, ClassVar
 
+import dspy
 import pytest
 from drf_spectacular.generators import EndpointEnumerator
 from rest_framework.test import APIClient
 
-from executions.models import CognitiveExecution, Session
-from optimization.models import OptimizationRun
+from executions.models import CognitiveExecution, Feedback, Session
+from optimization.models import Dataset, OptimizationResult, OptimizationRun
 from projects.models import Membership
 from tests.actors import EDIT, MANAGE, OPTIMIZE, READ, ROLES, RUN, stranger
 from tests.api.cases import Action, APIViewTestCases, Endpoint
@@ -23,6 +25,7 @@ from tests.factories import (
     CorpusFactory,
     DatasetFactory,
     ExecutionFactory,
+    FeedbackFactory,
     OptimizationResultFactory,
     OptimizationRunFactory,
     OptimizationScheduleFactory,
@@ -37,6 +40,19 @@ pytestmark = pytest.mark.django_db
 
 QA = {"signature": "question -> answer"}
 EXAMPLE = {"input": {"question": "What is 1 + 1?"}, "output": {"answer": "2"}}
+
+
+def plain_dspy_state(metadata: bool = True) -> dict[str, Any]:
+    """What plain DSPy's `save()` writes for a `question -> answer` program (its step `main`)."""
+    state = {"main": dspy.Predict("question -> answer").dump_state()}
+    return {**state, "metadata": {"dependency_versions": {"dspy": dspy.__version__}}} if metadata else state
+
+
+def feedback_stored(execution: Any, score: float, label: str) -> None:
+    execution.refresh_from_db()
+    assert (execution.feedback_count, execution.feedback_score) == (1, score)
+    entry = Feedback.objects.get(execution=execution)
+    assert (entry.score, entry.label, entry.current) == (score, label, True)
 
 
 def status_becomes(expected: str) -> Any:
@@ -82,6 +98,17 @@ class TestPrograms(
             ),
         ),
         Action("rollback", "POST", "/api/v1/programs/{pk}/rollback/", EDIT, 200, body={"result": None}),
+        Action(
+            "import-state",
+            "POST",
+            "/api/v1/programs/{pk}/import-state/",
+            EDIT,
+            201,
+            body=lambda case, obj: plain_dspy_state(),
+            check=lambda case, obj, response: OptimizationResult.objects.get(
+                id=response.json()["id"], program=obj, optimizer_type="imported"
+            ),
+        ),
     ]
 
     def replace_data(self, obj: Any) -> dict[str, Any]:
@@ -103,7 +130,27 @@ class TestExecutions(APIViewTestCases.GetObject, APIViewTestCases.ListObjects, A
             200,
             target=lambda case: ExecutionFactory(),
             check=status_becomes("cancelled"),
-        )
+        ),
+        Action(
+            "feedback",
+            "POST",
+            "/api/v1/executions/{pk}/feedback/",
+            RUN,
+            201,
+            body={"score": 0.8, "label": "good", "corrected_output": {"answer": "b"}},
+            check=lambda case, obj, response: feedback_stored(obj, 0.8, "good"),
+        ),
+        Action(
+            "feedback list",
+            "GET",
+            "/api/v1/executions/{pk}/feedback/",
+            READ,
+            200,
+            target=lambda case: FeedbackFactory(score=0.3).execution,
+            check=lambda case, obj, response: (
+                [e["score"] for e in response.json()] == [0.3] or pytest.fail(response.content.decode())
+            ),
+        ),
     ]
 
 
@@ -208,7 +255,25 @@ class TestDatasets(
             200,
             body={"content": json.dumps(EXAMPLE)},
             check=lambda case, obj, response: _assert_equal(obj.examples.count(), 3),
-        )
+        ),
+        Action(
+            "from executions",
+            "POST",
+            "/api/v1/datasets/from-executions/",
+            EDIT,
+            201,
+            # A collection route naming its program in the body: another project's program is a
+            # 400 at `program` (as for batches), which tests/feedback checks; the stand-in (not a
+            # row) keeps the row-level 404 case away from it.
+            target=lambda case: SimpleNamespace(
+                pk=None, program_id=ExecutionFactory(finished=True, input={"question": "q1"}).program_id
+            ),
+            body=lambda case, obj: {"name": "from-production", "program": str(obj.program_id)},
+            check=lambda case, obj, response: _assert_equal(
+                list(Dataset.objects.get(name="from-production").examples.values_list("input", "output")),
+                [({"question": "q1"}, {"answer": "a"})],
+            ),
+        ),
     ]
 
 
@@ -244,7 +309,16 @@ class TestOptimizationResults(
             check=lambda case, obj, response: _assert_equal(
                 type(obj.program).objects.get(pk=obj.program_id).active_result_id, obj.pk
             ),
-        )
+        ),
+        Action(
+            "dspy-state",
+            "GET",
+            "/api/v1/optimization-results/{pk}/dspy-state/",
+            READ,
+            200,
+            target=lambda case: OptimizationResultFactory(parameters=plain_dspy_state(metadata=False)),
+            check=lambda case, obj, response: _assert_equal(sorted(response.json()), ["main", "metadata"]),
+        ),
     ]
 
 
