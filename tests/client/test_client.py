@@ -140,3 +140,39 @@ def test_sessions_carry_the_conversation(client):
     session.delete()
     with pytest.raises(NotFound):
         session.refresh()
+
+
+def test_feedback_and_datasets_from_executions(client):
+    qa = client.programs.create(name="client-fb", pipeline=QA, status="active")
+    runs = [qa.execute({"question": f"q{i}"}) for i in range(3)]
+    client.executions.handle(runs[0].id).feedback(score=0.9, label="good")
+    client.executions.handle(runs[1].id).feedback(score=0.2, corrected_output={"answer": "fixed"})
+    assert client.executions.get(runs[0].id).raw["feedback"] == {"count": 1, "score": 0.9}
+    entries = client.executions.handle(runs[1].id).feedback_entries()
+    assert entries[0]["corrected_output"] == {"answer": "fixed"}
+    built = client.datasets.from_executions(name="from-prod", program=qa, min_score=0.5)
+    assert built["included"] == 1
+    with pytest.raises(BadRequest) as bad:
+        client.executions.handle(runs[2].id).feedback(score=3)
+    assert bad.value.errors[0]["path"] == "score"
+
+
+def test_plain_dspy_state_goes_in_and_out(client, tmp_path):
+    import dspy
+
+    qa = client.programs.create(name="client-state", pipeline=QA, status="active")
+    class PlainQA(dspy.Module):  # the structure DSPex compiles a one-step program to: one `main`
+        def __init__(self) -> None:
+            super().__init__()
+            self.main = dspy.Predict("question -> answer")
+
+    module = PlainQA()
+    module.main.demos = [dspy.Example(question="2+2?", answer="4")]
+    saved = tmp_path / "state.json"
+    module.save(str(saved))
+    result = qa.import_state(saved)
+    assert result["optimizer_type"] == "imported"
+    exported = qa.export_state(result["id"], tmp_path / "back.json")
+    loaded = PlainQA()
+    loaded.load(str(tmp_path / "back.json"))
+    assert [d["answer"] for d in loaded.main.demos] == ["4"] and exported["main"]["demos"]

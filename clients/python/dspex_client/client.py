@@ -218,6 +218,23 @@ class ProgramHandle:
             for row in self._api.pages("/api/v1/executions/", {"program": self.id, **filters})
         )
 
+    def import_state(self, state: "dict[str, Any] | str | Path") -> dict[str, Any]:
+        """Store what plain DSPy's `module.save(path)` wrote (the dict, or the file's path) as an
+        optimization result of this program (all or nothing); apply it with `apply_result`."""
+        if isinstance(state, str | Path):
+            state = json.loads(Path(state).read_text())
+        return self._api.json("POST", f"/api/v1/programs/{self.id}/import-state/", json=state)
+
+    def export_state(self, result_id: str, path: str | Path | None = None) -> dict[str, Any]:
+        """A result's state as plain DSPy's `module.load(path)` reads it (written to `path` if given)."""
+        state = self._api.json("GET", f"/api/v1/optimization-results/{result_id}/dspy-state/")
+        if path is not None:
+            Path(path).write_text(json.dumps(state, indent=2))
+        return state
+
+    def apply_result(self, result_id: str) -> dict[str, Any]:
+        return self._api.json("POST", f"/api/v1/optimization-results/{result_id}/apply/")
+
     def session(self, *, metadata: dict[str, Any] | None = None, ttl_s: int | None = None) -> "SessionHandle":
         """A new conversation with this program: each `turn` gets the earlier ones as its history."""
         body = _without_none({"program": self.id, "metadata": metadata, "ttl_s": ttl_s})
@@ -278,6 +295,23 @@ class ExecutionHandle:
 
     def cancel(self) -> Execution:
         return Execution.from_api(self._api.json("POST", f"/api/v1/executions/{self.id}/cancel/"))
+
+    def feedback(
+        self,
+        *,
+        score: float | None = None,
+        label: str | None = None,
+        corrected_output: dict[str, Any] | None = None,
+        comment: str | None = None,
+    ) -> dict[str, Any]:
+        """Give feedback on the (finished) execution; your new entry supersedes your earlier one."""
+        body = _without_none(
+            {"score": score, "label": label, "corrected_output": corrected_output, "comment": comment}
+        )
+        return self._api.json("POST", f"/api/v1/executions/{self.id}/feedback/", json=body)
+
+    def feedback_entries(self) -> list[dict[str, Any]]:
+        return self._api.json("GET", f"/api/v1/executions/{self.id}/feedback/")
 
 
 class BatchHandle:
@@ -417,6 +451,14 @@ class Datasets:
 
     def get(self, dataset_id: str) -> Dataset:
         return Dataset.from_api(self._api.json("GET", f"/api/v1/datasets/{dataset_id}/"))
+
+    def from_executions(self, *, name: str, program: "str | ProgramHandle", **options: Any) -> dict[str, Any]:
+        """A dataset built from a program's executions (`min_score`, `since`, `until`,
+        `use_corrected_output`, `only_succeeded`, `limit`); the answer counts what was included
+        and skipped."""
+        program_id = program.id if isinstance(program, ProgramHandle) else program
+        body = {"name": name, "program": program_id, **_without_none(options)}
+        return self._api.json("POST", "/api/v1/datasets/from-executions/", json=body)
 
     def import_jsonl(
         self, dataset: "str | Dataset", path: str | Path, *, replace: bool = False
