@@ -182,17 +182,18 @@ class DatabasePools:
                     family.add_metric([process, alias], float(stats.get(key, 0)))
         yield from families.values()
         state = replica_state()
+        # Declared even without a replica (no sample then), so the alert on it always has a series name.
+        serving = GaugeMetricFamily(
+            "dspex_db_replica_serving",
+            "1: lag-tolerant reads go to the replica; 0: fallen back to the primary",
+        )
+        lag = GaugeMetricFamily("dspex_db_replica_lag_seconds", "How far the read replica is behind")
         if state is not None:
-            serving = GaugeMetricFamily(
-                "dspex_db_replica_serving",
-                "1: lag-tolerant reads go to the replica; 0: fallen back to the primary",
-            )
             serving.add_metric([], 1.0 if state.serving == "replica" else 0.0)
-            yield serving
-            lag = GaugeMetricFamily("dspex_db_replica_lag_seconds", "How far the read replica is behind")
             if state.lag_s is not None:
                 lag.add_metric([], state.lag_s)
-            yield lag
+        yield serving
+        yield lag
 
 
 def registry() -> CollectorRegistry:

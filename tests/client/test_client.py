@@ -161,6 +161,7 @@ def test_plain_dspy_state_goes_in_and_out(client, tmp_path):
     import dspy
 
     qa = client.programs.create(name="client-state", pipeline=QA, status="active")
+
     class PlainQA(dspy.Module):  # the structure DSPex compiles a one-step program to: one `main`
         def __init__(self) -> None:
             super().__init__()

@@ -26,7 +26,7 @@ def test_alert_rules_pass_promtool():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 9 rules found" in result.stdout
+    assert "SUCCESS: 12 rules found" in result.stdout
 
 
 @promtool
@@ -67,3 +67,20 @@ def test_alerts_and_grafana_only_use_metrics_we_export(client, api, make_program
     missing = used - available
     assert not missing, f"dashboards/alerts name metrics we do not export: {sorted(missing)}"
     assert len(dashboard["panels"]) >= 8
+
+
+def test_every_alert_names_a_runbook_section_that_exists():
+    import yaml
+
+    rules = yaml.safe_load((DOCKER / "prometheus" / "alerts.yml").read_text())["groups"][0]["rules"]
+    operations = (DOCKER.parent / "docs" / "operations.md").read_text()
+    anchors = {
+        re.sub(r"[^a-z0-9 -]", "", heading.lower()).replace(" ", "-")
+        for heading in re.findall(r"^#+ (.+)$", operations, flags=re.M)
+    }
+    assert len(rules) >= 12
+    for rule in rules:
+        runbook = rule["annotations"]["runbook"]
+        path, _, anchor = runbook.partition("#")
+        assert path == "docs/operations.md" and anchor in anchors, (rule["alert"], runbook)
+        assert f"`{rule['alert']}`" in operations, f"{rule['alert']} is not named in its runbook"
