@@ -145,7 +145,16 @@ def test_a_worker_runs_more_executions_at_once_than_it_has_connections(
             ids.append(execution.id)
 
         def finished() -> bool:
-            return not CognitiveExecution.objects.filter(id__in=ids).exclude(status="succeeded").exists()
+            rows = list(
+                CognitiveExecution.objects.filter(id__in=ids).values_list("status", "error", "attempts")
+            )
+            ended_badly = [
+                (status, error, attempts)
+                for status, error, attempts in rows
+                if status in ("failed", "cancelled")
+            ]
+            assert not ended_badly, ended_badly  # say why at once rather than time out
+            return all(status == "succeeded" for status, _, _ in rows)
 
         wait_for(finished, 60, "8 pooled executions to succeed", interval=0.05)
         elapsed = time.monotonic() - started
@@ -222,7 +231,16 @@ def test_each_prefork_child_draws_from_a_pool_of_its_own(
             ids.append(execution.id)
 
         def finished() -> bool:
-            return not CognitiveExecution.objects.filter(id__in=ids).exclude(status="succeeded").exists()
+            rows = list(
+                CognitiveExecution.objects.filter(id__in=ids).values_list("status", "error", "attempts")
+            )
+            ended_badly = [
+                (status, error, attempts)
+                for status, error, attempts in rows
+                if status in ("failed", "cancelled")
+            ]
+            assert not ended_badly, ended_badly  # say why at once rather than time out
+            return all(status == "succeeded" for status, _, _ in rows)
 
         wait_for(finished, 60, "4 executions on a prefork worker", interval=0.05)
     finally:
