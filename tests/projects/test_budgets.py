@@ -3,9 +3,8 @@ the same Redis counters as provider and program budgets, refused with 402 `budge
 exported by project name and key name (never an id, a prefix or a secret)."""
 
 import pytest
-from rest_framework.test import APIClient
 
-from llm import budgets, resilience
+from llm import budgets
 from llm.models import Budget
 from projects import keys
 from tests.factories import (
@@ -16,36 +15,20 @@ from tests.factories import (
     ProjectFactory,
     default_project,
 )
+from tests.projects.support import QA, client_for, execute, fresh_limits
 
 pytestmark = pytest.mark.django_db
-QA = {"signature": "question -> answer"}
 
 
 @pytest.fixture(autouse=True)
 def _priced(settings, http_provider):
-    resilience._redis.skip_until = 0.0
     settings.DSPEX_PRICES = {
         **settings.DSPEX_PRICES,
         "openai/sim-default": {"prompt": 1000, "completion": 1000},
     }
-    settings.DSPEX_BUDGETS = {}
-    budgets.invalidate()
+    fresh_limits(settings)
     yield
     budgets.invalidate()
-
-
-def client_for(key) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key.key}")
-    return client
-
-
-def execute(client: APIClient, program, question: str):
-    return client.post(
-        f"/api/v1/programs/{program.pk}/execute/",
-        {"input": {"question": question}, "wait": True},
-        format="json",
-    )
 
 
 def test_a_spent_project_budget_refuses_that_projects_work_only(client):

@@ -5,7 +5,6 @@ from io import StringIO
 
 import pytest
 from django.core.management import CommandError, call_command
-from rest_framework.test import APIClient
 
 from optimization.models import Dataset
 from programs.models import CognitiveProgram, Corpus
@@ -17,15 +16,9 @@ from tests.factories import (
     ProjectFactory,
     default_project,
 )
+from tests.projects.support import QA, client_for
 
 pytestmark = pytest.mark.django_db
-QA = {"signature": "question -> answer"}
-
-
-def client_for(key) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key.key}")
-    return client
 
 
 @pytest.mark.parametrize(

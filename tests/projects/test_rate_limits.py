@@ -3,10 +3,9 @@ refused with 429 `rate_limited` before anything is stored, checked again on ever
 of work already running, and exported by project name and key name."""
 
 import pytest
-from rest_framework.test import APIClient
 
 from executions.models import CognitiveExecution
-from llm import budgets, quotas, resilience
+from llm import budgets, quotas
 from llm.models import Budget
 from projects import keys
 from tests.factories import (
@@ -17,32 +16,16 @@ from tests.factories import (
     ProjectFactory,
     default_project,
 )
+from tests.projects.support import QA, client_for, execute, fresh_limits
 
 pytestmark = pytest.mark.django_db
-QA = {"signature": "question -> answer"}
 
 
 @pytest.fixture(autouse=True)
 def _fresh(settings, http_provider):
-    resilience._redis.skip_until = 0.0
-    settings.DSPEX_BUDGETS = {}
-    budgets.invalidate()
+    fresh_limits(settings)
     yield
     budgets.invalidate()
-
-
-def client_for(key) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Bearer {key.key}")
-    return client
-
-
-def execute(client: APIClient, program, question: str, wait: bool = True):
-    return client.post(
-        f"/api/v1/programs/{program.pk}/execute/",
-        {"input": {"question": question}, "wait": wait},
-        format="json",
-    )
 
 
 def test_a_projects_requests_per_minute_refuse_new_work_with_429_and_nothing_stored(client):
