@@ -133,15 +133,7 @@ class BatchViewSet(ProjectScoped, viewsets.GenericViewSet):
         body = BatchCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        program = referenced_row(
-            access.visible(CognitiveProgram.objects.all(), request.user),
-            data["program"],
-            path="program",
-            code="invalid",
-            detail=f"No program {data['program']}.",
-            problem="no such program",
-        )
-        self.check_object_permissions(request, program)  # a viewer there may not start work
+        program = program_to_run(self, request, data["program"])
         inputs = batches.parse_jsonl(data["file"]) if "file" in data else data["inputs"]
         batch = batches.create_batch(
             program,
@@ -218,15 +210,7 @@ class SessionViewSet(
         body = SessionCreateSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        program = referenced_row(
-            access.visible(CognitiveProgram.objects.all(), request.user),
-            data["program"],
-            path="program",
-            code="invalid",
-            detail=f"No program {data['program']}.",
-            problem="no such program",
-        )
-        self.check_object_permissions(request, program)  # a viewer there may not start work
+        program = program_to_run(self, request, data["program"])
         session = sessions.create_session(
             program,
             metadata=data["metadata"],
@@ -297,3 +281,18 @@ class SessionViewSet(
             execution.fail_unpublished(unpublished[0])
             raise QueueUnavailable(unpublished[0])
         return Response(QueuedTurnSerializer(execution).data, status=status.HTTP_202_ACCEPTED)
+
+
+def program_to_run(view: Any, request: Request, program_id: Any) -> CognitiveProgram:
+    """The program a body names to start work on (a batch, a session): one of the caller's
+    projects (else the 400 of an id that does not exist), and one their role may run there."""
+    program = referenced_row(
+        access.visible(CognitiveProgram.objects.all(), request.user),
+        program_id,
+        path="program",
+        code="invalid",
+        detail=f"No program {program_id}.",
+        problem="no such program",
+    )
+    view.check_object_permissions(request, program)  # a viewer there may not start work
+    return program

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from dspex_site.celery import Queue
 from dspex_site.jobs import Job, JobQuerySet
+from projects.models import api_key_reference
 
 if TYPE_CHECKING:
     from django_stubs_ext import WithAnnotations
@@ -179,14 +180,8 @@ class CognitiveExecution(Job):
         related_name="+",
         db_index=False,
     )
-    api_key = models.ForeignKey(
-        "projects.ApiKey",
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        db_index=False,
-        help_text="The API key the request came with: work it queued checks it again when it runs",
+    api_key = api_key_reference(
+        "The API key the request came with: work it queued checks it again when it runs"
     )
     created_at = models.DateTimeField(default=timezone.now)
     # Background runs: `queued_at` is when the last task message was published (null: a batch
@@ -371,14 +366,8 @@ class Batch(models.Model):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    api_key = models.ForeignKey(
-        "projects.ApiKey",
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        db_index=False,
-        help_text="The API key the request came with: work it queued checks it again when it runs",
+    api_key = api_key_reference(
+        "The API key the request came with: work it queued checks it again when it runs"
     )
     created_at = models.DateTimeField(default=timezone.now)
     cancelled_at = models.DateTimeField(null=True, blank=True)

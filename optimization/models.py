@@ -11,7 +11,7 @@ from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from dspex_site.jobs import Job, JobQuerySet
-from projects.models import default_project_id
+from projects.models import api_key_reference, default_project_id
 
 
 class Dataset(models.Model):
@@ -170,15 +170,7 @@ class OptimizationRun(Job):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    api_key = models.ForeignKey(
-        "projects.ApiKey",
-        null=True,
-        blank=True,
-        on_delete=models.SET_NULL,
-        related_name="+",
-        db_index=False,
-        help_text="The API key the request came with: the run checks it again when it starts",
-    )
+    api_key = api_key_reference("The API key the request came with: the run checks it again when it starts")
     created_at = models.DateTimeField(default=timezone.now)
 
     objects = JobQuerySet.as_manager()

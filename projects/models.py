@@ -110,3 +110,17 @@ class ApiKey(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix}…)"
+
+
+def api_key_reference(help_text: str) -> "models.ForeignKey":
+    """The `api_key` column of work started with a key (executions, batches, optimization runs):
+    nullable, not indexed (read by id only), kept when the key row goes."""
+    return models.ForeignKey(
+        ApiKey,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+        db_index=False,
+        help_text=help_text,
+    )
