@@ -68,6 +68,11 @@ def main() -> None:
     parser.add_argument("--web-threads", type=int, default=8)
     parser.add_argument("--clients", type=int, default=32, help="client threads posting executions")
     parser.add_argument("--latency-ms", type=float, default=200)
+    parser.add_argument(
+        "--cache",
+        action="store_true",
+        help="let every (unique) execution write its LLM and answer cache entries, to size Redis memory",
+    )
     parser.add_argument("--profile-out", metavar="DIR", help="with --profile: save the pstats files there")
     parser.add_argument(
         "--profile",
@@ -168,7 +173,7 @@ def run(args: argparse.Namespace, procs: dict, token: str, program_id: str, web_
         if session is None:
             session = local.session = requests.Session()
             session.headers["Authorization"] = f"Token {token}"
-        body = {"input": {"question": f"Throughput question {time.time_ns()}-{i}?"}, "cache": False}
+        body = {"input": {"question": f"Throughput question {time.time_ns()}-{i}?"}, "cache": args.cache}
         response = session.post(url, json=body, timeout=60)
         assert response.status_code == 202, response.text
         return response.json()["id"]
@@ -185,6 +190,7 @@ def run(args: argparse.Namespace, procs: dict, token: str, program_id: str, web_
 
     groups = {name: tree(proc.pid) for name, proc in procs.items()}
     before = {name: cpu_s(p) for name, p in groups.items()}
+    redis_memory = RedisMemory(os.environ["REDIS_URL"])
     postgres = BackendCPU("dspex_bench")
     started = time.perf_counter()
     with ThreadPoolExecutor(args.clients) as pool:
@@ -198,6 +204,7 @@ def run(args: argparse.Namespace, procs: dict, token: str, program_id: str, web_
     elapsed = time.perf_counter() - started
     after = {name: cpu_s(p) for name, p in groups.items()}
     pg_cpu = postgres.stop()
+    redis_figures = redis_memory.stop()
     succeeded = CognitiveExecution.objects.filter(id__in=ids, status="succeeded").count()
 
     cpu = {name: after[name] - before[name] for name in groups}
@@ -217,7 +224,46 @@ def run(args: argparse.Namespace, procs: dict, token: str, program_id: str, web_
         f"Redis {cpu['redis'] * 1000 / n:.2f} ms, Postgres {pg_cpu * 1000 / n:.1f} ms; "
         f"(simlm, the provider: {cpu['simlm'] * 1000 / n:.1f} ms)"
     )
+    print(
+        "Redis (broker and caches): used memory {start:.1f} MB before, {peak:.1f} MB at peak, "
+        "{end:.1f} MB after; retained {per:,.0f} bytes per execution{cached}; {keys:,} keys".format(
+            start=redis_figures["start"] / 1e6,
+            peak=redis_figures["peak"] / 1e6,
+            end=redis_figures["end"] / 1e6,
+            per=(redis_figures["end"] - redis_figures["start"]) / n,
+            cached=" (its LLM and answer cache entries)" if args.cache else " (cache off)",
+            keys=redis_figures["keys"],
+        )
+    )
     print(f"machine: {psutil.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
+
+
+class RedisMemory:
+    """The benchmark's redis-server's `used_memory`, sampled every 50 ms from start to `stop()`:
+    the queued messages show in the peak, what the run leaves behind (cache entries) in the end."""
+
+    def __init__(self, url: str):
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+        self.start = self.peak = self.used()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def used(self) -> int:
+        return int(self.client.info("memory")["used_memory"])
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.peak = max(self.peak, self.used())
+
+    def stop(self) -> dict[str, int]:
+        self._stop.set()
+        self._thread.join()
+        end = self.used()
+        peak = max(self.peak, end)
+        return {"start": self.start, "peak": peak, "end": end, "keys": int(self.client.dbsize())}
 
 
 if __name__ == "__main__":
