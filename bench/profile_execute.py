@@ -12,7 +12,7 @@ against `manage.py simlm` over real HTTP (0 ms), then prints, per request:
 cache), `--mode uncached` a unique input with `"cache": false`. Postgres and Redis CPU are not
 in these figures (see bench/peers.py for every process of a deployment).
 
-Usage: `python bench/profile_execute.py [--mode cached|uncached] [--n 300] [--top 40]`
+Usage: `python bench/profile_execute.py [--mode cached|uncached] [--n 300] [--top 40] [--save FILE]`
 (needs Postgres; uses the `dspex_profile` database, created and migrated if missing).
 """
 
@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=["cached", "uncached"], default="cached")
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--save", metavar="FILE", help="also write the profile there (pstats format)")
     args = parser.parse_args()
 
     port = free_port()
@@ -121,6 +122,8 @@ def profile(args: argparse.Namespace) -> None:
     for i in range(args.n):
         execute(i)
     profiler.disable()
+    if args.save:
+        profiler.dump_stats(args.save)
     out = io.StringIO()
     stats = pstats.Stats(profiler, stream=out)
     stats.sort_stats("cumulative").print_stats(args.top)
