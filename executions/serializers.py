@@ -32,6 +32,9 @@ SUMMARY_FIELDS = [
     "batch_index",
     "session",
     "turn",
+    "alias",
+    "canary",
+    "arm",
     "feedback",
 ]
 
@@ -87,6 +90,7 @@ _KEYS = {
     "optimization_result": "optimization_result_id",
     "batch": "batch_id",
     "session": "session_id",
+    "canary": "canary_id",
 }
 _DATETIMES = ("created_at", "started_at", "finished_at")
 
