@@ -192,3 +192,45 @@ def test_no_promotion_without_confidence_and_abort_on_a_guard(db):
     assert guarded.outcome.startswith("aborted: candidate error rate 33.3% > 10.0%")
     program.refresh_from_db()
     assert program.active_result_id is None
+
+
+def test_the_openai_endpoint_runs_an_alias_named_after_the_at_sign(api, http_provider):
+    program = ProgramFactory(name="helpdesk")
+    result = tuned_result(program)
+    assert (
+        api.put(
+            f"/api/v1/programs/{program.pk}/aliases/beta/",
+            {"version": 1, "optimization_result": str(result.pk)},
+            format="json",
+        ).status_code
+        == 201
+    )
+    chat = {"messages": [{"role": "user", "content": "hello?"}]}
+    answered = api.post("/v1/chat/completions", {"model": "dspex/helpdesk@beta", **chat}, format="json")
+    assert answered.status_code == 200, answered.content
+    row = CognitiveExecution.objects.get(program=program)
+    assert (row.alias, row.optimization_result_id) == ("beta", result.pk)
+    unknown = api.post("/v1/chat/completions", {"model": "dspex/helpdesk@nope", **chat}, format="json")
+    assert unknown.status_code == 400 and "no alias 'nope'" in unknown.content.decode()
+    assert CognitiveExecution.objects.filter(program=program).count() == 1
+
+
+def test_a_session_never_switches_arms(api, http_provider):
+    program = ProgramFactory()
+    releases.start_canary(program, 1, tuned_result(program).pk, 50, "session", channel="api")
+    seen = set()
+    for _ in range(6):
+        session = api.post("/api/v1/sessions/", {"program": str(program.pk)}, format="json")
+        assert session.status_code == 201, session.content
+        arms = set()
+        for turn in range(3):
+            ran = api.post(
+                f"/api/v1/sessions/{session.json()['id']}/turns/",
+                {"input": {"question": f"t{turn}"}},
+                format="json",
+            )
+            assert ran.status_code == 200, ran.content
+            arms.add(ran.json()["arm"])
+        assert len(arms) == 1  # every turn of one session on the same arm
+        seen |= arms
+    assert seen <= {"control", "candidate"} and seen
