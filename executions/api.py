@@ -41,6 +41,7 @@ from executions.serializers import (
     TurnSerializer,
 )
 from llm.budgets import BudgetExceeded
+from programs import releases
 from programs.api import execution_response, publish
 from programs.models import CognitiveProgram
 from projects import access
@@ -143,6 +144,7 @@ class BatchViewSet(ProjectScoped, viewsets.GenericViewSet):
             concurrency=data.get("concurrency"),
             priority=data["priority"],
             use_cache=data["cache"],
+            release_for=releases.chooser(program, data["alias"], user=request.user),
         )
         return Response(self._represent(batch), status=status.HTTP_202_ACCEPTED)
 
@@ -268,6 +270,9 @@ class SessionViewSet(
             "priority": data["priority"],
             "use_cache": data["cache"],
             "turn": turn,
+            "release": releases.for_request(
+                program.program, data["alias"], session=session.id, user=request.user, input_data=turn.input
+            ),
         }
         try:
             if data["wait"]:

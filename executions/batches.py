@@ -76,6 +76,13 @@ def validate_batch_inputs(program: CognitiveProgram, inputs: Any) -> list[dict]:
     return cleaned
 
 
+def _release_fields(release: Any, program: CognitiveProgram) -> dict[str, Any]:
+    """An item's release columns (programs.releases), the current release's when none."""
+    if release is None:
+        return {}
+    return release.fields()
+
+
 def create_batch(
     program: CognitiveProgram,
     inputs: Any,
@@ -86,6 +93,7 @@ def create_batch(
     priority: str = CognitiveExecution.Priority.NORMAL,
     use_cache: bool = True,
     dispatch_on_commit: bool = True,
+    release_for: Any = None,
 ) -> Batch:
     """Validate and store a batch with one pending execution per input; dispatch on commit
     (unless the caller runs the items itself: `dspex_batch --in-process`)."""
@@ -103,7 +111,14 @@ def create_batch(
         )
         CognitiveExecution.objects.bulk_create(
             (
-                run.execution(item, priority=priority, user=owner, batch=batch, batch_index=index)
+                run.execution(
+                    item,
+                    priority=priority,
+                    user=owner,
+                    batch=batch,
+                    batch_index=index,
+                    **({} if release_for is None else _release_fields(release_for(item), program)),
+                )
                 for index, item in enumerate(cleaned)
             ),
             batch_size=1000,

@@ -6,16 +6,20 @@ Each author counts once: a new entry by the same author supersedes their earlier
 the same transaction, under the execution's row lock, so concurrent entries cannot lose one.
 """
 
+import logging
 from typing import Any
 
 from django.db import transaction
 from django.db.models import Avg, Count
 
+from dspex_site import celery
 from dspex_site.errors import DomainError
 from executions.models import CognitiveExecution, Feedback
 from monitoring import audit, telemetry
 from programs.models import ProgramVersion
 from programs.spec import program_output_fields
+
+logger = logging.getLogger(__name__)
 
 
 class FeedbackRefused(DomainError):
@@ -116,6 +120,9 @@ def record(
             },
         )
         program = execution.program.name
+        canary_id = CognitiveExecution.objects.filter(pk=execution.pk).values_list("canary_id", flat=True)[0]
+        if canary_id is not None:  # a canary's rules may now hold (programs.releases.evaluate)
+            transaction.on_commit(lambda: _evaluate_canary(canary_id))
         transaction.on_commit(
             lambda: telemetry.emit(
                 "feedback.received",
@@ -124,3 +131,11 @@ def record(
             )
         )
     return entry
+
+
+def _evaluate_canary(canary_id: Any) -> None:
+    """Publish the canary's evaluation; a broker outage only delays it to the next beat tick."""
+    try:
+        celery.publish("releases.evaluate_canary", str(canary_id))
+    except Exception as exc:
+        logger.warning("canary evaluation not published (the beat task will run it): %s", type(exc).__name__)

@@ -204,6 +204,14 @@ class CognitiveExecution(Job):
     # execution has and the mean of their scores, so lists, filters and answers read no other table.
     feedback_count = models.PositiveIntegerField(default=0)
     feedback_score = models.FloatField(null=True, blank=True)
+    # The release the execution ran (docs/releases.md): `program_version` and
+    # `optimization_result` above are it; `alias` names it when the request chose one, and during
+    # a canary of the program's default traffic `canary` and `arm` say which side it was on.
+    alias = models.CharField(max_length=64, blank=True, default="")
+    canary = models.ForeignKey(
+        "programs.Canary", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", db_index=False
+    )
+    arm = models.CharField(max_length=10, null=True, blank=True)  # noqa: DJ001 - null: not in a canary (the API says null)
 
     objects = ExecutionQuerySet.as_manager()
 
@@ -234,6 +242,12 @@ class CognitiveExecution(Job):
                 fields=["session", "turn"],
                 name="idx_executions_session_turn",
                 condition=models.Q(session__isnull=False),
+            ),
+            # A canary's executions per arm (its figures); only canary executions have an entry.
+            models.Index(
+                fields=["canary", "arm"],
+                name="idx_executions_canary_arm",
+                condition=models.Q(canary__isnull=False),
             ),
             # `?has_feedback=true`: the few executions with feedback, newest first. Partial, so
             # inserts and finishes (feedback_count 0) never write it.

@@ -45,6 +45,7 @@ from projects import keys
 if TYPE_CHECKING:
     from executions.models import ClaimedExecution
     from executions.sessions import Turn
+    from programs.releases import Release
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,7 @@ def create_execution(
     use_cache: bool = True,
     batch: Any = None,
     turn: "Turn | None" = None,
+    release: "Release | None" = None,
 ) -> CognitiveExecution:
     """Validate and store a pending execution of the program's current version.
 
@@ -149,7 +151,7 @@ def create_execution(
     claims its session in the transaction that stores the row (SessionBusy rolls it back).
     """
     execution = _new_execution(
-        program, input_data, variables, user, priority, use_cache, batch=batch, **_turn_fields(turn)
+        program, input_data, variables, user, priority, use_cache, release, batch=batch, **_turn_fields(turn)
     )
     if turn is None:
         CognitiveExecution.objects.insert(execution)
@@ -171,12 +173,14 @@ def _new_execution(
     user: Any,
     priority: str,
     use_cache: bool,
+    release: "Release | None" = None,
     **fields: Any,
 ) -> CognitiveExecution:
-    """A validated, unsaved pending execution (what `create_execution` stores)."""
+    """A validated, unsaved pending execution (what `create_execution` stores); `release`: the
+    version and result to run instead of the current ones (programs.releases)."""
     runnable = RunnableProgram.of(program)
-    run = prepare_run(runnable, variables, use_cache, api_key=keys.key_of_user(user))
-    cleaned = runnable.check_input(input_data)
+    run = prepare_run(runnable, variables, use_cache, api_key=keys.key_of_user(user), release=release)
+    cleaned = (release.check_input if release is not None else runnable.check_input)(input_data)
     return run.execution(cleaned, priority=priority, user=user, queued_at=timezone.now(), **fields)
 
 
@@ -190,6 +194,7 @@ def run_now(
     use_cache: bool = True,
     on_created: Callable[[CognitiveExecution], None] | None = None,
     turn: "Turn | None" = None,
+    release: "Release | None" = None,
 ) -> Outcome:
     """Store and run one execution in the caller's thread: the one path of every "run now" entry
     point (the API's `execute` with `wait=true`, the console's Run page, `manage.py dspex_run`).
@@ -206,7 +211,7 @@ def run_now(
     """
     now = timezone.now()
     execution = _new_execution(
-        program, input_data, variables, user, priority, use_cache, **_turn_fields(turn)
+        program, input_data, variables, user, priority, use_cache, release, **_turn_fields(turn)
     )
     if turn is not None:
         assert on_created is None, "a session turn claims its session in on_created"
@@ -269,25 +274,32 @@ class RunSettings:
     program: CognitiveProgram
     variables: dict
     use_cache: bool
+    release: "Release | None" = None
 
     def execution(self, input_data: dict, *, priority: str, user: Any, **fields: Any) -> CognitiveExecution:
-        """An unsaved pending execution of the program's current version, with these settings."""
+        """An unsaved pending execution of the program's current version (or the release's),
+        with these settings."""
         program = self.program
-        return CognitiveExecution(
+        release = (
+            {"program_version": program.version, "optimization_result_id": program.active_result_id}
+            if self.release is None
+            else self.release.fields()
+        )
+        values: dict[str, Any] = dict(
             program=program,
-            program_version=program.version,
-            optimization_result_id=program.active_result_id,
             input=input_data,
             variables=self.variables,
             priority=priority,
             use_cache=self.use_cache,
             created_by=user if getattr(user, "is_authenticated", False) else None,
             api_key=keys.key_of_user(user),
-            **fields,
         )
+        return CognitiveExecution(**(values | release | fields))
 
 
-def prepare_run(program: Program, variables: Any, use_cache: bool, api_key: Any = None) -> RunSettings:
+def prepare_run(
+    program: Program, variables: Any, use_cache: bool, api_key: Any = None, release: "Release | None" = None
+) -> RunSettings:
     """What every new execution of a program needs before it is stored, one or a batch of them:
     the program may run now (not archived, a valid spec, within its spend limits), its variable
     values, and whether its policy lets it use the LLM cache."""
@@ -303,7 +315,10 @@ def prepare_run(program: Program, variables: Any, use_cache: bool, api_key: Any 
         raise ProgramSpecError([SpecError("variables", "must be an object of variable overrides")])
     # An applied variable-search result sets the program's variable values; the request's own
     # overrides still win.
-    resolved = resolve_variables(program.variables, {**runnable.tuned_variables, **(variables or {})})
+    if release is None:
+        resolved = resolve_variables(program.variables, {**runnable.tuned_variables, **(variables or {})})
+    else:
+        resolved = resolve_variables(release.variables, {**release.tuned_variables, **(variables or {})})
     # Spend limits (llm.budgets): refuse new work with `budget_exceeded` (HTTP 402) once reached.
     key_id = api_key.pk if api_key is not None else None
     budgets.check(
@@ -311,7 +326,7 @@ def prepare_run(program: Program, variables: Any, use_cache: bool, api_key: Any 
     )
     # The project's and key's per-minute limits (llm.quotas): 429 `rate_limited` once reached.
     quotas.check(program.project_id, key_id)
-    return RunSettings(program, resolved, use_cache and runnable.llm_cache)
+    return RunSettings(program, resolved, use_cache and runnable.llm_cache, release)
 
 
 @functools.lru_cache(maxsize=256)

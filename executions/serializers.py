@@ -32,6 +32,9 @@ SUMMARY_FIELDS = [
     "batch_index",
     "session",
     "turn",
+    "alias",
+    "canary",
+    "arm",
     "feedback",
 ]
 
@@ -87,6 +90,7 @@ _KEYS = {
     "optimization_result": "optimization_result_id",
     "batch": "batch_id",
     "session": "session_id",
+    "canary": "canary_id",
 }
 _DATETIMES = ("created_at", "started_at", "finished_at")
 
@@ -132,6 +136,9 @@ class BatchCreateSerializer(serializers.Serializer):
     concurrency = serializers.IntegerField(required=False, min_value=1, max_value=500)
     priority = serializers.ChoiceField(choices=["normal", "high"], default="normal")
     cache = serializers.BooleanField(default=True)
+    alias = serializers.CharField(
+        required=False, default="", allow_blank=True, max_length=64, help_text="Run this alias's release."
+    )
 
     def validate(self, attrs: dict) -> dict:
         if ("inputs" in attrs) == ("file" in attrs):
@@ -197,6 +204,9 @@ class TurnSerializer(StrictSerializer):
     )
     priority = serializers.ChoiceField(choices=["normal", "high"], default="normal")
     cache = serializers.BooleanField(default=True, help_text="Use the LLM response cache.")
+    alias = serializers.CharField(
+        required=False, default="", allow_blank=True, max_length=64, help_text="Run this alias's release."
+    )
     stream = serializers.BooleanField(default=False, help_text="Not available yet: must be false.")
 
     def validate_stream(self, value: bool) -> bool:

@@ -536,6 +536,103 @@ class ProgramVersionAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
     search_fields = ["program__name"]
 
 
+# --- Releases: aliases and canaries (programs.releases, docs/releases.md) ---------------------
+from programs import releases  # noqa: E402
+from programs.models import Canary, ProgramAlias  # noqa: E402
+
+
+@admin.register(ProgramAlias)
+class ProgramAliasAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
+    """Read-only: aliases are moved through the API (audited with the diff of what changed; the
+    audit log shows each move's `diff`)."""
+
+    project_path = "program__project"
+    list_display = ["program", "name", "version", "optimization_result", "updated_by", "updated_at"]
+    list_select_related = ["program", "updated_by"]
+    list_filter = [("program", VisibleRelatedFilter)]
+    search_fields = ["program__name", "name"]
+
+
+@admin.register(Canary)
+class CanaryAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
+    """A canary's dashboard: per-arm figures, the comparison of the arms and the decision log."""
+
+    project_path = "program__project"
+    list_display = ["program", "status", "percent", "sticky_by", "created_at", "finished_at", "outcome"]
+    list_select_related = ["program"]
+    list_filter = ["status", ("program", VisibleRelatedFilter)]
+    search_fields = ["program__name"]
+    readonly_fields = [
+        "program",
+        "status",
+        "percent",
+        "sticky_by",
+        "control_version",
+        "control_result",
+        "candidate_version",
+        "candidate_result",
+        "promote_when",
+        "abort_when",
+        "arms",
+        "comparison",
+        "decision_log",
+        "outcome",
+        "created_at",
+        "finished_at",
+    ]
+
+    @admin.display(description="Per arm")
+    def arms(self, obj: Canary) -> str:
+        report = releases.report(obj)
+        rows = []
+        for name, arm in report["arms"].items():
+            feedback = arm["feedback"]
+            rows.append(
+                format_html(
+                    "<tr><th>{}</th><td>{}</td><td>{}</td><td>{} (n={}, CI {})</td><td>{}</td>"
+                    "<td>{} / {}</td></tr>",
+                    name,
+                    arm["executions"],
+                    arm["error_rate"],
+                    feedback["mean"],
+                    feedback["count"],
+                    feedback["ci"],
+                    arm["cost_per_execution_usd"],
+                    arm["latency_ms"]["p50"],
+                    arm["latency_ms"]["p95"],
+                )
+            )
+        head = format_html(
+            "<tr><th>arm</th><th>executions</th><th>error rate</th><th>feedback</th>"
+            "<th>cost / execution (USD)</th><th>latency p50 / p95 (ms)</th></tr>"
+        )
+        return format_html("<table>{}{}</table>", head, format_html("".join(rows)))
+
+    @admin.display(description="Candidate - control")
+    def comparison(self, obj: Canary) -> str:
+        compared = releases.report(obj)["comparison"]
+        if compared is None:
+            return "Not enough feedback yet (two scores per arm at least)."
+        return (
+            f"difference {compared['difference']}, {compared['confidence']:.0%} CI {compared['ci']}, "
+            f"p = {compared['p_value']} (Welch's t-test)"
+        )
+
+    @admin.display(description="Decisions")
+    def decision_log(self, obj: Canary) -> str:
+        if not obj.decisions:
+            return "None yet."
+        return format_html(
+            "<ul>{}</ul>",
+            format_html(
+                "".join(
+                    format_html("<li>{} ({}): {}</li>", d.get("at"), d.get("by"), d.get("reason"))
+                    for d in obj.decisions
+                )
+            ),
+        )
+
+
 # --- Retrieval corpora (owned by the caching/retrieval work; kept as one separate block) ------
 from programs.models import Corpus, Document  # noqa: E402
 

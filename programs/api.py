@@ -22,9 +22,17 @@ from llm.budgets import BudgetExceeded
 from monitoring import audit
 from optimization import dspy_state
 from optimization.serializers import ResultSerializer
+from programs import releases
 from programs.filters import ProgramFilter
-from programs.models import CognitiveProgram
-from programs.serializers import ExecuteSerializer, ProgramSerializer
+from programs.models import Canary, CognitiveProgram, ProgramAlias
+from programs.serializers import (
+    AliasSerializer,
+    AliasSetSerializer,
+    CanarySerializer,
+    CanaryStartSerializer,
+    ExecuteSerializer,
+    ProgramSerializer,
+)
 from projects import access
 from projects.api import ProjectScoped
 
@@ -76,6 +84,91 @@ class ProgramViewSet(ProjectScoped, viewsets.ModelViewSet):
         result = dspy_state.import_state(self.get_object(), request.data, request=request)
         return Response(ResultSerializer(result).data, status=status.HTTP_201_CREATED)
 
+    @extend_schema(request=None, responses={200: AliasSerializer(many=True)})
+    @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
+    def aliases(self, request: Request, pk: str | None = None) -> Response:
+        """The program's aliases (named releases: a version and an optimization result or none)."""
+        program = self.get_object()
+        return Response(AliasSerializer(ProgramAlias.objects.filter(program=program), many=True).data)
+
+    @extend_schema(
+        request=AliasSetSerializer,
+        responses={200: AliasSerializer, 201: AliasSerializer},
+        description="Point the alias at a release; audited with the diff of what changed "
+        "(pipeline, variables, instructions and demos per predictor).",
+    )
+    @raises(releases.ReleaseInvalid)
+    @action(
+        detail=True,
+        methods=["put"],
+        url_path=r"aliases/(?P<name>[-a-zA-Z0-9_]{1,64})",
+        filterset_class=None,
+        pagination_class=None,
+    )
+    def set_alias(self, request: Request, pk: str | None = None, name: str = "") -> Response:
+        program = self.get_object()
+        body = AliasSetSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        row, created = releases.set_alias(
+            program, name, data["version"], data["optimization_result"], channel="api", request=request
+        )
+        return Response(AliasSerializer(row).data, status=status.HTTP_201_CREATED if created else 200)
+
+    @extend_schema(methods=["GET"], request=None, responses={200: CanarySerializer})
+    @extend_schema(methods=["POST"], request=CanaryStartSerializer, responses={201: CanarySerializer})
+    @raises(releases.ReleaseInvalid, releases.CanaryConflict, (404, "No canary (GET) of this program."))
+    @action(detail=True, methods=["get", "post"], filterset_class=None, pagination_class=None)
+    def canary(self, request: Request, pk: str | None = None) -> Response:
+        """GET: the running canary (else the latest) with per-arm figures and its decision log.
+        POST: start one (409 `canary_conflict` if one is running)."""
+        program = self.get_object()
+        if request.method == "GET":
+            canary = Canary.objects.filter(program=program).order_by("-created_at").first()
+            if canary is None:
+                raise Http404
+            return Response(CanarySerializer(canary).data)
+        body = CanaryStartSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        canary = releases.start_canary(
+            program,
+            data["candidate"]["version"],
+            data["candidate"]["optimization_result"],
+            data["percent"],
+            data["sticky_by"],
+            data["promote_when"],
+            data["abort_when"],
+            channel="api",
+            request=request,
+        )
+        return Response(CanarySerializer(canary).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=None, responses={200: CanarySerializer})
+    @raises(releases.CanaryConflict)
+    @action(detail=True, methods=["post"], url_path="canary/promote")
+    def canary_promote(self, request: Request, pk: str | None = None) -> Response:
+        """Make the running canary's candidate the program's current release."""
+        return self._finish_canary(request, Canary.Status.PROMOTED)
+
+    @extend_schema(request=None, responses={200: CanarySerializer})
+    @raises(releases.CanaryConflict)
+    @action(detail=True, methods=["post"], url_path="canary/abort")
+    def canary_abort(self, request: Request, pk: str | None = None) -> Response:
+        """Stop the running canary; the control stays the current release."""
+        return self._finish_canary(request, Canary.Status.ABORTED)
+
+    def _finish_canary(self, request: Request, outcome: str) -> Response:
+        program = self.get_object()
+        canary = Canary.objects.filter(program=program, status=Canary.Status.RUNNING).first()
+        if canary is None:
+            raise releases.CanaryConflict(f"No canary of program {program.name} is running.")
+        who = getattr(request.user, "username", "") or "a user"
+        verb = "promoted" if outcome == Canary.Status.PROMOTED else "aborted"
+        releases.finish(canary, outcome, f"{verb} by {who}", channel="api", request=request)
+        canary.refresh_from_db()
+        return Response(CanarySerializer(canary).data)
+
     @extend_schema(
         request=ExecuteSerializer,
         responses={
@@ -90,7 +183,7 @@ class ProgramViewSet(ProjectScoped, viewsets.ModelViewSet):
             ),
         },
     )
-    @raises(runner.ProgramNotRunnable, BudgetExceeded, QueueUnavailable)
+    @raises(runner.ProgramNotRunnable, BudgetExceeded, QueueUnavailable, releases.ReleaseInvalid)
     @action(detail=True, methods=["post"])
     def execute(self, request: Request, pk: str | None = None) -> Response:
         """Run the program on one input: `wait=true` returns the finished execution."""
@@ -107,7 +200,15 @@ class ProgramViewSet(ProjectScoped, viewsets.ModelViewSet):
         self.check_object_permissions(request, program.program)
         data = execute_body(request.data)
         args = (program, data["input"], data["variables"])
-        options = {"user": request.user, "priority": data["priority"], "use_cache": data["cache"]}
+        release = releases.for_request(
+            program.program, data["alias"], user=request.user, input_data=data["input"]
+        )
+        options = {
+            "user": request.user,
+            "priority": data["priority"],
+            "use_cache": data["cache"],
+            "release": release,
+        }
         if data["wait"]:
             return execution_response(runner.run_now(*args, **options))
         unpublished: list[str] = []
@@ -141,6 +242,8 @@ def execute_body(data: Any) -> dict[str, Any]:
             if name in data
         )
         and data.get("variables", {}) is not None
+        and type(data.get("alias", "")) is str
+        and len(data.get("alias", "")) <= 64
     ):
         return {
             name: data[name] if name in data else field.get_default()

@@ -11,3 +11,12 @@ class ProgramsConfig(AppConfig):
         from programs.spec import default_registry
 
         default_registry().retriever = retrieve
+
+        # Aliases and canaries are read per request from a per-process cache (programs.releases).
+        from django.db.models.signals import post_delete, post_save
+
+        from programs.releases import forget
+
+        for sender in ("programs.ProgramAlias", "programs.Canary"):
+            post_save.connect(forget, sender=sender, dispatch_uid=f"releases-save-{sender}")
+            post_delete.connect(forget, sender=sender, dispatch_uid=f"releases-delete-{sender}")

@@ -209,3 +209,81 @@ class Document(models.Model):
 
     def __str__(self) -> str:
         return f"{self.corpus_id}:{self.external_id}"
+
+
+class ProgramAlias(models.Model):
+    """A named release of a program (docs/releases.md): a program version and the optimization
+    result it runs with (none: the plain version). `execute` and friends take `"alias": name`."""
+
+    program = models.ForeignKey(CognitiveProgram, on_delete=models.CASCADE, related_name="aliases")
+    name = models.SlugField(max_length=64)
+    version = models.PositiveIntegerField()
+    optimization_result = models.ForeignKey(
+        "optimization.OptimizationResult", null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    updated_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "program_aliases"
+        ordering = ["program", "name"]
+        verbose_name_plural = "program aliases"
+        constraints = [models.UniqueConstraint(fields=["program", "name"], name="uniq_program_alias")]
+
+    def __str__(self) -> str:
+        result = f" + {self.optimization_result_id}" if self.optimization_result_id else ""
+        return f"{self.name} -> v{self.version}{result}"
+
+
+class Canary(models.Model):
+    """A candidate release served to `percent` % of a program's default traffic beside the
+    current release (the control), until promoted or aborted (docs/releases.md)."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        PROMOTED = "promoted"
+        ABORTED = "aborted"
+
+    class StickyBy(models.TextChoices):
+        SESSION = "session"
+        USER = "user"
+        INPUT = "input"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    program = models.ForeignKey(CognitiveProgram, on_delete=models.CASCADE, related_name="canaries")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    percent = models.FloatField()
+    sticky_by = models.CharField(max_length=10, choices=StickyBy.choices, default=StickyBy.SESSION)
+    control_version = models.PositiveIntegerField()
+    control_result = models.ForeignKey(
+        "optimization.OptimizationResult", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    candidate_version = models.PositiveIntegerField()
+    candidate_result = models.ForeignKey(
+        "optimization.OptimizationResult", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    promote_when = models.JSONField(null=True, blank=True)
+    abort_when = models.JSONField(null=True, blank=True)
+    decisions = models.JSONField(default=list, blank=True, help_text="Every decision, oldest first.")
+    outcome = models.TextField(blank=True, help_text="Why it was promoted or aborted, in words.")
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "program_canaries"
+        ordering = ["-created_at"]
+        verbose_name_plural = "canaries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["program"], condition=models.Q(status="running"), name="uniq_running_canary"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"canary {self.percent:g}% of {self.program_id} ({self.status})"

@@ -31,6 +31,7 @@ from dspex_site.api.schema import ErrorDocumentingSchema
 from dspex_site.roles import RUN
 from executions import runner
 from executions.sessions import history_fields
+from programs import releases
 from programs.api import http_status_for
 from programs.models import CognitiveProgram
 from programs.spec.introspect import program_input_fields, program_output_fields
@@ -131,9 +132,15 @@ class ChatCompletionsView(APIView):
         body = ChatRequest(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
-        program = self._program(request, data["model"])
+        # `dspex/<name>@<alias>` runs the alias's release (docs/releases.md).
+        name, _, alias = data["model"].partition("@")
+        program = self._program(request, name)
         inputs, ignored = chat_inputs(program, data["messages"])
-        outcome = runner.run_now(program, inputs, user=request.user)
+        try:
+            release = releases.for_request(program, alias, user=request.user, input_data=inputs)
+        except releases.ReleaseInvalid as exc:
+            raise ValidationError({"model": [exc.message]}) from None
+        outcome = runner.run_now(program, inputs, user=request.user, release=release)
         execution = outcome.execution
         code = http_status_for(outcome)
         if code != status.HTTP_200_OK:

@@ -75,3 +75,71 @@ class ExecuteSerializer(StrictSerializer):
     wait = serializers.BooleanField(default=False, help_text="Run in the request and return the result.")
     priority = serializers.ChoiceField(choices=["normal", "high"], default="normal")
     cache = serializers.BooleanField(default=True, help_text="Use the LLM response cache.")
+    alias = serializers.CharField(
+        required=False,
+        default="",
+        allow_blank=True,
+        max_length=64,
+        help_text="Run this alias's release (docs/releases.md); empty: the current release "
+        "(or, during a canary, the arm this caller is on).",
+    )
+
+
+class AliasSetSerializer(StrictSerializer):
+    """Body of PUT /programs/{id}/aliases/{name}/."""
+
+    version = serializers.IntegerField(min_value=1)
+    optimization_result = serializers.UUIDField(allow_null=True, required=False, default=None)
+
+
+class AliasSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    version = serializers.IntegerField()
+    optimization_result = serializers.UUIDField(source="optimization_result_id", allow_null=True)
+    updated_at = serializers.DateTimeField()
+
+
+class ReleaseRefSerializer(StrictSerializer):
+    version = serializers.IntegerField(min_value=1)
+    optimization_result = serializers.UUIDField(allow_null=True, required=False, default=None)
+
+
+class CanaryStartSerializer(StrictSerializer):
+    """Body of POST /programs/{id}/canary/."""
+
+    candidate = ReleaseRefSerializer()
+    percent = serializers.FloatField(help_text="Share of default traffic on the candidate, 0 < p < 100.")
+    sticky_by = serializers.ChoiceField(choices=["session", "user", "input"], default="session")
+    promote_when = serializers.JSONField(required=False, default=None)
+    abort_when = serializers.JSONField(required=False, default=None)
+
+
+class CanarySerializer(serializers.Serializer):
+    id = serializers.UUIDField()
+    status = serializers.CharField()
+    percent = serializers.FloatField()
+    sticky_by = serializers.CharField()
+    control = serializers.SerializerMethodField()
+    candidate = serializers.SerializerMethodField()
+    promote_when = serializers.JSONField()
+    abort_when = serializers.JSONField()
+    outcome = serializers.CharField()
+    decisions = serializers.JSONField()
+    created_at = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+    figures = serializers.SerializerMethodField()
+
+    def get_control(self, obj: Any) -> dict[str, Any]:
+        return _ref(obj.control_version, obj.control_result_id)
+
+    def get_candidate(self, obj: Any) -> dict[str, Any]:
+        return _ref(obj.candidate_version, obj.candidate_result_id)
+
+    def get_figures(self, obj: Any) -> dict[str, Any]:
+        from programs import releases
+
+        return releases.report(obj)
+
+
+def _ref(version: int, result: Any) -> dict[str, Any]:
+    return {"version": version, "optimization_result": None if result is None else str(result)}

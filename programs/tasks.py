@@ -10,7 +10,8 @@ import logging
 
 from celery import shared_task
 
-from programs.models import Corpus
+from programs import releases
+from programs.models import Canary, Corpus
 from programs.retrieval import corpora_needing_embeddings, index_corpus
 
 logger = logging.getLogger(__name__)
@@ -40,3 +41,23 @@ def warm_embeddings() -> int:
     for corpus_id in corpus_ids:
         embed_corpus.delay(corpus_id)
     return len(corpus_ids)
+
+
+@shared_task(name="releases.evaluate_canaries")
+def evaluate_canaries() -> dict[str, str]:
+    """Beat: apply every running canary's promote/abort rules once (programs.releases.evaluate)."""
+    running = Canary.objects.filter(status=Canary.Status.RUNNING).values_list("id", flat=True)
+    return {str(canary_id): evaluate_one(canary_id) for canary_id in running}
+
+
+@shared_task(name="releases.evaluate_canary")
+def evaluate_canary(canary_id: str) -> str:
+    """After feedback on one of the canary's executions."""
+    return evaluate_one(canary_id)
+
+
+def evaluate_one(canary_id: object) -> str:
+    try:
+        return releases.evaluate(canary_id)
+    except releases.CanaryConflict:  # promoted or aborted meanwhile (by hand, or another task)
+        return "not running"

@@ -34,6 +34,7 @@ from optimization.dspy_state import StateDoesNotFit
 from optimization.from_executions import NameTaken, NoExamples
 from optimization.results import ResultDoesNotFit
 from optimization.runner import RunRequestError
+from programs.releases import CanaryConflict, ReleaseInvalid
 from programs.spec import ProgramSpecError
 from projects.keys import KeyRefused
 
@@ -55,6 +56,8 @@ STATUS_BY_ERROR: dict[type[DomainError], int] = {
     SessionBusy: status.HTTP_409_CONFLICT,
     FeedbackRefused: status.HTTP_409_CONFLICT,  # feedback on an execution not finished yet
     ResultDoesNotFit: status.HTTP_409_CONFLICT,
+    ReleaseInvalid: status.HTTP_400_BAD_REQUEST,
+    CanaryConflict: status.HTTP_409_CONFLICT,  # a canary already running (or none to finish)
     AdmissionError: status.HTTP_503_SERVICE_UNAVAILABLE,
     RateLimitExceeded: status.HTTP_429_TOO_MANY_REQUESTS,  # a project's or key's per-minute limit
     QueueUnavailable: status.HTTP_503_SERVICE_UNAVAILABLE,

@@ -16,6 +16,7 @@ from rest_framework.test import APIClient
 
 from executions.models import CognitiveExecution, Feedback, Session
 from optimization.models import Dataset, OptimizationResult, OptimizationRun
+from programs.models import Canary, ProgramAlias
 from projects.models import Membership
 from tests.actors import EDIT, MANAGE, OPTIMIZE, READ, ROLES, RUN, stranger
 from tests.api.cases import Action, APIViewTestCases, Endpoint
@@ -109,10 +110,75 @@ class TestPrograms(
                 id=response.json()["id"], program=obj, optimizer_type="imported"
             ),
         ),
+        Action("aliases", "GET", "/api/v1/programs/{pk}/aliases/", READ, 200),
+        Action(
+            "set-alias",
+            "PUT",
+            "/api/v1/programs/{pk}/aliases/{name}/",
+            EDIT,
+            201,
+            body={"version": 1, "optimization_result": None},
+            check=lambda case, obj, response: ProgramAlias.objects.get(program=obj, name="stable", version=1),
+        ),
+        Action(
+            "canary",
+            "GET",
+            "/api/v1/programs/{pk}/canary/",
+            READ,
+            200,
+            target=lambda case: with_canary(case.make_object()),
+        ),
+        Action(
+            "start-canary",
+            "POST",
+            "/api/v1/programs/{pk}/canary/",
+            EDIT,
+            201,
+            body=lambda case, obj: {
+                "candidate": {
+                    "version": 1,
+                    "optimization_result": str(
+                        OptimizationResultFactory(program=obj, parameters=plain_dspy_state(metadata=False)).pk
+                    ),
+                },
+                "percent": 10,
+            },
+            check=lambda case, obj, response: Canary.objects.get(program=obj, status="running"),
+        ),
+        Action(
+            "promote-canary",
+            "POST",
+            "/api/v1/programs/{pk}/canary/promote/",
+            EDIT,
+            200,
+            target=lambda case: with_canary(case.make_object()),
+            check=lambda case, obj, response: Canary.objects.get(program=obj, status="promoted"),
+        ),
+        Action(
+            "abort-canary",
+            "POST",
+            "/api/v1/programs/{pk}/canary/abort/",
+            EDIT,
+            200,
+            target=lambda case: with_canary(case.make_object()),
+            check=lambda case, obj, response: Canary.objects.get(program=obj, status="aborted"),
+        ),
     ]
+
+    def url_kwargs(self, obj: Any) -> dict[str, Any]:
+        return {"pk": obj.pk, "name": "stable"}
 
     def replace_data(self, obj: Any) -> dict[str, Any]:
         return {"name": obj.name, "pipeline": QA, "variables": {}, "status": "active", "description": "put"}
+
+
+def with_canary(program: Any) -> Any:
+    """The program with a running canary of a result of its version 1."""
+    from programs import releases
+
+    result = OptimizationResultFactory(program=program, parameters=plain_dspy_state(metadata=False))
+    releases.start_canary(program, 1, result.pk, 10, "input", channel="api")
+    return program
 
 
 class TestExecutions(APIViewTestCases.GetObject, APIViewTestCases.ListObjects, APIViewTestCases.Actions):

@@ -177,3 +177,31 @@ def test_plain_dspy_state_goes_in_and_out(client, tmp_path):
     loaded = PlainQA()
     loaded.load(str(tmp_path / "back.json"))
     assert [d["answer"] for d in loaded.main.demos] == ["4"] and exported["main"]["demos"]
+
+
+def test_aliases_and_canaries_through_the_client(client):
+    from optimization.models import OptimizationResult
+    from programs.spec import compile_program
+
+    qa = client.programs.create(name="client-releases", pipeline=QA, status="active")
+    state = compile_program(QA, {}).dump_state()
+    result = OptimizationResult.objects.create(
+        program_id=qa.id, program_version=1, optimizer_type="manual", parameters=state
+    )
+    alias = qa.set_alias("stable", 1, str(result.id))
+    assert (alias["name"], alias["optimization_result"]) == ("stable", str(result.id))
+    assert [a["name"] for a in qa.aliases()] == ["stable"]
+    run = qa.execute({"question": "hi"}, alias="stable")
+    assert (run.alias, run.arm, run.optimization_result) == ("stable", None, str(result.id))
+    with pytest.raises(BadRequest, match="alias"):
+        qa.execute({"question": "hi"}, alias="missing")
+
+    canary = qa.start_canary(1, str(result.id), percent=50, sticky_by="input")
+    assert canary["status"] == "running" and canary["candidate"]["optimization_result"] == str(result.id)
+    arms = {qa.execute({"question": f"q{i}"}).arm for i in range(10)}
+    assert arms == {"control", "candidate"}
+    figures = qa.canary()["figures"]["arms"]
+    assert figures["control"]["executions"] + figures["candidate"]["executions"] == 10
+    aborted = qa.abort_canary()
+    assert aborted["status"] == "aborted" and aborted["outcome"].startswith("aborted by nb")
+    assert qa.execute({"question": "after"}).arm is None

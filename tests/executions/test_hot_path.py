@@ -241,5 +241,6 @@ def test_no_index_of_the_executions_table_repeats_the_start_of_another():
                 )
     # 11: the 9 of round 1, the sessions' partial `(session, turn)` index (entries for turns only)
     # and the partial `idx_executions_feedback`, which rows without feedback (every insert,
-    # claim and finish) never write.
-    assert len(rows) == 11, [name for name, _ in rows]
+    # claim and finish) never write; and the partial `idx_executions_canary_arm` (canary
+    # executions only: a canary's per-arm figures).
+    assert len(rows) == 12, [name for name, _ in rows]

@@ -134,14 +134,24 @@ class ProgramHandle:
         priority: str | None = None,
         cache: bool | None = None,
         timeout_s: float = 300.0,
+        alias: str | None = None,
     ) -> Execution:
         """Run the program on `input`. `wait=True`: in the request, answered finished; `wait=False`:
         queued (202), then followed here until it finishes (or `timeout_s`) unless `follow=False`
         is wanted: use `submit`."""
         if not wait:
-            return self.submit(input, variables=variables, priority=priority, cache=cache).wait(timeout_s)
+            return self.submit(input, variables=variables, priority=priority, cache=cache, alias=alias).wait(
+                timeout_s
+            )
         body = _without_none(
-            {"input": input, "wait": True, "variables": variables, "priority": priority, "cache": cache}
+            {
+                "input": input,
+                "wait": True,
+                "variables": variables,
+                "priority": priority,
+                "cache": cache,
+                "alias": alias,
+            }
         )
         return Execution.from_api(self._api.json("POST", f"/api/v1/programs/{self.id}/execute/", json=body))
 
@@ -152,13 +162,63 @@ class ProgramHandle:
         variables: dict[str, Any] | None = None,
         priority: str | None = None,
         cache: bool | None = None,
+        alias: str | None = None,
     ) -> "ExecutionHandle":
         """Queue an execution (202) and return a handle to follow it."""
         body = _without_none(
-            {"input": input, "wait": False, "variables": variables, "priority": priority, "cache": cache}
+            {
+                "input": input,
+                "wait": False,
+                "variables": variables,
+                "priority": priority,
+                "cache": cache,
+                "alias": alias,
+            }
         )
         data = self._api.json("POST", f"/api/v1/programs/{self.id}/execute/", json=body)
         return ExecutionHandle(self._api, data["id"])
+
+    # --- releases (docs/releases.md) -------------------------------------------------------------
+    def aliases(self) -> list[dict[str, Any]]:
+        """The program's aliases: `name`, `version`, `optimization_result`, `updated_at`."""
+        return list(self._api.json("GET", f"/api/v1/programs/{self.id}/aliases/"))
+
+    def set_alias(self, name: str, version: int, optimization_result: str | None = None) -> dict[str, Any]:
+        """Point alias `name` at a release (a version and an optimization result or none)."""
+        body = {"version": version, "optimization_result": optimization_result}
+        return dict(self._api.json("PUT", f"/api/v1/programs/{self.id}/aliases/{name}/", json=body))
+
+    def start_canary(
+        self,
+        version: int,
+        optimization_result: str | None = None,
+        *,
+        percent: float,
+        sticky_by: str = "session",
+        promote_when: dict[str, Any] | None = None,
+        abort_when: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Serve the candidate release to `percent` % of the default traffic (409 if one runs)."""
+        body = _without_none(
+            {
+                "candidate": {"version": version, "optimization_result": optimization_result},
+                "percent": percent,
+                "sticky_by": sticky_by,
+                "promote_when": promote_when,
+                "abort_when": abort_when,
+            }
+        )
+        return dict(self._api.json("POST", f"/api/v1/programs/{self.id}/canary/", json=body))
+
+    def canary(self) -> dict[str, Any]:
+        """The running (else latest) canary with per-arm figures and its decision log."""
+        return dict(self._api.json("GET", f"/api/v1/programs/{self.id}/canary/"))
+
+    def promote_canary(self) -> dict[str, Any]:
+        return dict(self._api.json("POST", f"/api/v1/programs/{self.id}/canary/promote/"))
+
+    def abort_canary(self) -> dict[str, Any]:
+        return dict(self._api.json("POST", f"/api/v1/programs/{self.id}/canary/abort/"))
 
     def batch(
         self,

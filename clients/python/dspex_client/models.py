@@ -25,6 +25,9 @@ class Execution(Record):
     turn: int | None = None
     program: str | None = None
     program_version: int | None = None
+    optimization_result: str | None = None
+    alias: str | None = None
+    arm: str | None = None
     input: dict[str, Any] | None = None
     output: dict[str, Any] | None = None
     trace: list[dict[str, Any]] | None = None
