@@ -16,7 +16,7 @@ import queue
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
@@ -110,8 +110,6 @@ class Command(BaseCommand):
         with Connection(url, heartbeat=30, connect_timeout=5) as connection:
             channel = connection.channel()
             work_queue = declare(channel)
-            # Per-consumer QoS (quorum queues refuse a global one).
-            channel.basic_qos(prefetch_size=0, prefetch_count=prefetch, a_global=False)
             pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="consume")
 
             def on_message(message: Message) -> None:
@@ -120,14 +118,18 @@ class Command(BaseCommand):
                 pool.submit(work, message)
 
             consumer = Consumer(channel, [work_queue], on_message=on_message, no_ack=False)
+            # Per-consumer QoS (quorum queues refuse a global one).
+            consumer.qos(prefetch_count=prefetch, apply_global=False)
             consumer.consume()
+            cancelled = False
             self.stdout.write(
                 f"dspex_consume: queue {ingestion.QUEUE}, key {principal.api_key.prefix}…, "
                 f"concurrency {concurrency}, prefetch {prefetch}"
             )
             self.stdout.flush()
             while not stop.is_set() or in_flight:
-                if stop.is_set() and consumer.consumer_tags:
+                if stop.is_set() and not cancelled:
+                    cancelled = True
                     consumer.cancel()  # finish what is in flight, take nothing new
                 try:
                     connection.drain_events(timeout=0.1)
@@ -147,7 +149,7 @@ class Command(BaseCommand):
 
     def run_one(self, message: Message, principal: Any, publisher: Publisher) -> None:
         properties = message.properties
-        reply = ingestion.process(message.body, properties, principal)
+        reply = ingestion.process(cast(bytes, message.body), properties, principal)
         reply_to, correlation = properties.get("reply_to"), properties.get("correlation_id")
         extra = {"correlation_id": correlation} if correlation else {}
         if reply.message_id:
@@ -180,5 +182,5 @@ class Command(BaseCommand):
             delivery_mode=2,
             retry=True,
             retry_policy={"max_retries": 3},
-            **({"correlation_id": correlation} if correlation else {}),
+            **({"correlation_id": correlation} if correlation else {}),  # type: ignore[arg-type]
         )
