@@ -242,3 +242,38 @@ def test_a_flood_stays_in_the_broker_not_in_memory(setup: dict[str, Any]) -> Non
         )
     assert backlog > 10_000  # the flood waits in RabbitMQ
     assert late - early < 40 * 1024 * 1024, (early, late)
+
+
+def run_consume(env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", "dspex_consume"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_without_an_amqp_url_it_refuses_to_start_naming_the_setting() -> None:
+    env = process_env(CELERY_BROKER_URL="redis://localhost:6379/15", DSPEX_CONSUME_KEY="x")
+    env.pop("DSPEX_AMQP_URL", None)
+    done = run_consume(env)
+    assert done.returncode != 0 and "DSPEX_AMQP_URL" in done.stderr
+
+
+def test_a_key_without_the_execute_scope_is_refused_at_start_up(vhost: str) -> None:
+    key = KeyFactory(service=True, project=default_project(), scopes=["read"])
+    done = run_consume(process_env(DSPEX_AMQP_URL=URL, DSPEX_CONSUME_KEY=key.key))
+    assert done.returncode != 0 and "`execute` scope" in done.stderr
+    done = run_consume(process_env(DSPEX_AMQP_URL=URL, DSPEX_CONSUME_KEY="dsx_nope"))
+    assert done.returncode != 0 and "not a valid API key" in done.stderr
+
+
+def test_make_run_starts_the_consumer_only_with_amqp_and_a_key() -> None:
+    from dspex_site.launch import worker_commands
+
+    assert "consume" not in worker_commands({"CELERY_BROKER_URL": "redis://localhost:6379/0"})
+    assert "consume" not in worker_commands({"DSPEX_AMQP_URL": URL})  # no key: said, not started
+    assert "consume" in worker_commands({"DSPEX_AMQP_URL": URL, "DSPEX_CONSUME_KEY": "k"})
+    assert "consume" in worker_commands({"CELERY_BROKER_URL": URL, "DSPEX_CONSUME_KEY": "k"})
