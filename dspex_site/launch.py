@@ -100,7 +100,20 @@ def worker_commands(env: dict) -> dict[str, list[str]]:
         *("--scheduler", "django_celery_beat.schedulers:DatabaseScheduler"),
         *("-s", str(VAR_DIR / "celerybeat-schedule")),
     ]
+    if consume_wanted(env):
+        if env.get("DSPEX_CONSUME_KEY") or env.get("DSPEX_CONSUME_KEY_FILE"):
+            commands["consume"] = [PY, "manage.py", "dspex_consume"]
+        else:  # it would exit at once without a key, and take `make run` down with it
+            say("AMQP ingestion not started: set DSPEX_CONSUME_KEY (an API key with the execute scope)")
     return commands
+
+
+def consume_wanted(env: dict) -> bool:
+    """The AMQP consumer (manage.py dspex_consume) runs when there is a RabbitMQ to read from:
+    `DSPEX_AMQP_URL` is set, or the Celery broker is AMQP."""
+    from dspex_site.celery import broker_is_amqp
+
+    return bool(env.get("DSPEX_AMQP_URL")) or broker_is_amqp(env.get("CELERY_BROKER_URL", ""))
 
 
 def start(name: str, cmd: list[str], env: dict) -> subprocess.Popen[str]:

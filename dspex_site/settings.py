@@ -230,6 +230,16 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
+# --- AMQP ingestion (`manage.py dspex_consume`, executions.ingestion) ------------------------
+# The RabbitMQ the consumer reads `dspex_executions` from; empty: the Celery broker when that is
+# AMQP (the consumer refuses to start otherwise, naming this setting).
+DSPEX_AMQP_URL = env_str("DSPEX_AMQP_URL", "")
+# The API key messages run as (its project and scopes bound them); `--key` overrides it.
+DSPEX_CONSUME_KEY = env_str("DSPEX_CONSUME_KEY", "")
+# Executions run at once (threads); messages the broker may have handed over unacknowledged.
+DSPEX_CONSUME_CONCURRENCY = env_int("DSPEX_CONSUME_CONCURRENCY", 8)
+DSPEX_CONSUME_PREFETCH = env_int("DSPEX_CONSUME_PREFETCH", 0)  # 0: the concurrency
+
 # --- Auth, sessions, security ---------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

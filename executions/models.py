@@ -480,6 +480,23 @@ class Feedback(models.Model):
         return f"feedback {self.pk} on {self.execution_id}"
 
 
+class IngestedMessage(models.Model):
+    """The idempotency key of an execution started by a message of the AMQP consumer
+    (`manage.py dspex_consume`, executions.ingestion): stored in the transaction that stores the
+    execution, so a redelivered message (the same `message_id`) finds its execution instead of
+    starting a second one. Deleted with its execution (pruning)."""
+
+    message_id = models.CharField(max_length=200, primary_key=True)
+    execution = models.OneToOneField(CognitiveExecution, on_delete=models.CASCADE, related_name="+")
+    created_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        db_table = "ingested_messages"
+
+    def __str__(self) -> str:
+        return f"message {self.message_id} -> {self.execution_id}"
+
+
 if TYPE_CHECKING:
     # An execution `claim_row` returned: the row with its program's name.
     ClaimedExecution = WithAnnotations[CognitiveExecution, _ProgramName]

@@ -1,0 +1,279 @@
+"""`manage.py dspex_consume` end to end: a real RabbitMQ virtual host of this slot's own, the real
+consumer process, the test database, and the simulated provider over HTTP (executions.ingestion).
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psutil
+import pytest
+from kombu import Connection, Exchange, Queue
+
+from executions.models import CognitiveExecution, IngestedMessage
+from tests.factories import KeyFactory, ProgramFactory, default_project
+from tests.support import ROOT, SimServer, process_env, sim_env, wait_for
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+VHOST = f"dspex-ingest-{os.environ.get('DSPEX_TEST_SLOT', '0')}"
+URL = f"amqp://guest:guest@localhost:5672/{VHOST}"
+
+
+def rabbitmqctl(*args: str, check: bool = True) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, check=check)
+
+
+@pytest.fixture
+def vhost() -> Iterator[str]:
+    """A fresh virtual host for each test (the machine's RabbitMQ is shared): deleted after."""
+    rabbitmqctl("delete_vhost", VHOST, check=False)
+    rabbitmqctl("add_vhost", VHOST)
+    rabbitmqctl("set_permissions", "-p", VHOST, "guest", ".*", ".*", ".*")
+    yield URL
+    rabbitmqctl("delete_vhost", VHOST, check=False)
+
+
+class Consumer:
+    def __init__(self, key: str, simlm: SimServer, *args: str) -> None:
+        env = process_env(DSPEX_AMQP_URL=URL, DSPEX_CONSUME_KEY=key, **sim_env(simlm))
+        self.proc = subprocess.Popen(
+            [sys.executable, "manage.py", "dspex_consume", *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        line = self.proc.stdout.readline().decode()  # type: ignore[union-attr]
+        assert "dspex_consume: queue dspex_executions" in line, line + self.output()
+
+    def output(self) -> str:
+        try:
+            out, _ = self.proc.communicate(timeout=5)
+        except subprocess.TimeoutExpired:
+            return ""
+        return out.decode()[-3000:] if out else ""
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def setup(vhost: str, http_provider: SimServer) -> Iterator[dict[str, Any]]:
+    program = ProgramFactory(name="qa-ingest")
+    key = KeyFactory(service=True, project=default_project(), scopes=["execute"])
+    started: list[Consumer] = []
+
+    def consumer(*args: str) -> Consumer:
+        started.append(Consumer(key.key, http_provider, *args))
+        return started[-1]
+
+    yield {"program": program, "key": key, "consumer": consumer, "sim": http_provider}
+    for c in started:
+        c.stop()
+
+
+def publish(conn: Connection, body: Any, **properties: Any) -> None:
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    conn.Producer().publish(
+        raw, exchange="", routing_key="dspex_executions", content_type="application/json", **properties
+    )
+
+
+def reply_queue(conn: Connection) -> Queue:
+    queue = Queue(f"replies-{uuid.uuid4().hex[:8]}", exclusive=True, auto_delete=True)
+    queue(conn.default_channel).declare()
+    return queue
+
+
+def take(conn: Connection, queue: Queue, timeout: float = 30) -> Any:
+    bound = queue(conn.default_channel)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        message = bound.get(no_ack=True)
+        if message is not None:
+            return message
+        time.sleep(0.05)
+    raise AssertionError(f"no message on {queue.name} within {timeout} s")
+
+
+def test_reply_to_round_trip_with_correlation_id(setup: dict[str, Any]) -> None:
+    setup["consumer"]()
+    with Connection(URL) as conn:
+        replies = reply_queue(conn)
+        body = {"program": "qa-ingest", "input": {"question": "What is 2+2?"}, "message_id": "m-1"}
+        publish(conn, body, reply_to=replies.name, correlation_id="corr-42")
+        message = take(conn, replies)
+    result = json.loads(message.body)
+    assert message.properties["correlation_id"] == "corr-42"
+    assert result["status"] == "succeeded" and result["output"]["answer"]
+    execution = CognitiveExecution.objects.get(pk=result["id"])
+    assert execution.program_id == setup["program"].id
+    assert execution.api_key_id == setup["key"].pk  # ran as the consumer's key
+    assert result["metrics"]["lm_calls"] >= 1 and setup["sim"].requests() >= 1
+    assert IngestedMessage.objects.get(pk="m-1").execution_id == execution.id
+
+
+def test_without_reply_to_results_go_to_the_results_exchange(setup: dict[str, Any]) -> None:
+    setup["consumer"]()
+    with Connection(URL) as conn:
+        results = Queue(
+            "results-qa",
+            Exchange("dspex_results", type="topic", durable=True),
+            routing_key="qa-ingest",
+            exclusive=True,
+        )
+        results(conn.default_channel).declare()
+        publish(
+            conn, {"program": str(setup["program"].id), "input": {"question": "hi"}}, message_id="prop-id"
+        )
+        result = json.loads(take(conn, results).body)
+    assert result["status"] == "succeeded"
+    # The AMQP message_id property is the key when the body names none.
+    assert IngestedMessage.objects.get(pk="prop-id").execution_id == uuid.UUID(result["id"])
+
+
+def test_the_same_message_id_twice_runs_once_and_republishes(setup: dict[str, Any]) -> None:
+    setup["consumer"]()
+    with Connection(URL) as conn:
+        replies = reply_queue(conn)
+        body = {"program": "qa-ingest", "input": {"question": "once"}, "message_id": "dup-1"}
+        publish(conn, body, reply_to=replies.name, correlation_id="a")
+        first = json.loads(take(conn, replies).body)
+        publish(conn, body, reply_to=replies.name, correlation_id="b")
+        second = take(conn, replies)
+    assert second.properties["correlation_id"] == "b"
+    assert json.loads(second.body)["id"] == first["id"]
+    assert CognitiveExecution.objects.count() == 1
+
+
+def test_killed_after_the_row_is_stored_the_redelivery_does_not_run_twice(setup: dict[str, Any]) -> None:
+    from executions import housekeeping
+
+    setup["sim"].configure(latency_ms=4000)
+    consumer = setup["consumer"]()
+    with Connection(URL) as conn:
+        replies = reply_queue(conn)
+        body = {"program": "qa-ingest", "input": {"question": "slow"}, "message_id": "crash-1"}
+        publish(conn, body, reply_to=replies.name, correlation_id="c")
+        wait_for(lambda: IngestedMessage.objects.filter(pk="crash-1").exists(), 20, "the stored row")
+        consumer.proc.kill()  # SIGKILL: the message was never acknowledged
+        consumer.proc.wait()
+        # The reaper finds the lost run (its heartbeat stale) and puts it back to pending.
+        from datetime import timedelta
+
+        from django.utils import timezone
+
+        housekeeping.reap(now=timezone.now() + timedelta(seconds=120))
+        setup["sim"].configure(latency_ms=0)
+        setup["consumer"]()
+        result = json.loads(take(conn, replies, timeout=40).body)
+    assert result["status"] == "succeeded"
+    assert CognitiveExecution.objects.count() == 1
+    assert str(IngestedMessage.objects.get(pk="crash-1").execution_id) == result["id"]
+
+
+def test_malformed_messages_are_dead_lettered_and_do_not_block(setup: dict[str, Any]) -> None:
+    setup["consumer"]()
+    with Connection(URL) as conn:
+        replies = reply_queue(conn)
+        publish(conn, b"{not json", reply_to=replies.name)
+        publish(conn, {"program": "no-such-program", "input": {"question": "x"}})
+        publish(conn, {"program": "qa-ingest", "input": {"wrong": "x"}})
+        publish(
+            conn,
+            {"program": "qa-ingest", "input": {"question": "good"}, "message_id": "good-1"},
+            reply_to=replies.name,
+        )
+        first = json.loads(take(conn, replies).body)
+        good = json.loads(take(conn, replies).body)
+        dead = Queue("dspex_executions.dead", durable=True, queue_arguments={"x-queue-type": "quorum"})
+        letters = [take(conn, dead) for _ in range(3)]
+    assert first["code"] == "malformed_request"
+    assert good["status"] == "succeeded"
+    codes = [json.loads(m.headers["x-dspex-error"]) for m in letters]
+    assert [c["code"] for c in codes] == ["malformed_request", "not_found", "invalid_input"]
+    assert codes[1]["errors"][0]["path"] == "program"
+    assert codes[2]["errors"][0]["path"].startswith("input")
+    assert letters[0].body == b"{not json"  # the original body, unchanged
+    assert CognitiveExecution.objects.count() == 1
+
+
+def test_a_flood_stays_in_the_broker_not_in_memory(setup: dict[str, Any]) -> None:
+    """20,000 messages: the consumer's RSS stays flat (prefetch bounds what it holds)."""
+    setup["sim"].configure(latency_ms=0)
+    with Connection(URL) as conn:
+        producer = conn.Producer()
+        Queue("dspex_executions", durable=True, queue_arguments={"x-queue-type": "quorum"})(
+            conn.default_channel
+        ).declare()
+        for n in range(20_000):
+            producer.publish(
+                json.dumps({"program": "qa-ingest", "input": {"question": f"q{n}"}}).encode(),
+                exchange="",
+                routing_key="dspex_executions",
+                content_type="application/json",
+            )
+    consumer = setup["consumer"]("--concurrency", "4")
+    process = psutil.Process(consumer.proc.pid)
+    wait_for(lambda: CognitiveExecution.objects.count() >= 200, 40, "200 executions")
+    early = process.memory_info().rss
+    wait_for(lambda: CognitiveExecution.objects.count() >= 1000, 60, "1000 executions")
+    late = process.memory_info().rss
+    with Connection(URL) as conn:
+        backlog = (
+            Queue("dspex_executions", durable=True, queue_arguments={"x-queue-type": "quorum"})(
+                conn.default_channel
+            )
+            .queue_declare(passive=True)
+            .message_count
+        )
+    assert backlog > 10_000  # the flood waits in RabbitMQ
+    assert late - early < 40 * 1024 * 1024, (early, late)
+
+
+def run_consume(env: dict) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", "dspex_consume"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_without_an_amqp_url_it_refuses_to_start_naming_the_setting() -> None:
+    env = process_env(CELERY_BROKER_URL="redis://localhost:6379/15", DSPEX_CONSUME_KEY="x")
+    env.pop("DSPEX_AMQP_URL", None)
+    done = run_consume(env)
+    assert done.returncode != 0 and "DSPEX_AMQP_URL" in done.stderr
+
+
+def test_a_key_without_the_execute_scope_is_refused_at_start_up(vhost: str) -> None:
+    key = KeyFactory(service=True, project=default_project(), scopes=["read"])
+    done = run_consume(process_env(DSPEX_AMQP_URL=URL, DSPEX_CONSUME_KEY=key.key))
+    assert done.returncode != 0 and "`execute` scope" in done.stderr
+    done = run_consume(process_env(DSPEX_AMQP_URL=URL, DSPEX_CONSUME_KEY="dsx_nope"))
+    assert done.returncode != 0 and "not a valid API key" in done.stderr
+
+
+def test_make_run_starts_the_consumer_only_with_amqp_and_a_key() -> None:
+    from dspex_site.launch import worker_commands
+
+    assert "consume" not in worker_commands({"CELERY_BROKER_URL": "redis://localhost:6379/0"})
+    assert "consume" not in worker_commands({"DSPEX_AMQP_URL": URL})  # no key: said, not started
+    assert "consume" in worker_commands({"DSPEX_AMQP_URL": URL, "DSPEX_CONSUME_KEY": "k"})
+    assert "consume" in worker_commands({"CELERY_BROKER_URL": URL, "DSPEX_CONSUME_KEY": "k"})
