@@ -8,7 +8,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('executions', '0009_feedback'),
+        ('executions', '0010_releases'),
     ]
 
     operations = [
