@@ -75,3 +75,8 @@ class ExecuteSerializer(StrictSerializer):
     wait = serializers.BooleanField(default=False, help_text="Run in the request and return the result.")
     priority = serializers.ChoiceField(choices=["normal", "high"], default="normal")
     cache = serializers.BooleanField(default=True, help_text="Use the LLM response cache.")
+    stream = serializers.BooleanField(
+        default=False,
+        help_text="Run in the request and answer `text/event-stream`: `token`, `step`, then `done` "
+        "(the finished execution) or `error` (docs/streaming.md).",
+    )
