@@ -197,12 +197,10 @@ class TurnSerializer(StrictSerializer):
     )
     priority = serializers.ChoiceField(choices=["normal", "high"], default="normal")
     cache = serializers.BooleanField(default=True, help_text="Use the LLM response cache.")
-    stream = serializers.BooleanField(default=False, help_text="Not available yet: must be false.")
-
-    def validate_stream(self, value: bool) -> bool:
-        if value:
-            raise serializers.ValidationError("streaming is not available yet; send false or leave it out")
-        return value
+    stream = serializers.BooleanField(
+        default=False,
+        help_text="Run in the request and answer `text/event-stream`, as `execute` does (docs/streaming.md).",
+    )
 
 
 class SessionSerializer(serializers.ModelSerializer):

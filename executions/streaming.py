@@ -226,3 +226,40 @@ def relay(sink: StreamSink, program: str) -> Iterator[bytes]:
             {} if sink.first_token_s is None else {"first_token_s": sink.first_token_s},
             {"program": program, "outcome": outcome},
         )
+
+
+def follow(execution_id: Any) -> Iterator[bytes]:
+    """`GET /executions/{id}/events/`: the execution's `status` events as its row changes, then
+    `done` (the finished execution). Any execution, wherever it runs (a Celery worker in another
+    process, a streamed or `wait=true` request): the row on the primary is polled every
+    `DSPEX_STREAM_POLL_S` (0.5 s; one indexed query per follower per interval, no connection
+    held in between), a keep-alive comment sent while nothing changes."""
+    from executions.models import CognitiveExecution
+    from executions.serializers import execution_data
+
+    interval = float(getattr(settings, "DSPEX_STREAM_POLL_S", 0.5))
+    keepalive = float(getattr(settings, "DSPEX_STREAM_KEEPALIVE_S", 15.0))
+    rows = CognitiveExecution.objects.using("default")
+    last, quiet = None, 0.0
+    while True:
+        status = rows.filter(id=execution_id).values_list("status", flat=True).first()
+        if status is None:
+            yield sse("error", {"code": "not_found", "detail": f"No execution {execution_id}."})
+            return
+        if status != last:
+            last, quiet = status, 0.0
+            yield sse("status", {"status": status})
+        if status in CognitiveExecution.FINISHED:
+            yield sse("done", execution_data(rows.get(id=execution_id)))
+            connections["default"].close()
+            return
+        connections["default"].close()  # nothing held while waiting
+        time.sleep(interval)
+        quiet += interval
+        if quiet >= keepalive:
+            quiet = 0.0
+            yield b": keep-alive\n\n"
+
+
+def follow_response(execution_id: Any) -> StreamingHttpResponse:
+    return StreamingHttpResponse(follow(execution_id), content_type="text/event-stream", headers=_HEADERS)

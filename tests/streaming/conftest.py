@@ -35,7 +35,7 @@ def post(live_server: Any, http_provider: Any, key: Any) -> Any:
 def events(response: requests.Response) -> Iterator[tuple[str, Any]]:
     """The (event, parsed data) pairs of a server-sent event stream, as they arrive."""
     event, data = "message", []
-    for raw in response.iter_lines(decode_unicode=True):
+    for raw in response.iter_lines(chunk_size=1, decode_unicode=True):  # each event as it comes
         if raw == "":
             if data:
                 text = "\n".join(data)

@@ -32,6 +32,7 @@ def execute(post, program, body=None, **kwargs):
 
 def test_tokens_arrive_as_the_provider_streams_and_done_is_the_stored_execution(post, http_provider):
     http_provider.configure(token_delay_ms=30)
+    http_provider.clear()
     program = ProgramFactory(name="qa", pipeline=QA)
     started = time.perf_counter()
     response = execute(post, program)
