@@ -205,7 +205,7 @@ _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 def relay(sink: StreamSink, program: str) -> Iterator[bytes]:
     """The SSE bytes of a sink's events until its end; a keep-alive comment while idle. A client
     that disconnects closes this generator: the run goes on, counted `disconnected`."""
-    keepalive = float(getattr(settings, "DSPEX_STREAM_KEEPALIVE_S", 15.0))
+    keepalive = settings.DSPEX_STREAM_KEEPALIVE_S
     outcome = "disconnected"
     try:
         while True:
@@ -237,8 +237,8 @@ def follow(execution_id: Any) -> Iterator[bytes]:
     from executions.models import CognitiveExecution
     from executions.serializers import execution_data
 
-    interval = float(getattr(settings, "DSPEX_STREAM_POLL_S", 0.5))
-    keepalive = float(getattr(settings, "DSPEX_STREAM_KEEPALIVE_S", 15.0))
+    interval = settings.DSPEX_STREAM_POLL_S
+    keepalive = settings.DSPEX_STREAM_KEEPALIVE_S
     rows = CognitiveExecution.objects.using("default")
     last, quiet = None, 0.0
     while True:
