@@ -160,11 +160,15 @@ def run_streamed(
     return outputs
 
 
+Render = Callable[[str, Any], Iterator[bytes]]
+
+
 def stream_response(
-    started: StartedRun,
-    body_for: Callable[[Outcome], dict],
+    started: StartedRun, body_for: Callable[[Outcome], dict], render: Render | None = None
 ) -> StreamingHttpResponse:
-    """Run `started` in a thread of its own and answer its events as `text/event-stream`."""
+    """Run `started` in a thread of its own and answer its events as `text/event-stream`
+    (`render(event, data)` gives the bytes of each: DSPex's events by default, the OpenAI
+    endpoint's chunks for it)."""
     sink = StreamSink()
     program = started.program_name
 
@@ -196,13 +200,19 @@ def stream_response(
 
     # Not a daemon: a worker shutting down lets the run finish and be stored.
     threading.Thread(target=work, name=f"stream-{started.execution.id}").start()
-    return StreamingHttpResponse(relay(sink, program), content_type="text/event-stream", headers=_HEADERS)
+    return StreamingHttpResponse(
+        relay(sink, program, render or _dspex_events), content_type="text/event-stream", headers=_HEADERS
+    )
+
+
+def _dspex_events(event: str, data: Any) -> Iterator[bytes]:
+    yield sse(event, data)
 
 
 _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def relay(sink: StreamSink, program: str) -> Iterator[bytes]:
+def relay(sink: StreamSink, program: str, render: Render) -> Iterator[bytes]:
     """The SSE bytes of a sink's events until its end; a keep-alive comment while idle. A client
     that disconnects closes this generator: the run goes on, counted `disconnected`."""
     keepalive = settings.DSPEX_STREAM_KEEPALIVE_S
@@ -219,7 +229,7 @@ def relay(sink: StreamSink, program: str) -> Iterator[bytes]:
             event, data = item
             if event in ("done", "error"):
                 outcome = event
-            yield sse(event, data)
+            yield from render(event, data)
     finally:
         telemetry.emit(
             "execution.stream",
