@@ -6,6 +6,7 @@ and a client that disconnects (the run finishes and is stored)."""
 import time
 
 import pytest
+import requests
 
 from executions.models import CognitiveExecution
 from tests.factories import ProgramFactory
@@ -147,3 +148,25 @@ def test_concurrent_streams_each_get_their_own_tokens(post, http_provider, count
     for tokens, (event, done) in results:
         assert event == "done" and tokens == done["output"]["answer"]
     assert len({done["id"] for _, (_, done) in results}) == count
+
+
+def test_streams_are_counted_with_time_to_first_token_and_carry_no_secret(post, http_provider, live_server):
+    from tests.monitoring.test_metrics import sample
+
+    def scrape():
+        return requests.get(f"{live_server.url}/metrics", timeout=10).text
+
+    http_provider.configure(token_delay_ms=20)
+    program = ProgramFactory(name="metered", pipeline=QA)
+    before = scrape()
+    response = execute(post, program)
+    raw = b"".join(response.iter_content(chunk_size=None))
+    after = scrape()
+
+    def delta(name, **labels):
+        return sample(after, name, **labels) - sample(before, name, **labels)
+
+    assert delta("dspex_execution_stream_total", program="metered", outcome="done") == 1
+    assert delta("dspex_time_to_first_token_seconds_count", program="metered") == 1
+    assert 0 < delta("dspex_time_to_first_token_seconds_sum", program="metered") < 10
+    assert b"event: done" in raw and b"sk-test-not-a-real-key" not in raw
