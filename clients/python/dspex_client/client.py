@@ -85,7 +85,7 @@ class Transport:
                 except ValueError:
                     body = response.text
                 raise error_for(response.status_code, body, _retry_after(response))
-            event, data = "message", []
+            event, data = "message", list[str]()
             for line in response.iter_lines():
                 if line == "":
                     if data:
