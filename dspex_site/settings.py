@@ -403,6 +403,10 @@ DSPEX_OPTIMIZATION_THREADS = env_int("DSPEX_OPTIMIZATION_THREADS", 4)
 # Per-process caches of the hot path's rows (tokens, programs): a change made elsewhere is seen
 # by every process within this many seconds; 0 turns them off (dspex_site.local_cache).
 DSPEX_LOCAL_CACHE_S = env_float("DSPEX_LOCAL_CACHE_S", 1.0)
+# Streaming (executions.streaming, docs/streaming.md): how often `/executions/{id}/events/` reads
+# the execution's row, and the idle time after which a stream sends a keep-alive comment.
+DSPEX_STREAM_POLL_S = env_float("DSPEX_STREAM_POLL_S", 0.5)
+DSPEX_STREAM_KEEPALIVE_S = env_float("DSPEX_STREAM_KEEPALIVE_S", 15.0)
 
 DSPEX_EXECUTION_RETENTION_DAYS = env_int("DSPEX_EXECUTION_RETENTION_DAYS", 7)
 DSPEX_EXECUTION_TIME_LIMIT_S = env_int("DSPEX_EXECUTION_TIME_LIMIT_S", 300)

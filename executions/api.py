@@ -6,6 +6,7 @@ from typing import Any
 from django.conf import settings
 from django.db import transaction
 from django.http import Http404, StreamingHttpResponse
+from django.http.response import HttpResponseBase
 from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
@@ -23,7 +24,7 @@ from dspex_site.api.serializers import referenced_row
 from dspex_site.db import read_alias
 from dspex_site.errors import QueueUnavailable
 from dspex_site.roles import RUN
-from executions import batches, feedback, runner, sessions
+from executions import batches, feedback, runner, sessions, streaming
 from executions.filters import ExecutionFilter, SessionFilter
 from executions.models import Batch, CognitiveExecution, Session
 from executions.runner import ProgramNotRunnable
@@ -39,6 +40,7 @@ from executions.serializers import (
     SessionDetailSerializer,
     SessionSerializer,
     TurnSerializer,
+    execution_data,
 )
 from llm.budgets import BudgetExceeded
 from programs import releases
@@ -81,6 +83,22 @@ class ExecutionViewSet(ReplicaReads, ProjectScoped, viewsets.ReadOnlyModelViewSe
                 f"Execution {execution.id} already finished with status '{execution.status}'.",
             )
         return Response(ExecutionSerializer(execution).data)
+
+    @extend_schema(
+        request=None,
+        responses={
+            (200, "text/event-stream"): OpenApiResponse(
+                OpenApiTypes.STR,
+                description='Server-sent events: `status` `{"status"}` on each change of the '
+                "execution's status, then `done` (the finished execution). docs/streaming.md.",
+            )
+        },
+    )
+    @action(detail=True, methods=["get"], filterset_class=None, pagination_class=None)
+    def events(self, request: Request, pk: str | None = None) -> HttpResponseBase:
+        """Follow an execution (queued, running or finished) until it has finished."""
+        execution = self.get_object()  # the caller's access, as for reading it
+        return streaming.follow_response(execution.id)
 
     @extend_schema(methods=["GET"], request=None, responses={200: FeedbackSerializer(many=True)})
     @extend_schema(methods=["POST"], request=FeedbackCreateSerializer, responses={201: FeedbackSerializer})
@@ -235,7 +253,8 @@ class SessionViewSet(
     @extend_schema(
         request=TurnSerializer,
         responses={
-            200: ExecutionSerializer,
+            (200, "application/json"): ExecutionSerializer,
+            (200, "text/event-stream"): streaming.SSE_RESPONSE,
             202: QueuedTurnSerializer,
             402: OpenApiResponse(ExecutionSerializer, description="A spend limit was reached during the run"),
             409: OpenApiResponse(ExecutionSerializer, description="Cancelled while it ran"),
@@ -254,7 +273,7 @@ class SessionViewSet(
         QueueUnavailable,
     )
     @action(detail=True, methods=["post"])
-    def turns(self, request: Request, pk: str | None = None) -> Response:
+    def turns(self, request: Request, pk: str | None = None) -> HttpResponseBase:
         """Run the session's next turn: `execute`'s answer (`wait=true`, the default) with
         `session` and `turn`; a History input of the program gets the earlier turns."""
         session = self.get_object()
@@ -275,6 +294,9 @@ class SessionViewSet(
             ),
         }
         try:
+            if data["stream"]:  # refusals (busy, expired, limits) raise here, before the stream
+                started = runner.start_now(*args, **options)
+                return streaming.stream_response(started, lambda outcome: execution_data(outcome.execution))
             if data["wait"]:
                 return execution_response(runner.run_now(*args, **options))
             execution = runner.create_execution(*args, **options)

@@ -45,6 +45,7 @@ from projects import keys
 if TYPE_CHECKING:
     from executions.models import ClaimedExecution
     from executions.sessions import Turn
+    from executions.streaming import StreamSink
     from programs.releases import Release
 
 logger = logging.getLogger(__name__)
@@ -209,6 +210,52 @@ def run_now(
     stores the row (the console and the command record their audit event there), and so does a
     session's `turn` claiming its session (executions.sessions: SessionBusy rolls the row back).
     """
+    started = start_now(
+        program,
+        input_data,
+        variables,
+        user=user,
+        priority=priority,
+        use_cache=use_cache,
+        on_created=on_created,
+        turn=turn,
+        release=release,
+    )
+    return started.run()
+
+
+@dataclass
+class StartedRun:
+    """A stored, claimed execution of `start_now`, to `run()` in this thread or another one:
+    finished already when it was answered from a kept answer (`answered`)."""
+
+    execution: CognitiveExecution
+    program_name: str
+    key: str | None
+    answered: bool
+
+    def run(self, sink: "StreamSink | None" = None) -> Outcome:
+        if self.answered:
+            return Outcome(self.execution)
+        with resilience.traffic(resilience.INTERACTIVE):
+            return _run_claimed(self.execution, self.program_name, known_key=self.key, sink=sink)
+
+
+def start_now(
+    program: Program,
+    input_data: Any,
+    variables: Any = None,
+    *,
+    user: Any = None,
+    priority: str = CognitiveExecution.Priority.NORMAL,
+    use_cache: bool = True,
+    on_created: Callable[[CognitiveExecution], None] | None = None,
+    turn: "Turn | None" = None,
+    release: "Release | None" = None,
+) -> StartedRun:
+    """What `run_now` does before it runs the program: validate, store the claimed row (or the
+    finished one of a kept answer). Raises, with nothing written, what `create_execution` raises:
+    a streamed run (executions.streaming) answers those before its stream starts."""
     now = timezone.now()
     execution = _new_execution(
         program, input_data, variables, user, priority, use_cache, release, **_turn_fields(turn)
@@ -244,10 +291,9 @@ def run_now(
             {"duration_ms": float(duration_ms)},
             {**meta, "status": execution.status},
         )
-        return Outcome(execution)
+        return StartedRun(execution, program_name, key, answered=True)
     execution.hold(execution.started_at)
-    with resilience.traffic(resilience.INTERACTIVE):
-        return _run_claimed(execution, program_name, known_key=key)
+    return StartedRun(execution, program_name, key, answered=False)
 
 
 def answer_key(execution: CognitiveExecution) -> str | None:
@@ -400,6 +446,7 @@ def _run_claimed(
     program_name: str,
     retry: RetryPolicy | None = None,
     known_key: Any = _UNSET,
+    sink: "StreamSink | None" = None,
 ) -> Outcome:
     """Run an execution this process has claimed (`execution.claim_token` fences its writes):
     from a kept answer when there is one (executions.answers), else by running the program, whose
@@ -423,7 +470,7 @@ def _run_claimed(
                 keys.check(execution.api_key_id)
             key = known_key if known_key is not _UNSET else answer_key(execution)
             answer = answers.lookup(key) if key is not None else None
-            output = answer["output"] if answer is not None else _run(execution, recorder, kind)
+            output = answer["output"] if answer is not None else _run(execution, recorder, kind, sink)
         except ExecutionCancelled:
             logger.info("execution stopped while running (cancelled or reaped)")
         except (OperationalError, InterfaceError) as exc:
@@ -446,7 +493,9 @@ def _run_claimed(
     return Outcome(execution, failure, requeue_in=delay if requeued else None)
 
 
-def _run(execution: CognitiveExecution, recorder: TraceRecorder, kind: str) -> dict:
+def _run(
+    execution: CognitiveExecution, recorder: TraceRecorder, kind: str, sink: "StreamSink | None" = None
+) -> dict:
     program = compiled_program(
         execution.program_id, execution.program_version, execution.optimization_result_id
     )
@@ -466,6 +515,10 @@ def _run(execution: CognitiveExecution, recorder: TraceRecorder, kind: str) -> d
         retrieval.for_program(execution.program_id),
         dspy.context(callbacks=[recorder], disable_history=True, trace=[]),
     ):
+        if sink is not None:
+            from executions.streaming import run_streamed
+
+            return run_streamed(program, execution, lm_for, recorder, sink)
         return program.run(execution.input, execution.variables, lm_for=lm_for, observer=recorder)
 
 

@@ -207,12 +207,10 @@ class TurnSerializer(StrictSerializer):
     alias = serializers.CharField(
         required=False, default="", allow_blank=True, max_length=64, help_text="Run this alias's release."
     )
-    stream = serializers.BooleanField(default=False, help_text="Not available yet: must be false.")
-
-    def validate_stream(self, value: bool) -> bool:
-        if value:
-            raise serializers.ValidationError("streaming is not available yet; send false or leave it out")
-        return value
+    stream = serializers.BooleanField(
+        default=False,
+        help_text="Run in the request and answer `text/event-stream`, as `execute` does (docs/streaming.md).",
+    )
 
 
 class SessionSerializer(serializers.ModelSerializer):

@@ -22,6 +22,7 @@ report to the DSPy callbacks in effect that have one (the execution's trace reco
 import functools
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -184,43 +185,86 @@ class GatewayEngine:
         self, route: Route, request: Request, max_wait_s: float | None = None, track: bool = False
     ) -> Response:
         """One provider request to one deployment: budget, admission, the request, accounting."""
-        # Admission before anything is counted as a request: breaker, rate limits, bulkhead, budget.
-        # A refusal raises an AdmissionError (classified like a 429 by llm.errors).
+        attempt = _Attempt(self.model, route, request, max_wait_s, track)
+        try:
+            response = attempt.inner.complete(attempt.sent)
+        except BaseException as exc:
+            attempt.failed(exc)
+            raise
+        attempt.succeeded(response)
+        return response
+
+    def stream(self, request: Request) -> Iterator[Any]:
+        """One streamed provider request (DSPy's streaming path, `dspy.streamify`): the same
+        admission and accounting as `complete()`, usage and cost from the stream's end event.
+        Deployments and fallbacks are tried before the first event only: admission refusals move
+        on to the next deployment; once the provider answers, a failure ends the stream."""
+        calllog.clear_answer()
+        routes = [self.route] if self.plan.simple else _ordered(self.plan.targets[0])
+        error: BaseException | None = None
+        for position, route in enumerate(routes):
+            try:
+                attempt = _Attempt(self.model, route, request, None if position == len(routes) - 1 else 0.0)
+            except (resilience.AdmissionError, budgets.BudgetExceeded) as exc:
+                error = exc
+                continue
+            return attempt.stream()
+        assert error is not None
+        raise error
+
+    def close(self) -> None:
+        """The inner engine is shared by the process; closing one LM must not close it."""
+
+    @staticmethod
+    def _report(call: ProviderCall) -> None:
+        calllog.report(call)
+
+
+class _Attempt:
+    """One provider request to one deployment: admitted on construction (breaker, rate limits,
+    bulkhead, budget; a refusal raises before anything is sent), then accounted once."""
+
+    def __init__(
+        self, model: str, route: Route, request: Request, max_wait_s: float | None, track: bool = False
+    ):
+        self.route = route
         owner = resilience.current_owner()
         budgets.check(providers=(route.provider,), **owner)
-        counted = quotas.admit(owner)  # the project's and key's per-minute limits
-        ticket = resilience.admit(
+        self.counted = quotas.admit(owner)  # the project's and key's per-minute limits
+        self.ticket = resilience.admit(
             route.provider,
             route.endpoint,
             estimate=resilience.estimate_tokens(request),
             max_wait_s=max_wait_s,
             track=track,
         )
-        meta = {"provider": route.provider, "model": self.model, "deployment": route.model}
-        telemetry.emit("llm.request.start", {}, meta)
-        started = time.perf_counter()
-        call = ProviderCall(model=route.model, provider=route.provider)
-        inner = _provider_engine(route.provider)
-        try:
-            sent = request if request.model == route.lm15_model else replace(request, model=route.lm15_model)
-            response = inner.complete(sent)
-        except BaseException as exc:
-            call.latency_ms = (time.perf_counter() - started) * 1000
-            call.error = type(exc).__name__
-            ticket.finish(failure=_breaker_failure(exc), neutral=not isinstance(exc, Exception))
-            self._report(call)
-            telemetry.emit("llm.request.stop", {"duration_ms": call.latency_ms}, {**meta, "status": "error"})
-            raise
-        call.latency_ms = (time.perf_counter() - started) * 1000
+        self.meta = {"provider": route.provider, "model": model, "deployment": route.model}
+        telemetry.emit("llm.request.start", {}, self.meta)
+        self.started = time.perf_counter()
+        self.call = ProviderCall(model=route.model, provider=route.provider)
+        self.inner = _provider_engine(route.provider)
+        self.sent = request if request.model == route.lm15_model else replace(request, model=route.lm15_model)
+
+    def failed(self, exc: BaseException) -> None:
+        call = self.call
+        call.latency_ms = (time.perf_counter() - self.started) * 1000
+        call.error = type(exc).__name__
+        self.ticket.finish(failure=_breaker_failure(exc), neutral=not isinstance(exc, Exception))
+        calllog.report(call)
+        telemetry.emit("llm.request.stop", {"duration_ms": call.latency_ms}, {**self.meta, "status": "error"})
+
+    def succeeded(self, response: Any) -> None:
+        call, route = self.call, self.route
+        call.latency_ms = (time.perf_counter() - self.started) * 1000
         call.prompt_tokens = response.usage.input_tokens or 0
         call.completion_tokens = response.usage.output_tokens or 0
         # Priced by the deployment that answered, and spent against its provider.
         call.cost_usd = pricing.cost_usd(route.model, route.lm15_provider, response)
-        ticket.finish(
+        self.ticket.finish(
             failure=None, tokens=call.prompt_tokens + call.completion_tokens, cost_usd=call.cost_usd or 0.0
         )
-        quotas.spend_tokens(counted, call.prompt_tokens + call.completion_tokens)
-        self._report(call)
+        quotas.spend_tokens(self.counted, call.prompt_tokens + call.completion_tokens)
+        calllog.report(call)
         calllog.note_answer(route.model, route.provider)
         # Tokens first: a span handler closes the request span on llm.request.stop.
         telemetry.emit(
@@ -230,20 +274,34 @@ class GatewayEngine:
                 "completion": call.completion_tokens,
                 "cost_usd": call.cost_usd or 0.0,
             },
-            meta,
+            self.meta,
         )
-        telemetry.emit("llm.request.stop", {"duration_ms": call.latency_ms}, {**meta, "status": "ok"})
-        return response
+        telemetry.emit("llm.request.stop", {"duration_ms": call.latency_ms}, {**self.meta, "status": "ok"})
 
-    def stream(self, request: Request) -> Any:
-        return self.inner.stream(replace(request, model=self.route.lm15_model))
+    def stream(self) -> Iterator[Any]:
+        """The provider's stream events, passed on as they arrive; accounted at the end event (or
+        at the failure, or when the consumer stops early)."""
+        from dspy.lm15 import Message, Response, TextPart, Usage
 
-    def close(self) -> None:
-        """The inner engine is shared by the process; closing one LM must not close it."""
-
-    @staticmethod
-    def _report(call: ProviderCall) -> None:
-        calllog.report(call)
+        usage: Any = None
+        finish: Any = None
+        try:
+            for event in self.inner.stream(self.sent):
+                if getattr(event, "type", None) == "end":
+                    usage, finish = getattr(event, "usage", None), getattr(event, "finish_reason", None)
+                yield event
+        except BaseException as exc:  # a provider failure, or the consumer closing the stream early
+            self.failed(exc)
+            raise
+        self.succeeded(
+            Response(
+                id="stream",
+                model=self.sent.model,
+                message=Message.assistant([TextPart(" ")]),  # pricing reads usage only
+                finish_reason=finish or "stop",
+                usage=usage or Usage(input_tokens=0, output_tokens=0, total_tokens=0),
+            )
+        )
 
 
 def _ordered(target: routing.Target) -> list[Route]:

@@ -64,6 +64,22 @@ FEEDBACK_SCORE = Histogram(
     ["program"],
     buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0),
 )
+# Streamed executions (executions.streaming): by how the stream ended (done, error, disconnected),
+# and the time from the request to the first `token` event.
+STREAMS = Counter("dspex_execution_stream", "Streamed executions finished", ["program", "outcome"])
+TIME_TO_FIRST_TOKEN = Histogram(
+    "dspex_time_to_first_token_seconds",
+    "Streamed executions: time from the request to the first token event",
+    ["program"],
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def _on_stream(event: str, measurements: dict, metadata: dict) -> None:
+    program = _label(metadata.get("program"))
+    STREAMS.labels(program, _label(metadata.get("outcome"))).inc()
+    if measurements.get("first_token_s") is not None:
+        TIME_TO_FIRST_TOKEN.labels(program).observe(measurements["first_token_s"])
 
 
 def _label(value: Any, default: str = "unknown") -> str:
@@ -128,6 +144,7 @@ def _on_feedback(event: str, measurements: dict, metadata: dict) -> None:
 
 HANDLERS = {
     "execution.stop": _on_execution,
+    "execution.stream": _on_stream,
     "execution.exception": _on_execution,
     "module.execute.stop": _on_module_stop,
     "llm.request.stop": _on_llm_stop,

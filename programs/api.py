@@ -4,6 +4,7 @@ from typing import Any
 
 from django.db import transaction
 from django.http import Http404
+from django.http.response import HttpResponseBase
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import serializers, status, viewsets
@@ -15,7 +16,7 @@ from rest_framework.serializers import BaseSerializer
 from dspex_site.api.parsers import LimitedJSONParser
 from dspex_site.api.schema import raises
 from dspex_site.errors import QueueUnavailable
-from executions import runner
+from executions import runner, streaming
 from executions.models import CognitiveExecution
 from executions.serializers import ExecutionSerializer, QueuedExecutionSerializer, execution_data
 from llm.budgets import BudgetExceeded
@@ -172,7 +173,8 @@ class ProgramViewSet(ProjectScoped, viewsets.ModelViewSet):
     @extend_schema(
         request=ExecuteSerializer,
         responses={
-            200: ExecutionSerializer,
+            (200, "application/json"): ExecutionSerializer,
+            (200, "text/event-stream"): streaming.SSE_RESPONSE,
             202: QueuedExecutionSerializer,
             402: OpenApiResponse(ExecutionSerializer, description="A spend limit was reached during the run"),
             409: OpenApiResponse(ExecutionSerializer, description="Cancelled while it ran"),
@@ -185,7 +187,7 @@ class ProgramViewSet(ProjectScoped, viewsets.ModelViewSet):
     )
     @raises(runner.ProgramNotRunnable, BudgetExceeded, QueueUnavailable, releases.ReleaseInvalid)
     @action(detail=True, methods=["post"])
-    def execute(self, request: Request, pk: str | None = None) -> Response:
+    def execute(self, request: Request, pk: str | None = None) -> HttpResponseBase:
         """Run the program on one input: `wait=true` returns the finished execution."""
         # From this process's cache of runnable programs (executions.runner.runnable_program):
         # the hot path's lookup without a query per request.
@@ -209,6 +211,9 @@ class ProgramViewSet(ProjectScoped, viewsets.ModelViewSet):
             "use_cache": data["cache"],
             "release": release,
         }
+        if data["stream"]:  # refusals raise here, before the stream starts (executions.streaming)
+            started = runner.start_now(*args, **options)
+            return streaming.stream_response(started, lambda outcome: execution_data(outcome.execution))
         if data["wait"]:
             return execution_response(runner.run_now(*args, **options))
         unpublished: list[str] = []

@@ -16,8 +16,10 @@ API would answer.
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
+from django.http.response import HttpResponseBase
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.exceptions import ValidationError
@@ -29,7 +31,7 @@ from dspex_site.api.handler import exception_handler as dspex_exception_handler
 from dspex_site.api.parsers import LimitedJSONParser
 from dspex_site.api.schema import ErrorDocumentingSchema
 from dspex_site.roles import RUN
-from executions import runner
+from executions import runner, streaming
 from executions.sessions import history_fields
 from programs import releases
 from programs.api import http_status_for
@@ -100,7 +102,12 @@ class Message(serializers.Serializer):
 class ChatRequest(serializers.Serializer):
     model = serializers.CharField(help_text="`dspex/<program name>` (GET /v1/models lists them)")
     messages = Message(many=True, allow_empty=False)
-    stream = serializers.BooleanField(default=False, help_text="Not available yet: must be false")
+    stream = serializers.BooleanField(
+        default=False, help_text="`chat.completion.chunk` server-sent events ending `data: [DONE]`"
+    )
+    stream_options = serializers.DictField(
+        required=False, help_text="`include_usage: true`: usage in a last chunk with no choices"
+    )
     # Accepted for compatibility and ignored: sampling belongs to the program's LM settings.
     temperature = serializers.FloatField(required=False)
     max_tokens = serializers.IntegerField(required=False)
@@ -110,11 +117,6 @@ class ChatRequest(serializers.Serializer):
         if not value.startswith(MODEL_PREFIX) or len(value) == len(MODEL_PREFIX):
             raise serializers.ValidationError("Must be `dspex/<program name>` (GET /v1/models lists them).")
         return value[len(MODEL_PREFIX) :]
-
-    def validate_stream(self, value: bool) -> bool:
-        if value:
-            raise serializers.ValidationError("streaming is not available yet; send false or leave it out")
-        return value
 
 
 class ChatCompletionsView(APIView):
@@ -127,8 +129,14 @@ class ChatCompletionsView(APIView):
     def get_exception_handler(self) -> Any:
         return openai_exception_handler
 
-    @extend_schema(request=ChatRequest, responses={200: dict})
-    def post(self, request: Request) -> Response:
+    @extend_schema(
+        request=ChatRequest,
+        responses={
+            (200, "application/json"): dict,
+            (200, "text/event-stream"): streaming.SSE_RESPONSE,
+        },
+    )
+    def post(self, request: Request) -> HttpResponseBase:
         body = ChatRequest(data=request.data)
         body.is_valid(raise_exception=True)
         data = body.validated_data
@@ -140,6 +148,14 @@ class ChatCompletionsView(APIView):
             release = releases.for_request(program, alias, user=request.user, input_data=inputs)
         except releases.ReleaseInvalid as exc:
             raise ValidationError({"model": [exc.message]}) from None
+        if data["stream"]:  # refusals raise here, as OpenAI errors, before the stream starts
+            started = runner.start_now(program, inputs, user=request.user, release=release)
+            usage = bool((data.get("stream_options") or {}).get("include_usage"))
+            return streaming.stream_response(
+                started,
+                lambda outcome: {"execution": outcome.execution},
+                _ChunkRenderer(program, started.execution, usage),
+            )
         outcome = runner.run_now(program, inputs, user=request.user, release=release)
         execution = outcome.execution
         code = http_status_for(outcome)
@@ -254,6 +270,55 @@ def _assistant_outputs(content: str, outputs: list[str], path: str) -> dict[str,
     except ValueError:
         value = None
     return value if isinstance(value, dict) else {outputs[0] if outputs else "answer": content}
+
+
+class _ChunkRenderer:
+    """A streamed run's events as OpenAI `chat.completion.chunk`s: the role first, the one output
+    field's tokens as content deltas (a program with several outputs sends its JSON object in one
+    delta at the end), `finish_reason: stop`, usage when asked, then `data: [DONE]`; a failed run
+    an OpenAI error object, then `[DONE]`."""
+
+    def __init__(self, program: CognitiveProgram, execution: Any, include_usage: bool):
+        outputs = list(program_output_fields(program.pipeline))
+        self.field = outputs[0] if len(outputs) == 1 else None
+        self.program, self.include_usage, self.sent = program, include_usage, False
+        self.base = {
+            "id": f"chatcmpl-{execution.id}",
+            "object": "chat.completion.chunk",
+            "created": int(time.time()),
+            "model": MODEL_PREFIX + program.name,
+        }
+
+    def _chunk(self, delta: dict | None, finish: str | None = None, **extra: Any) -> bytes:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+        return f"data: {json.dumps({**self.base, 'choices': choices, **extra})}\n\n".encode()
+
+    def __call__(self, event: str, data: Any) -> Iterator[bytes]:
+        if not self.sent:
+            self.sent = True
+            yield self._chunk({"role": "assistant", "content": ""})
+        if event == "token" and self.field is not None and data["field"] == self.field:
+            yield self._chunk({"content": data["chunk"]})
+        elif event == "done":
+            execution = data["execution"]
+            if self.field is None:
+                yield self._chunk({"content": answer_text(self.program, execution.output)})
+            yield self._chunk({}, "stop")
+            if self.include_usage:
+                metrics = execution.metrics or {}
+                prompt = int(metrics.get("prompt_tokens", 0))
+                completion = int(metrics.get("completion_tokens", 0))
+                usage = {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                }
+                yield self._chunk(None, usage=usage)
+            yield b"data: [DONE]\n\n"
+        elif event == "error":
+            body = openai_error(status.HTTP_502_BAD_GATEWAY, {**data, "errors": []})
+            yield f"data: {json.dumps(body)}\n\n".encode()
+            yield b"data: [DONE]\n\n"
 
 
 def answer_text(program: CognitiveProgram, output: dict[str, Any] | None) -> str:

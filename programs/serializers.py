@@ -83,6 +83,11 @@ class ExecuteSerializer(StrictSerializer):
         help_text="Run this alias's release (docs/releases.md); empty: the current release "
         "(or, during a canary, the arm this caller is on).",
     )
+    stream = serializers.BooleanField(
+        default=False,
+        help_text="Run in the request and answer `text/event-stream`: `token`, `step`, then `done` "
+        "(the finished execution) or `error` (docs/streaming.md).",
+    )
 
 
 class AliasSetSerializer(StrictSerializer):

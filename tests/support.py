@@ -271,6 +271,7 @@ class SimServer:
             timeout_rate=0,
             malformed_rate=0,
             spike_rate=0,
+            token_delay_ms=0,
         )
 
     def stats(self) -> dict:

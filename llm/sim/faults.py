@@ -33,6 +33,7 @@ class FaultConfig:
     malformed_rate: float = 0.0
     seed: int = 0
     require_auth: bool = False
+    token_delay_ms: float = 0.0  # `stream: true`: the pause between streamed chunks (0: one write)
 
     def updated(self, changes: dict[str, Any]) -> FaultConfig:
         """A validated copy with `changes` applied; ValueError names the offending key."""
@@ -52,7 +53,14 @@ class FaultConfig:
         for name in ("spike_rate", "error_rate", "rate_limit_rate", "timeout_rate", "malformed_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1")
-        for name in ("latency_ms", "latency_jitter_ms", "spike_ms", "timeout_ms", "retry_after_s"):
+        for name in (
+            "latency_ms",
+            "latency_jitter_ms",
+            "spike_ms",
+            "timeout_ms",
+            "retry_after_s",
+            "token_delay_ms",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must not be negative")
         if self.rate_limit_rpm < 0:

@@ -3,7 +3,8 @@
 Endpoints (also accepted without the `/v1` prefix):
 
 * `POST /v1/chat/completions` — answers from `llm.sim.chat.simulate_chat`; `n` > 1 gives n
-  choices, `stream: true` an SSE stream (sent in one piece);
+  choices, `stream: true` an SSE stream (one delta per word; sent in one piece, or with
+  `token_delay_ms` one chunk at a time with that pause between them, chunked encoding);
 * `POST /v1/embeddings` — `llm.sim.embeddings.simulate_embeddings` (`dimensions`, base64 encoding);
 * `GET /v1/models`, `GET /health`;
 * `GET /_sim/config`, `POST /_sim/config` (a JSON object of changes), `GET /_sim/stats`
@@ -40,6 +41,7 @@ import hmac
 import itertools
 import json
 import math
+import re
 import struct
 import threading
 import time
@@ -233,6 +235,26 @@ class SimHandler(BaseHTTPRequestHandler):
         if self.close_connection:
             head.append("Connection: close")
         self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body)
+
+    def _send_chunked(self, frames: list[str], delay_s: float) -> None:
+        """A 200 event stream written one frame per chunk, `delay_s` between them."""
+        head = [
+            "HTTP/1.1 200 OK",
+            "Content-Type: text/event-stream",
+            "Cache-Control: no-cache",
+            "Transfer-Encoding: chunked",
+            "Server: dspex-sim/1.0",
+        ]
+        self.wfile.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
+        for position, frame in enumerate(frames):
+            if position and self.server.stopping.wait(delay_s):
+                self.close_connection = True
+                return
+            data = frame.encode()
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
 
     def _json(self, status: int, payload: Any, headers: dict | None = None) -> None:
         self._send(status, json.dumps(payload).encode(), headers=headers)
@@ -465,15 +487,17 @@ class SimHandler(BaseHTTPRequestHandler):
     def _stream(
         self, ident: str, created: int, model: str, choices: list[_Choice], usage: dict | None
     ) -> None:
-        """Server-sent events for `stream: true`, assembled first and sent with a Content-Length."""
+        """Server-sent events for `stream: true`: assembled and sent with a Content-Length, or with
+        `token_delay_ms` one event per chunk of a chunked response, that pause between them."""
         base = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
         events: list[dict[str, object]] = []
         for choice in choices:
             index = choice["index"]
             content = choice["message"]["content"]
-            # One delta per line, so stream listeners see the field markers arrive piece by piece.
+            # One delta per word (with its trailing whitespace), so stream listeners see the
+            # field markers and the values arrive piece by piece.
             deltas = [{"role": "assistant", "content": ""}] + [
-                {"content": p} for p in content.splitlines(True)
+                {"content": p} for p in re.findall(r"\s+|\S+\s*", content)
             ]
             events.extend(
                 {**base, "choices": [{"index": index, "delta": d, "finish_reason": None}]} for d in deltas
@@ -483,7 +507,12 @@ class SimHandler(BaseHTTPRequestHandler):
             )
         if usage is not None:
             events.append({**base, "choices": [], "usage": usage})
-        payload = "".join(f"data: {json.dumps(e)}\n\n" for e in events) + "data: [DONE]\n\n"
+        frames = [f"data: {json.dumps(e)}\n\n" for e in events] + ["data: [DONE]\n\n"]
+        delay_s = self.server.config.token_delay_ms / 1000.0
+        if delay_s > 0:
+            self._send_chunked(frames, delay_s)
+            return
+        payload = "".join(frames)
         self._send(
             200, payload.encode(), content_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )

@@ -114,11 +114,11 @@ def test_errors_come_back_in_openais_shape(client, live_server, key):
     with pytest.raises(openai.BadRequestError) as last:
         client.chat.completions.create(model="dspex/qa", messages=[{"role": "assistant", "content": "hi"}])
     assert last.value.body["param"] == "messages"
-    with pytest.raises(openai.BadRequestError) as streaming:
+    with pytest.raises(openai.BadRequestError) as streaming:  # refused before any stream starts
         client.chat.completions.create(
-            model="dspex/qa", messages=[{"role": "user", "content": "hi"}], stream=True
+            model="dspex/nope", messages=[{"role": "user", "content": "hi"}], stream=True
         )
-    assert streaming.value.body["param"] == "stream"
+    assert streaming.value.body["param"] == "model"
     bad = openai.OpenAI(base_url=f"{live_server.url}/v1", api_key="dsx_not_a_key", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as denied:
         bad.models.list()

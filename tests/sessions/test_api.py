@@ -147,7 +147,7 @@ def test_an_input_that_sets_the_history_itself_is_refused_naming_the_field(api, 
     [
         ({"input": {}}, "input.question"),
         ({"input": "text"}, "input"),
-        ({"input": {"question": "q"}, "stream": True}, "stream"),
+        ({"input": {"question": "q"}, "stream": "maybe"}, "stream"),
         ({"input": {"question": "q"}, "surprise": 1}, "surprise"),
         ({"input": {"question": "q"}, "wait": "maybe"}, "wait"),
         ({}, "input"),

@@ -1,6 +1,14 @@
 """Python client of the DSPex API (README, "Python client")."""
 
-from dspex_client.client import BatchHandle, Client, ExecutionHandle, ProgramHandle, RunHandle, SessionHandle
+from dspex_client.client import (
+    BatchHandle,
+    Client,
+    ExecutionHandle,
+    ProgramHandle,
+    RunHandle,
+    SessionHandle,
+    StreamEvent,
+)
 from dspex_client.errors import (
     AuthenticationFailed,
     BadRequest,
@@ -36,5 +44,6 @@ __all__ = [
     "RunHandle",
     "Session",
     "SessionHandle",
+    "StreamEvent",
     "Unavailable",
 ]

@@ -17,6 +17,7 @@ import json
 import random
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,31 @@ class Transport:
         response = self.request(method, path, **kwargs)
         return response.json() if response.content else None
 
+    def events(self, method: str, path: str, **kwargs: Any) -> Iterator["StreamEvent"]:
+        """The server-sent events of a streaming endpoint, parsed, as they arrive. A refusal
+        (answered before the stream) raises its `DSPexError`, as `request` does (not retried:
+        a stream is consumed once)."""
+        with self.http.stream(method, path, **kwargs) as response:
+            if response.status_code >= 400:
+                response.read()
+                try:
+                    body: Any = response.json()
+                except ValueError:
+                    body = response.text
+                raise error_for(response.status_code, body, _retry_after(response))
+            event, data = "message", list[str]()
+            for line in response.iter_lines():
+                if line == "":
+                    if data:
+                        yield StreamEvent(event, json.loads("\n".join(data)))
+                    event, data = "message", []
+                elif line.startswith(":"):
+                    continue
+                elif line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data.append(line[5:].strip())
+
     def pages(
         self, path: str, params: dict[str, Any] | None = None, page: int = 100
     ) -> Iterator[dict[str, Any]]:
@@ -83,6 +109,19 @@ class Transport:
             offset += len(body["results"])
             if not body.get("next") or not body["results"]:
                 return
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One event of a stream (`token`, `step`, `done`, `error`, `status`) and its parsed data;
+    `execution` is the finished execution of a `done` event."""
+
+    event: str
+    data: Any
+
+    @property
+    def execution(self) -> "Execution | None":
+        return Execution.from_api(self.data) if self.event == "done" else None
 
 
 def _retry_after(response: httpx.Response) -> float | None:
@@ -154,6 +193,21 @@ class ProgramHandle:
             }
         )
         return Execution.from_api(self._api.json("POST", f"/api/v1/programs/{self.id}/execute/", json=body))
+
+    def stream(
+        self,
+        input: dict[str, Any],
+        *,
+        variables: dict[str, Any] | None = None,
+        priority: str | None = None,
+        cache: bool | None = None,
+    ) -> Iterator[StreamEvent]:
+        """Run the program on `input` with `"stream": true`: its events (`step`, `token`, then
+        `done` with the finished execution or `error`) as they arrive."""
+        body = _without_none(
+            {"input": input, "stream": True, "variables": variables, "priority": priority, "cache": cache}
+        )
+        return self._api.events("POST", f"/api/v1/programs/{self.id}/execute/", json=body)
 
     def submit(
         self,
@@ -324,6 +378,11 @@ class SessionHandle:
         if wait:
             return Execution.from_api(data)
         return ExecutionHandle(self._api, data["id"]).wait(timeout_s)
+
+    def stream(self, input: dict[str, Any], **options: Any) -> Iterator[StreamEvent]:
+        """One turn with `"stream": true`: its events as they arrive (see `ProgramHandle.stream`)."""
+        body = {"input": input, "stream": True, **_without_none(options)}
+        return self._api.events("POST", f"/api/v1/sessions/{self.id}/turns/", json=body)
 
     def refresh(self) -> Session:
         """The session with its `history` (succeeded turns, oldest first)."""

@@ -17,6 +17,7 @@ from llm.sim.server import make_server
 # (option, config key, type, help)
 _FAULT_OPTIONS = (
     ("--latency-ms", "latency_ms", float, "added latency per request, in ms"),
+    ("--token-delay-ms", "token_delay_ms", float, "stream: true: pause between streamed chunks, in ms"),
     ("--latency-jitter-ms", "latency_jitter_ms", float, "uniform random extra latency, up to this many ms"),
     ("--spike-rate", "spike_rate", float, "fraction of requests with a latency spike"),
     ("--spike-ms", "spike_ms", float, "length of a latency spike, in ms"),
