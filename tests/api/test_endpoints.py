@@ -217,6 +217,16 @@ class TestExecutions(APIViewTestCases.GetObject, APIViewTestCases.ListObjects, A
                 [e["score"] for e in response.json()] == [0.3] or pytest.fail(response.content.decode())
             ),
         ),
+        Action(
+            "events",
+            "GET",
+            "/api/v1/executions/{pk}/events/",
+            READ,
+            200,
+            check=lambda case, obj, response: (
+                b"event: done" in b"".join(response.streaming_content) or pytest.fail("no done event")
+            ),
+        ),
     ]
 
 
