@@ -20,8 +20,10 @@ report to the DSPy callbacks in effect that have one (the execution's trace reco
 """
 
 import functools
+import importlib
 import random
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -39,6 +41,11 @@ from monitoring import telemetry
 
 
 @functools.cache
+def _proxies_configured() -> bool:
+    return bool(urllib.request.getproxies())
+
+
+@functools.cache
 def _provider_engine(provider: str) -> Any:
     """The real engine of one registered provider, one per process (it owns the connection pool),
     built with that provider's key and base URL only: two providers never share a server or a key."""
@@ -48,7 +55,11 @@ def _provider_engine(provider: str) -> Any:
 
         return SimEngine()
     from dspy.clients.engines.lm15_engine import LM15Engine
-    from dspy.lm15 import RouterConfig, Timeouts
+    from dspy.lm15 import RouterConfig
+
+    # DSPy vendors lm15 with a py.typed marker; imported by name so mypy does not take `dspy`
+    # for a typed (and then attribute-less) package.
+    StdlibTransport = importlib.import_module("dspy._vendor.lm15.transports").StdlibTransport
 
     # DSPEX_LM_TIMEOUT_S unless the provider's timeout_s or limits say otherwise.
     timeout = resilience.policy_for(provider).call_timeout_s
@@ -59,7 +70,17 @@ def _provider_engine(provider: str) -> Any:
         env={},  # never pick credentials or endpoints up from the process environment implicitly
         api_keys={key_name: registered.api_key() or "not-set"},
         base_urls={key_name: registered.api_base} if registered.api_base else None,
-        timeouts=Timeouts(connect=min(5.0, timeout), read=timeout, write=timeout, pool=timeout),
+        transport=StdlibTransport(
+            connect_timeout=min(5.0, timeout),
+            read_timeout=timeout,
+            write_timeout=timeout,
+            pool_timeout=timeout,
+            # lm15 reads the proxy variables (urllib's getproxies: the whole environment) on every
+            # request, ~0.1-0.4 ms each; they are read once here instead. A process started
+            # without HTTP(S)_PROXY/ALL_PROXY connects directly; one started with them keeps
+            # lm15's per-request handling (NO_PROXY included).
+            trust_env=_proxies_configured(),
+        ),
     )
     return LM15Engine(config, model_type="chat")
 
@@ -420,6 +441,7 @@ def reset() -> None:
     change: tests, reconfiguration, a rotated key)."""
     routing.reset_registry()
     _provider_engine.cache_clear()
+    _proxies_configured.cache_clear()
     _capabilities.cache_clear()
     _lm.cache_clear()
     embedders.embedder_for.cache_clear()

@@ -76,6 +76,22 @@ def test_each_provider_gets_an_engine_with_its_own_key_and_base_url_only(monkeyp
     assert a.config.env == {} and b.config.env == {}
 
 
+def test_provider_engines_read_the_proxy_environment_once_per_process(monkeypatch):
+    """No proxy variables at start: lm15 connects directly and never reads the environment per
+    request; with one set, lm15 keeps its own per-request proxy handling (NO_PROXY included)."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    gateway.reset()
+    direct = gateway._provider_engine("a").config.transport
+    assert direct._trust_env is False
+    assert direct._read_timeout == resilience.policy_for("a").call_timeout_s
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    assert gateway._provider_engine("a").config.transport is direct  # read once per process
+    gateway.reset()
+    assert gateway._provider_engine("a").config.transport._trust_env is True
+    gateway.reset()
+
+
 @pytest.mark.parametrize(
     ("deployments", "fallbacks", "message"),
     [
