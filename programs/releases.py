@@ -586,6 +586,15 @@ def evaluate(canary_id: Any) -> str:
     return "waiting"
 
 
+def decide_by_hand(canary: Canary, status: str, *, channel: str, request: Any = None) -> str:
+    """Promote or abort a running canary on a person's word: the API's `canary/promote|abort` and
+    the console's buttons both come here. CanaryConflict when it is no longer running."""
+    user = getattr(request, "user", None)
+    who = getattr(user, "username", "") or "a user"
+    verb = "promoted" if status == Canary.Status.PROMOTED else "aborted"
+    return finish(canary, status, f"{verb} by {who}", channel=channel, request=request)
+
+
 def finish(
     canary: Canary, status: str, reason: str, *, channel: str, request: Any = None, user: Any = None
 ) -> str:
