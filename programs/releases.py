@@ -377,7 +377,10 @@ def start_canary(
     channel: str,
     request: Any = None,
     user: Any = None,
+    origin: dict[str, Any] | None = None,
 ) -> Canary:
+    """Start a canary of (candidate_version, candidate_result) against the current release;
+    audited `start_canary` with the diff (and `origin`: what started it, e.g. a schedule's run)."""
     if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 < percent < 100:
         raise ReleaseInvalid("percent", "must be a number with 0 < percent < 100")
     if sticky_by not in Canary.StickyBy.values:
@@ -421,6 +424,7 @@ def start_canary(
                         (program.version, program.active_result_id),
                         (candidate_version, candidate_result),
                     ),
+                    **({"origin": origin} if origin else {}),
                 },
             )
     except IntegrityError:
