@@ -530,9 +530,10 @@ def comparison(arms: dict[str, ArmFigures], confidence: float) -> dict[str, Any]
     }
 
 
-def report(canary: Canary) -> dict[str, Any]:
+def report(canary: Canary, arms: dict[str, ArmFigures] | None = None) -> dict[str, Any]:
+    """The canary's per-arm figures and comparison (of `arms` when the caller counted them)."""
     confidence = float((canary.promote_when or DEFAULT_PROMOTE)["confidence"])
-    arms = figures(canary)
+    arms = figures(canary) if arms is None else arms
     return {
         "arms": {name: arm.as_dict(confidence) for name, arm in arms.items()},
         "comparison": comparison(arms, confidence),
@@ -559,6 +560,7 @@ def evaluate(canary_id: Any) -> str:
                 f"aborted: candidate error rate {rate:.1%} > {abort['max_error_rate']:.1%} "
                 f"(n = {candidate.finished:,}; control {(control.error_rate or 0):.1%})",
                 channel="rules",
+                arms=arms,
             )
         cand_cost, ctrl_cost = candidate.cost_per_execution, control.cost_per_execution
         if abort["max_cost_ratio"] is not None and cand_cost is not None and ctrl_cost:
@@ -570,6 +572,7 @@ def evaluate(canary_id: Any) -> str:
                     f"aborted: candidate cost per execution ${cand_cost:.6f} is {ratio:.2f}x the "
                     f"control's ${ctrl_cost:.6f} (> {abort['max_cost_ratio']:g}x)",
                     channel="rules",
+                    arms=arms,
                 )
     promote = canary.promote_when
     if promote:
@@ -586,6 +589,7 @@ def evaluate(canary_id: Any) -> str:
                 f"{promote['confidence']:.0%} CI of the difference [{low:.2f}, {high:.2f}], "
                 f"n = {n_a:,}/{n_b:,}",
                 channel="rules",
+                arms=arms,
             )
     return "waiting"
 
@@ -600,9 +604,18 @@ def decide_by_hand(canary: Canary, status: str, *, channel: str, request: Any = 
 
 
 def finish(
-    canary: Canary, status: str, reason: str, *, channel: str, request: Any = None, user: Any = None
+    canary: Canary,
+    status: str,
+    reason: str,
+    *,
+    channel: str,
+    request: Any = None,
+    user: Any = None,
+    arms: dict[str, ArmFigures] | None = None,
 ) -> str:
-    """Promote (the candidate becomes the program's current release) or abort; audited, logged."""
+    """Promote (the candidate becomes the program's current release) or abort; audited, logged.
+    `arms`: the figures the rules decided on, kept with the decision (so its figures and its
+    reason agree even when feedback arrives meanwhile); else counted now."""
     from optimization import results
     from optimization.models import OptimizationResult
 
@@ -611,7 +624,7 @@ def finish(
         if locked is None:
             raise CanaryConflict(f"Canary {canary.pk} is no longer running.")
         program = CognitiveProgram.objects.select_for_update().get(pk=locked.program_id)
-        figures_ = report(locked)
+        figures_ = report(locked, arms)
         if status == Canary.Status.PROMOTED:
             if locked.candidate_version != program.version:
                 spec = ProgramVersion.objects.get(program=program, version=locked.candidate_version)

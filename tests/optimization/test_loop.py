@@ -298,9 +298,17 @@ def test_the_loop_runs_unattended_from_feedback_to_promotion(
         for arm in ("candidate", "control")
     }
     assert means["candidate"] >= means["control"] + 0.5
-    assert canary.outcome.startswith(
-        f"promoted: feedback {means['candidate']:.2f} vs {means['control']:.2f}, 95% CI of the difference ["
-    ), canary.outcome
+    # Beat decided as soon as the rule held (feedback may still have been arriving): the reason
+    # states the figures of that moment, which the decision keeps.
+    figures = canary.decisions[-1]["figures"]
+    cand, ctrl = (figures["arms"][arm]["feedback"] for arm in ("candidate", "control"))
+    assert min(cand["count"], ctrl["count"]) >= 5  # promote_when.min_executions
+    low, high = figures["comparison"]["ci"]
+    assert low >= 0.2  # promote_when.min_improvement: the lower bound of the 95% CI
+    assert canary.outcome == (
+        f"promoted: feedback {cand['mean']:.2f} vs {ctrl['mean']:.2f}, 95% CI of the difference "
+        f"[{low:.2f}, {high:.2f}], n = {cand['count']:,}/{ctrl['count']:,}"
+    )
     program.refresh_from_db()
     assert program.active_result_id == result.pk
     assert AuditEvent.objects.filter(action="promote_canary", object_id=str(program.pk)).count() == 1

@@ -294,3 +294,22 @@ def test_a_batch_naming_an_alias_runs_the_alias_s_release_with_its_tuned_variabl
     assert ran.status == "succeeded", ran.error
     (call,) = [entry for entry in ran.trace if entry["kind"] == "lm"]
     assert "Answer in one word, stable release." in json.dumps(call["messages"])
+
+
+def test_a_decision_keeps_the_figures_it_was_made_on(db):
+    """Feedback arriving between the rules' count and the decision's write does not make the
+    recorded figures disagree with the reason (seen in the end-to-end loop under load)."""
+    program = ProgramFactory()
+    canary = make_canary(program, tuned_result(program), promote_when={"min_executions": 3})
+    add(canary, "control", [0.1, 0.2, 0.1])
+    add(canary, "candidate", [0.9, 0.8, 0.9])
+    arms = releases.figures(canary)
+    add(canary, "candidate", [0.1])  # arrives meanwhile
+    releases.finish(canary, Canary.Status.PROMOTED, "promoted: as counted", channel="rules", arms=arms)
+    canary.refresh_from_db()
+    recorded = canary.decisions[-1]["figures"]["arms"]
+    assert (recorded["candidate"]["feedback"]["count"], recorded["candidate"]["feedback"]["mean"]) == (
+        3,
+        0.8667,
+    )
+    assert releases.report(canary)["arms"]["candidate"]["feedback"]["count"] == 4  # counted now
