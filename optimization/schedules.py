@@ -220,16 +220,20 @@ def _note(schedule: OptimizationSchedule, message: str) -> None:
 def start_scheduled_run(schedule_id: str) -> OptimizationRun | None:
     """Create this tick's run: pending, or skipped (saying why) when nothing changed since the
     last result. None when the tick starts nothing: the schedule is gone, its previous run is
-    still in progress, a canary of the program is running (a schedule with a canary), or no
-    execution can be an example yet; the schedule's `last_message` says which."""
+    still in progress (created less than the 4 h hard limit ago), a canary of the program is
+    running (a schedule with a canary), or no execution can be an example yet; the schedule's
+    `last_message` says which."""
     schedule = (
         OptimizationSchedule.objects.select_related("program", "dataset").filter(id=schedule_id).first()
     )
     if schedule is None:
         return None
     program = schedule.program
+    # A run in progress holds the next tick back, for at most the runs' hard time limit (a run
+    # whose message was lost must not stop its schedule for good).
     busy = schedule.runs.filter(
-        status__in=[OptimizationRun.Status.PENDING, OptimizationRun.Status.RUNNING]
+        status__in=[OptimizationRun.Status.PENDING, OptimizationRun.Status.RUNNING],
+        created_at__gte=timezone.now() - timedelta(seconds=runner.HARD_LIMIT_S),
     ).first()
     if busy is not None:
         _note(schedule, f"Nothing started: run {busy.id} of this schedule is still {busy.status}.")

@@ -323,3 +323,33 @@ def test_the_loop_runs_unattended_from_feedback_to_promotion(
         result.pk,
         "openai/sim-concise",
     )
+
+
+@pytest.mark.django_db
+def test_a_run_in_progress_holds_the_next_tick_back_for_at_most_the_hard_limit(api, make_program, tickets):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    program = make_program("classify", pipeline={"signature": "ticket -> category"})
+    body = {
+        "name": "hourly",
+        "program": str(program.pk),
+        "dataset": str(tickets.pk),
+        "optimizer": "LabeledFewShot",
+        "metric": "exact_match",
+        "interval_s": 3600,
+    }
+    created = api.post("/api/v1/schedules/", body, format="json")
+    assert created.status_code == 201, created.content
+    schedule_id = created.json()["id"]
+    first = schedules.start_scheduled_run(schedule_id)
+    assert first.status == "pending"
+    assert schedules.start_scheduled_run(schedule_id) is None
+    message = api.get(f"/api/v1/schedules/{schedule_id}/").json()["last_message"]
+    assert message == f"Nothing started: run {first.pk} of this schedule is still pending."
+    # Its message was lost and nothing ran it for longer than a run may take: it no longer blocks.
+    OptimizationRun.objects.filter(pk=first.pk).update(
+        created_at=timezone.now() - timedelta(seconds=runner.HARD_LIMIT_S + 60)
+    )
+    assert schedules.start_scheduled_run(schedule_id).status == "pending"
