@@ -135,7 +135,9 @@ TASKS: dict[str, Wiring] = {
     "caching.warm_embeddings": Wiring(Queue.EMBEDDINGS, 240, 300, Every(600), "dspex: warm embeddings"),
     # Canaries (programs.releases): every running one's rules once a minute, and one canary's
     # after feedback on one of its executions.
-    "releases.evaluate_canaries": Wiring(Queue.DEFAULT, 50, 60, Every(60), "dspex: evaluate canaries"),
+    "releases.evaluate_canaries": Wiring(
+        Queue.DEFAULT, 50, 60, Every(setting="DSPEX_CANARY_EVALUATE_S"), "dspex: evaluate canaries"
+    ),
     "releases.evaluate_canary": Wiring(Queue.DEFAULT, 20, 30),
     "monitoring.rollup": Wiring(Queue.CLEANUP, 50, 60, Every(60), "dspex: usage rollups"),
     "monitoring.selftest_error": Wiring(Queue.DEFAULT, 10, 20),

@@ -9,8 +9,8 @@ dispatch was lost (broker outage).
 
 import json
 import logging
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -19,12 +19,13 @@ from django.utils import timezone
 
 from dspex_site.errors import DomainError, decode_text
 from executions.models import Batch, CognitiveExecution
-from executions.runner import prepare_run
+from executions.runner import RunSettings, prepare_run
 from programs.models import CognitiveProgram
-from programs.spec import ProgramSpecError, SpecError
-from programs.spec.inputs import check_inputs
-from programs.spec.validate import analyze
+from programs.spec import ProgramSpecError, SpecError, input_checker
 from projects import keys
+
+if TYPE_CHECKING:
+    from programs.releases import Release
 
 logger = logging.getLogger(__name__)
 Status = CognitiveExecution.Status
@@ -54,18 +55,17 @@ def parse_jsonl(lines: Iterable[str | bytes]) -> list[Any]:
     return inputs
 
 
-def validate_batch_inputs(program: CognitiveProgram, inputs: Any) -> list[dict]:
-    """Every input checked against the program, all errors reported with `inputs[i].` paths."""
-    if not isinstance(inputs, list) or not inputs:
-        raise ProgramSpecError([SpecError("inputs", "must be a non-empty list of input objects")])
-    limit = settings.DSPEX_BATCH_MAX_INPUTS
-    if len(inputs) > limit:
-        raise BatchTooLarge(f"A batch takes at most {limit} inputs; got {len(inputs)}.")
-    plan, _ = analyze(program.pipeline, None, None)
+def validate_batch_inputs(
+    program: CognitiveProgram, inputs: Any, checkers: list[Callable[[Any], dict]] | None = None
+) -> list[dict]:
+    """Every input checked against the program (or, with `checkers`, item i against
+    `checkers[i]`: its release's version), all errors reported with `inputs[i].` paths."""
+    items = _input_list(inputs)
+    default = input_checker(program.pipeline)
     cleaned, errors = [], []
-    for index, item in enumerate(inputs):
+    for index, item in enumerate(items):
         try:
-            cleaned.append(check_inputs(plan.input_types, item, allow_extra=False))
+            cleaned.append((checkers[index] if checkers is not None else default)(item))
         except ProgramSpecError as exc:
             prefix = f"inputs[{index}]"
             errors += [SpecError(prefix + e.path.removeprefix("input"), e.message) for e in exc.errors]
@@ -76,11 +76,13 @@ def validate_batch_inputs(program: CognitiveProgram, inputs: Any) -> list[dict]:
     return cleaned
 
 
-def _release_fields(release: Any, program: CognitiveProgram) -> dict[str, Any]:
-    """An item's release columns (programs.releases), the current release's when none."""
-    if release is None:
-        return {}
-    return release.fields()
+def _input_list(inputs: Any) -> list[Any]:
+    if not isinstance(inputs, list) or not inputs:
+        raise ProgramSpecError([SpecError("inputs", "must be a non-empty list of input objects")])
+    limit = settings.DSPEX_BATCH_MAX_INPUTS
+    if len(inputs) > limit:
+        raise BatchTooLarge(f"A batch takes at most {limit} inputs; got {len(inputs)}.")
+    return inputs
 
 
 def create_batch(
@@ -93,12 +95,30 @@ def create_batch(
     priority: str = CognitiveExecution.Priority.NORMAL,
     use_cache: bool = True,
     dispatch_on_commit: bool = True,
-    release_for: Any = None,
+    release_for: "Callable[[Any], Release | None] | None" = None,
 ) -> Batch:
     """Validate and store a batch with one pending execution per input; dispatch on commit
-    (unless the caller runs the items itself: `dspex_batch --in-process`)."""
+    (unless the caller runs the items itself: `dspex_batch --in-process`).
+
+    `release_for(input)` (programs.releases.chooser) is the release each item runs: an alias's,
+    or its canary arm; None, the program's current release. The item is then checked against that
+    release's version and runs with that release's variables and tuned values, exactly as one
+    `execute` of it would, and its execution records the release."""
     run = prepare_run(program, variables, use_cache, api_key=keys.key_of_user(user))
-    cleaned = validate_batch_inputs(program, inputs)
+    items = _input_list(inputs)
+    chosen = [None if release_for is None else release_for(item) for item in items]
+    current = input_checker(program.pipeline)
+    cleaned = validate_batch_inputs(
+        program, items, [current if release is None else release.check_input for release in chosen]
+    )
+    per_release: dict[Any, RunSettings] = {}
+
+    def settings_for(release: "Release | None") -> RunSettings:
+        key = None if release is None else tuple(release.fields().items())
+        if key not in per_release:
+            per_release[key] = run.with_release(release, variables)
+        return per_release[key]
+
     owner = user if getattr(user, "is_authenticated", False) else None
     with transaction.atomic():
         batch = Batch.objects.create(
@@ -111,15 +131,10 @@ def create_batch(
         )
         CognitiveExecution.objects.bulk_create(
             (
-                run.execution(
-                    item,
-                    priority=priority,
-                    user=owner,
-                    batch=batch,
-                    batch_index=index,
-                    **({} if release_for is None else _release_fields(release_for(item), program)),
+                settings_for(release).execution(
+                    item, priority=priority, user=owner, batch=batch, batch_index=index
                 )
-                for index, item in enumerate(cleaned)
+                for index, (item, release) in enumerate(zip(cleaned, chosen, strict=True))
             ),
             batch_size=1000,
         )

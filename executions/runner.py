@@ -10,7 +10,7 @@ import functools
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, TypedDict
 from uuid import UUID
 
@@ -341,6 +341,14 @@ class RunSettings:
             api_key=keys.key_of_user(user),
         )
         return CognitiveExecution(**(values | release | fields))
+
+    def with_release(self, release: "Release | None", variables: Any) -> "RunSettings":
+        """These settings (checked by `prepare_run`) for `release` of the same program: its
+        version's variables with its tuned values and the request's `variables` overrides."""
+        if release is None or release is self.release:
+            return self
+        resolved = resolve_variables(release.variables, {**release.tuned_variables, **(variables or {})})
+        return replace(self, variables=resolved, release=release)
 
 
 def prepare_run(

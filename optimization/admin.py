@@ -2,13 +2,14 @@
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from dspex_site.console import show_domain_error
 from dspex_site.errors import DomainError
-from optimization import results, schedules
+from optimization import results, runner, schedules
 from optimization.models import Dataset, Example, OptimizationResult, OptimizationRun, OptimizationSchedule
 from projects.console import ProjectScopedAdmin, VisibleRelatedFilter
 
@@ -100,11 +101,69 @@ class OptimizationResultAdmin(ProjectScopedAdmin):
         self.message_user(request, "Cleared the active result of the selected results' programs.")
 
 
+class ScheduleForm(forms.ModelForm):
+    """The API's checks (optimization.schedules.check_schedule), each error on its field."""
+
+    class Meta:
+        model = OptimizationSchedule
+        fields = [
+            "name",
+            "program",
+            "dataset",
+            "from_executions",
+            "optimizer",
+            "metric",
+            "config",
+            "split",
+            "apply",
+            "canary",
+            "cron",
+            "interval_s",
+            "enabled",
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        try:
+            rules, canary = schedules.check_schedule(
+                data.get("program"),
+                data.get("dataset"),
+                data.get("from_executions"),
+                data.get("optimizer"),
+                data.get("metric"),
+                data.get("config") or {},
+                data.get("split") or {},
+                bool(data.get("apply")),
+                data.get("canary"),
+                data.get("cron") or "",
+                data.get("interval_s"),
+            )
+        except runner.RunRequestError as exc:
+            for error in exc.errors:
+                name = error["path"].split(".")[0].split("[")[0]
+                self.add_error(name if name in self.fields else None, f"{error['path']}: {error['message']}")
+        else:
+            data["from_executions"], data["canary"] = rules, canary
+        return data
+
+
 @admin.register(OptimizationSchedule)
 class OptimizationScheduleAdmin(ProjectScopedAdmin):
+    """Scheduled optimizations; with `from_executions` and `canary` the unattended loop
+    (docs/releases.md, "The loop"). `last_message` says what the last tick did."""
+
+    form = ScheduleForm
     project_path = "program__project"
-    list_display = ["name", "program", "optimizer", "cron", "interval_s", "enabled"]
-    readonly_fields = ["periodic_task"]
+    list_display = ["name", "program", "optimizer", "cron", "interval_s", "loop", "enabled", "last_fired_at"]
+    readonly_fields = ["periodic_task", "last_fired_at", "last_message"]
+
+    @admin.display(description="examples → result")
+    def loop(self, obj: OptimizationSchedule) -> str:
+        source = "from executions" if obj.from_executions is not None else str(obj.dataset or "")
+        outcome = (
+            f"canary {obj.canary.get('percent')}%" if obj.canary else ("apply" if obj.apply else "store")
+        )
+        return f"{source} → {outcome}"
 
     def save_model(self, request: HttpRequest, obj: OptimizationSchedule, form: Any, change: bool) -> None:
         super().save_model(request, obj, form, change)

@@ -34,6 +34,7 @@ from optimization.serializers import (
     RunSerializer,
     ScheduleSerializer,
 )
+from programs import releases
 from programs.models import CognitiveProgram
 from projects import access
 from projects.api import ProjectScoped
@@ -102,7 +103,7 @@ class DatasetViewSet(
         return Response({**DatasetSerializer(dataset).data, "imported": count})
 
     @extend_schema(request=FromExecutionsSerializer, responses={201: FromExecutionsResultSerializer})
-    @raises(from_executions.NoExamples, from_executions.NameTaken)
+    @raises(from_executions.NoExamples, from_executions.NameTaken, releases.ReleaseInvalid)
     @action(detail=False, methods=["post"], url_path="from-executions")
     def from_executions(self, request: Request) -> Response:
         """A dataset of a program's executions (README, "Datasets from executions"): all rows or
@@ -120,8 +121,14 @@ class DatasetViewSet(
         )
         # Writing a dataset in the program's project: the caller's role there must allow edits.
         self.check_object_permissions(request, program)
+        release = data["release"]
+        if release is not None:  # ReleaseInvalid: 400 naming release.version / .optimization_result
+            releases.load_release(
+                program, release["version"], release["optimization_result"], path="release.version"
+            )
         criteria = from_executions.Criteria(
             program=program,
+            release=None if release is None else (release["version"], release["optimization_result"]),
             min_score=data["min_score"],
             since=data["since"],
             until=data["until"],

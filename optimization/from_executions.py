@@ -42,10 +42,18 @@ class Criteria:
     use_corrected_output: bool = False
     only_succeeded: bool = True
     limit: int = datasets.MAX_ROWS
+    # Only the executions of this release (version, optimization result or None: the plain version).
+    release: tuple[int, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "program": str(self.program.pk),
+            "release": None
+            if self.release is None
+            else {
+                "version": self.release[0],
+                "optimization_result": None if self.release[1] is None else str(self.release[1]),
+            },
             "min_score": self.min_score,
             "since": self.since.isoformat() if self.since else None,
             "until": self.until.isoformat() if self.until else None,
@@ -89,6 +97,9 @@ def matching(criteria: Criteria) -> models.QuerySet:
     queryset = CognitiveExecution.objects.filter(program=criteria.program)
     if criteria.only_succeeded:
         queryset = queryset.filter(status=CognitiveExecution.Status.SUCCEEDED)
+    if criteria.release is not None:
+        version, result = criteria.release
+        queryset = queryset.filter(program_version=version, optimization_result_id=result)
     if criteria.min_score is not None:
         queryset = queryset.filter(feedback_score__gte=criteria.min_score)
     if criteria.since is not None:
@@ -176,15 +187,20 @@ class NameTaken(DomainError):
 
 
 def create_dataset(
-    criteria: Criteria, *, name: str, description: str = "", audit_record: Any = None
+    criteria: Criteria,
+    *,
+    name: str,
+    description: str = "",
+    audit_record: Any = None,
+    built: Build | None = None,
 ) -> tuple[Dataset, Build]:
-    """Build the rows and write the dataset with them, in one transaction (nothing on failure).
-    `audit_record(dataset, build)` is called inside it."""
+    """Build the rows (unless the caller `built` them already) and write the dataset with them,
+    in one transaction (nothing on failure). `audit_record(dataset, build)` is called inside it."""
     project_id = criteria.program.project_id
     assert project_id is not None  # every program is in a project
     if Dataset.objects.filter(project_id=project_id, name=name).exists():
         raise NameTaken(name)
-    built = build(criteria)
+    built = build(criteria) if built is None else built
     if not built.rows:
         raise NoExamples(criteria.program, built)
     with transaction.atomic():

@@ -150,6 +150,12 @@ class OptimizationRun(Job):
     config = models.JSONField(default=dict, blank=True)
     split = models.JSONField(default=dict, blank=True, help_text="dev_fraction, seed, max_train, max_dev")
     apply = models.BooleanField(default=False, help_text="Apply the result if it beats the baseline.")
+    canary = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Start a canary of the result if it beats the baseline, instead of applying it: "
+        "percent, sticky_by, promote_when, abort_when (docs/releases.md).",
+    )
     time_limit_s = models.PositiveIntegerField(default=4 * 3600)
     cost_budget_usd = models.FloatField(null=True, blank=True)
     status = models.CharField(max_length=20, choices=Status.choices, default=Status.PENDING)
@@ -275,6 +281,11 @@ class OptimizationSchedule(models.Model):
 
     Each tick creates an OptimizationRun with these settings; the run is skipped when the program
     version and the training data are unchanged since this schedule's last result.
+
+    The unattended loop (docs/releases.md, "The loop"): with `from_executions` each tick builds
+    its dataset from the program's production executions (optimization.from_executions) instead
+    of using `dataset`; with `canary` a result that beats the baseline starts a canary of itself
+    rather than being applied, and the canary's rules promote or abort it.
     """
 
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
@@ -282,18 +293,39 @@ class OptimizationSchedule(models.Model):
     program = models.ForeignKey(
         "programs.CognitiveProgram", on_delete=models.CASCADE, related_name="optimization_schedules"
     )
-    dataset = models.ForeignKey(Dataset, on_delete=models.PROTECT, related_name="schedules")
+    dataset = models.ForeignKey(
+        Dataset,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="schedules",
+        help_text="The examples; empty when `from_executions` builds them at each tick.",
+    )
+    from_executions = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Build each tick's dataset from executions: window_s, min_score, "
+        "use_corrected_output, only_succeeded, limit, release {version, optimization_result}.",
+    )
     optimizer = models.CharField(max_length=50)
     metric = models.JSONField()
     config = models.JSONField(default=dict, blank=True)
     split = models.JSONField(default=dict, blank=True)
     apply = models.BooleanField(default=False)
+    canary = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Start a canary of a result that beats the baseline instead of applying it: "
+        "percent, sticky_by, promote_when, abort_when.",
+    )
     cron = models.CharField(max_length=100, blank=True, help_text='Five fields, e.g. "0 3 * * *".')
     interval_s = models.PositiveIntegerField(null=True, blank=True)
     enabled = models.BooleanField(default=True)
     periodic_task = models.OneToOneField(
         "django_celery_beat.PeriodicTask", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    last_fired_at = models.DateTimeField(null=True, blank=True)
+    last_message = models.TextField(blank=True, help_text="What the last tick did, or why it did nothing.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

@@ -48,6 +48,10 @@ class RunRequestError(DomainError, ValueError):
         return self.errors
 
 
+def _s(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
 def _setting(name: str, default: Any) -> Any:
     return getattr(settings, name, default)
 
@@ -56,17 +60,24 @@ def _setting(name: str, default: Any) -> Any:
 
 
 def check_request(
-    program: CognitiveProgram, dataset: Dataset, optimizer: str, metric: Any, config: dict, split: dict
+    program: CognitiveProgram,
+    dataset: Dataset | None,
+    optimizer: str,
+    metric: Any,
+    config: dict,
+    split: dict,
 ) -> None:
-    """Everything that can be checked before a run is queued; raises RunRequestError."""
+    """Everything that can be checked before a run is queued; raises RunRequestError. Without a
+    `dataset` (a schedule that builds one from executions at each tick) what needs the examples
+    is checked when they exist."""
     errors = datasets.split_errors(split)
     try:
         metrics.build_metric(metric)
     except metrics.MetricError as exc:
         raise RunRequestError([{"path": exc.path, "message": exc.message}], code=exc.code) from exc
-    rows = datasets.dataset_rows(dataset)
+    rows = datasets.dataset_rows(dataset) if dataset is not None else []
     train_size = None
-    if not errors:
+    if not errors and dataset is not None:
         try:
             train_size = len(datasets.split_rows(rows, split).train)
         except datasets.DatasetError as exc:
@@ -99,6 +110,7 @@ def create_run(
     cost_budget_usd: float | None = None,
     user: Any = None,
     schedule: Any = None,
+    canary: dict | None = None,
 ) -> OptimizationRun:
     """Validate and store a pending run of the program's current version (enqueue it on commit)."""
     config, split = config or {}, split or {}
@@ -112,6 +124,7 @@ def create_run(
         config=config,
         split=split,
         apply=apply,
+        canary=canary,
         time_limit_s=min(time_limit_s or HARD_LIMIT_S, HARD_LIMIT_S),
         cost_budget_usd=cost_budget_usd,
         schedule=schedule,
@@ -342,17 +355,19 @@ class Optimization:
             program = CognitiveProgram.objects.select_for_update().get(id=run.program_id)
             history = [*program.optimization_history, result.history_entry()]
             fields: dict[str, Any] = {"optimization_history": history}
-            applied = run.apply and result.beats_baseline
+            applied = run.apply and not run.canary and result.beats_baseline
             if applied:
                 fields["active_result"] = result
             CognitiveProgram.objects.filter(id=program.id).update(**fields)
             progress = {**self.monitor.snapshot(), "phase": "done", "attempt": self.attempt}
-            if run.apply:
+            if run.apply and not run.canary:
                 message = (message + " " if message else "") + (
                     "Applied: it beats the baseline."
                     if applied
                     else "Not applied: it does not beat the baseline."
                 )
+            if run.canary:
+                message = (message + " " if message else "") + self.start_canary(program, result)
             finished = run.finish(
                 OptimizationRun.Status.SUCCEEDED,
                 result=result,
@@ -361,6 +376,32 @@ class Optimization:
             )
             if not finished:  # cancelled or taken over while saving: keep nothing half-done
                 transaction.set_rollback(True)
+
+    def start_canary(self, program: CognitiveProgram, result: OptimizationResult) -> str:
+        """The run's `canary` (a schedule's, docs/releases.md "The loop"): a result that beats the
+        baseline becomes the candidate of a canary against the current release, in the
+        transaction that stores it; what happened, in words, for the run's message."""
+        from programs import releases
+
+        if not result.beats_baseline:
+            return "No canary: it does not beat the baseline."
+        settings_ = self.run.canary or {}
+        try:
+            canary = releases.start_canary(
+                program,
+                self.run.program_version,
+                result.id,
+                float(settings_.get("percent") or 0),
+                settings_.get("sticky_by", "session"),
+                settings_.get("promote_when"),
+                settings_.get("abort_when"),
+                channel="system",
+                origin={"optimization_run": str(self.run.id), "schedule": _s(self.run.schedule_id)},
+            )
+        except (releases.CanaryConflict, releases.ReleaseInvalid) as exc:
+            logger.warning("optimization run %s: no canary started: %s", self.run.id, exc)
+            return f"No canary started: {exc}"
+        return f"Canary {canary.id} started: {canary.percent:g}% of the default traffic runs the result."
 
     def stopped(self, reason: str, baseline: Scored | None) -> None:
         run, monitor = self.run, self.monitor

@@ -8,6 +8,7 @@ from dspex_site.api.serializers import StrictSerializer
 from optimization.models import Dataset, OptimizationResult, OptimizationRun, OptimizationSchedule
 from optimization.optimizers import OPTIMIZERS
 from programs.models import CognitiveProgram
+from programs.serializers import ReleaseRefSerializer
 from projects.api import ProjectOwned, VisibleRelatedField
 
 
@@ -53,6 +54,12 @@ class FromExecutionsSerializer(StrictSerializer):
         default=None,
         help_text="Only executions whose mean feedback score is at least this "
         "(none: any, with or without feedback).",
+    )
+    release = ReleaseRefSerializer(
+        required=False,
+        allow_null=True,
+        default=None,
+        help_text="Only executions of this release (a version, and a result or null: the plain version).",
     )
     since = serializers.DateTimeField(required=False, allow_null=True, default=None)
     until = serializers.DateTimeField(required=False, allow_null=True, default=None)
@@ -145,6 +152,7 @@ class RunSerializer(serializers.ModelSerializer):
             "config",
             "split",
             "apply",
+            "canary",
             "time_limit_s",
             "cost_budget_usd",
             "status",
@@ -194,7 +202,27 @@ class RollbackResponseSerializer(serializers.Serializer):
 class ScheduleSerializer(serializers.ModelSerializer):
     # Only the caller's projects: another project's program or dataset is "does not exist".
     program = VisibleRelatedField(queryset=CognitiveProgram.objects.all())
-    dataset = VisibleRelatedField(queryset=Dataset.objects.all())
+    dataset = VisibleRelatedField(
+        queryset=Dataset.objects.all(),
+        allow_null=True,
+        required=False,
+        help_text="The examples; null when `from_executions` builds them at each tick.",
+    )
+    from_executions = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text="Build each tick's dataset from the program's executions (docs/releases.md, "
+        '"The loop"): {"window_s": seconds or null, "min_score": 0..1 or null, '
+        '"use_corrected_output": bool, "only_succeeded": bool, "limit": n, '
+        '"release": {"version": n, "optimization_result": id or null} or null}.',
+    )
+    canary = serializers.JSONField(
+        required=False,
+        allow_null=True,
+        help_text="Start a canary of a result that beats the baseline instead of applying it: "
+        '{"percent": 0 < p < 100, "sticky_by": "session"|"user"|"input", "promote_when": {...}, '
+        '"abort_when": {...}} as in POST /programs/{id}/canary/ (without `candidate`).',
+    )
 
     class Meta:
         model = OptimizationSchedule
@@ -203,17 +231,21 @@ class ScheduleSerializer(serializers.ModelSerializer):
             "name",
             "program",
             "dataset",
+            "from_executions",
             "optimizer",
             "metric",
             "config",
             "split",
             "apply",
+            "canary",
             "cron",
             "interval_s",
             "enabled",
+            "last_fired_at",
+            "last_message",
             "created_at",
         ]
-        read_only_fields = ["created_at"]
+        read_only_fields = ["created_at", "last_fired_at", "last_message"]
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         from optimization import runner, schedules
@@ -222,23 +254,24 @@ class ScheduleSerializer(serializers.ModelSerializer):
         def value(name: str, default: Any = None) -> Any:
             return attrs[name] if name in attrs else getattr(self.instance, name, default)
 
-        program, dataset = value("program"), value("dataset")
-        if program is not None and dataset is not None and dataset.project_id != program.project_id:
-            raise serializers.ValidationError({"dataset": ["The dataset must be in the program's project."]})
-        cron, interval = value("cron", ""), value("interval_s")
-        if bool(cron) == bool(interval):
-            raise serializers.ValidationError({"cron": ["Give exactly one of cron and interval_s."]})
-        if cron and schedules.cron_errors(cron):
-            raise serializers.ValidationError({"cron": schedules.cron_errors(cron)})
         try:
-            runner.check_request(
+            rules, canary = schedules.check_schedule(
                 value("program"),
                 value("dataset"),
+                value("from_executions"),
                 value("optimizer"),
                 value("metric"),
                 value("config") or {},
                 value("split") or {},
+                bool(value("apply", False)),
+                value("canary"),
+                value("cron", ""),
+                value("interval_s"),
             )
         except runner.RunRequestError as exc:
             raise serializers.ValidationError({e["path"]: [e["message"]] for e in exc.errors}) from exc
+        if "from_executions" in attrs:
+            attrs["from_executions"] = rules
+        if "canary" in attrs:
+            attrs["canary"] = canary
         return attrs

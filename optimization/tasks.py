@@ -37,8 +37,8 @@ def reap_stale_runs() -> int:
 @shared_task(name="optimization.scheduled")
 def scheduled_optimization(schedule_id: str) -> str:
     run = schedules.start_scheduled_run(schedule_id)
-    if run is None:
-        return "missing"
+    if run is None:  # gone, or nothing to start this tick (the schedule's last_message says why)
+        return "nothing started"
     if run.status == OptimizationRun.Status.PENDING:
         run.publish()
     return run.status

@@ -15,13 +15,14 @@ from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from dspex_site.console import ReadOnlyAdmin, show_domain_error
 from dspex_site.display import ago, summary, trace_rows
 from dspex_site.errors import DomainError
-from dspex_site.roles import RUN
+from dspex_site.roles import EDIT, RUN
 from executions import runner
 from executions.models import CognitiveExecution
 from monitoring import audit
@@ -581,32 +582,79 @@ class CanaryAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
         "finished_at",
     ]
 
+    def get_urls(self) -> list:
+        wrap = self.admin_site.admin_view
+        return [
+            path("<uuid:pk>/promote/", wrap(require_POST(self.promote_view)), name="programs_canary_promote"),
+            path("<uuid:pk>/abort/", wrap(require_POST(self.abort_view)), name="programs_canary_abort"),
+            *super().get_urls(),
+        ]
+
+    @staticmethod
+    def _may_decide(request: HttpRequest, canary: Canary) -> bool:
+        """Promoting or aborting changes what production runs: EDIT, as in the API."""
+        return request.user.has_perm(EDIT) and access.allows(request.user, canary.program.project_id, EDIT)
+
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict | None = None
+    ) -> HttpResponse:
+        context = dict(extra_context or {})
+        canary = self.get_object(request, object_id)
+        if (
+            canary is not None
+            and canary.status == Canary.Status.RUNNING
+            and self._may_decide(request, canary)
+        ):
+            context["canary_decisions"] = True
+        return super().change_view(request, object_id, form_url, extra_context=context)
+
+    def promote_view(self, request: HttpRequest, pk: Any) -> HttpResponse:
+        return self._decide(request, pk, Canary.Status.PROMOTED)
+
+    def abort_view(self, request: HttpRequest, pk: Any) -> HttpResponse:
+        return self._decide(request, pk, Canary.Status.ABORTED)
+
+    def _decide(self, request: HttpRequest, pk: Any, status: str) -> HttpResponse:
+        """The API's promote/abort (releases.decide_by_hand), audited with channel `admin`."""
+        canary = self.get_object(request, str(pk))  # project-scoped: another project's is a 404
+        if canary is None:
+            raise Http404
+        if not self._may_decide(request, canary):
+            raise PermissionDenied
+        try:
+            releases.decide_by_hand(canary, status, channel="admin", request=request)
+        except DomainError as exc:  # no longer running (decided meanwhile by the rules or a person)
+            show_domain_error(request, exc)
+        else:
+            messages.success(request, f"Canary {canary.outcome}.")
+        return HttpResponseRedirect(reverse("admin:programs_canary_change", args=[canary.pk]))
+
     @admin.display(description="Per arm")
     def arms(self, obj: Canary) -> str:
         report = releases.report(obj)
-        rows = []
-        for name, arm in report["arms"].items():
-            feedback = arm["feedback"]
-            rows.append(
-                format_html(
-                    "<tr><th>{}</th><td>{}</td><td>{}</td><td>{} (n={}, CI {})</td><td>{}</td>"
-                    "<td>{} / {}</td></tr>",
+        rows = format_html_join(
+            "",
+            "<tr><th>{}</th><td>{}</td><td>{}</td><td>{} (n={}, CI {})</td><td>{}</td><td>{} / {}</td></tr>",
+            (
+                (
                     name,
                     arm["executions"],
                     arm["error_rate"],
-                    feedback["mean"],
-                    feedback["count"],
-                    feedback["ci"],
+                    arm["feedback"]["mean"],
+                    arm["feedback"]["count"],
+                    arm["feedback"]["ci"],
                     arm["cost_per_execution_usd"],
                     arm["latency_ms"]["p50"],
                     arm["latency_ms"]["p95"],
                 )
-            )
-        head = format_html(
+                for name, arm in report["arms"].items()
+            ),
+        )
+        head = mark_safe(  # a constant
             "<tr><th>arm</th><th>executions</th><th>error rate</th><th>feedback</th>"
             "<th>cost / execution (USD)</th><th>latency p50 / p95 (ms)</th></tr>"
         )
-        return format_html("<table>{}{}</table>", head, format_html("".join(rows)))
+        return format_html("<table>{}{}</table>", head, rows)
 
     @admin.display(description="Candidate - control")
     def comparison(self, obj: Canary) -> str:
@@ -622,15 +670,10 @@ class CanaryAdmin(ProjectScopedAdmin, ReadOnlyAdmin):
     def decision_log(self, obj: Canary) -> str:
         if not obj.decisions:
             return "None yet."
-        return format_html(
-            "<ul>{}</ul>",
-            format_html(
-                "".join(
-                    format_html("<li>{} ({}): {}</li>", d.get("at"), d.get("by"), d.get("reason"))
-                    for d in obj.decisions
-                )
-            ),
+        items = format_html_join(
+            "", "<li>{} ({}): {}</li>", ((d.get("at"), d.get("by"), d.get("reason")) for d in obj.decisions)
         )
+        return format_html("<ul>{}</ul>", items)
 
 
 # --- Retrieval corpora (owned by the caching/retrieval work; kept as one separate block) ------

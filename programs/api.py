@@ -164,9 +164,7 @@ class ProgramViewSet(ProjectScoped, viewsets.ModelViewSet):
         canary = Canary.objects.filter(program=program, status=Canary.Status.RUNNING).first()
         if canary is None:
             raise releases.CanaryConflict(f"No canary of program {program.name} is running.")
-        who = getattr(request.user, "username", "") or "a user"
-        verb = "promoted" if outcome == Canary.Status.PROMOTED else "aborted"
-        releases.finish(canary, outcome, f"{verb} by {who}", channel="api", request=request)
+        releases.decide_by_hand(canary, outcome, channel="api", request=request)
         canary.refresh_from_db()
         return Response(CanarySerializer(canary).data)
 

@@ -377,7 +377,10 @@ def start_canary(
     channel: str,
     request: Any = None,
     user: Any = None,
+    origin: dict[str, Any] | None = None,
 ) -> Canary:
+    """Start a canary of (candidate_version, candidate_result) against the current release;
+    audited `start_canary` with the diff (and `origin`: what started it, e.g. a schedule's run)."""
     if isinstance(percent, bool) or not isinstance(percent, (int, float)) or not 0 < percent < 100:
         raise ReleaseInvalid("percent", "must be a number with 0 < percent < 100")
     if sticky_by not in Canary.StickyBy.values:
@@ -421,6 +424,7 @@ def start_canary(
                         (program.version, program.active_result_id),
                         (candidate_version, candidate_result),
                     ),
+                    **({"origin": origin} if origin else {}),
                 },
             )
     except IntegrityError:
@@ -526,9 +530,10 @@ def comparison(arms: dict[str, ArmFigures], confidence: float) -> dict[str, Any]
     }
 
 
-def report(canary: Canary) -> dict[str, Any]:
+def report(canary: Canary, arms: dict[str, ArmFigures] | None = None) -> dict[str, Any]:
+    """The canary's per-arm figures and comparison (of `arms` when the caller counted them)."""
     confidence = float((canary.promote_when or DEFAULT_PROMOTE)["confidence"])
-    arms = figures(canary)
+    arms = figures(canary) if arms is None else arms
     return {
         "arms": {name: arm.as_dict(confidence) for name, arm in arms.items()},
         "comparison": comparison(arms, confidence),
@@ -555,6 +560,7 @@ def evaluate(canary_id: Any) -> str:
                 f"aborted: candidate error rate {rate:.1%} > {abort['max_error_rate']:.1%} "
                 f"(n = {candidate.finished:,}; control {(control.error_rate or 0):.1%})",
                 channel="rules",
+                arms=arms,
             )
         cand_cost, ctrl_cost = candidate.cost_per_execution, control.cost_per_execution
         if abort["max_cost_ratio"] is not None and cand_cost is not None and ctrl_cost:
@@ -566,6 +572,7 @@ def evaluate(canary_id: Any) -> str:
                     f"aborted: candidate cost per execution ${cand_cost:.6f} is {ratio:.2f}x the "
                     f"control's ${ctrl_cost:.6f} (> {abort['max_cost_ratio']:g}x)",
                     channel="rules",
+                    arms=arms,
                 )
     promote = canary.promote_when
     if promote:
@@ -582,14 +589,33 @@ def evaluate(canary_id: Any) -> str:
                 f"{promote['confidence']:.0%} CI of the difference [{low:.2f}, {high:.2f}], "
                 f"n = {n_a:,}/{n_b:,}",
                 channel="rules",
+                arms=arms,
             )
     return "waiting"
 
 
+def decide_by_hand(canary: Canary, status: str, *, channel: str, request: Any = None) -> str:
+    """Promote or abort a running canary on a person's word: the API's `canary/promote|abort` and
+    the console's buttons both come here. CanaryConflict when it is no longer running."""
+    user = getattr(request, "user", None)
+    who = getattr(user, "username", "") or "a user"
+    verb = "promoted" if status == Canary.Status.PROMOTED else "aborted"
+    return finish(canary, status, f"{verb} by {who}", channel=channel, request=request)
+
+
 def finish(
-    canary: Canary, status: str, reason: str, *, channel: str, request: Any = None, user: Any = None
+    canary: Canary,
+    status: str,
+    reason: str,
+    *,
+    channel: str,
+    request: Any = None,
+    user: Any = None,
+    arms: dict[str, ArmFigures] | None = None,
 ) -> str:
-    """Promote (the candidate becomes the program's current release) or abort; audited, logged."""
+    """Promote (the candidate becomes the program's current release) or abort; audited, logged.
+    `arms`: the figures the rules decided on, kept with the decision (so its figures and its
+    reason agree even when feedback arrives meanwhile); else counted now."""
     from optimization import results
     from optimization.models import OptimizationResult
 
@@ -598,7 +624,7 @@ def finish(
         if locked is None:
             raise CanaryConflict(f"Canary {canary.pk} is no longer running.")
         program = CognitiveProgram.objects.select_for_update().get(pk=locked.program_id)
-        figures_ = report(locked)
+        figures_ = report(locked, arms)
         if status == Canary.Status.PROMOTED:
             if locked.candidate_version != program.version:
                 spec = ProgramVersion.objects.get(program=program, version=locked.candidate_version)

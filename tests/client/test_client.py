@@ -205,3 +205,22 @@ def test_aliases_and_canaries_through_the_client(client):
     aborted = qa.abort_canary()
     assert aborted["status"] == "aborted" and aborted["outcome"].startswith("aborted by nb")
     assert qa.execute({"question": "after"}).arm is None
+
+
+def test_a_schedule_closes_the_loop_through_the_client(client):
+    """The unattended loop's schedule (docs/releases.md, "The loop"): created from the client,
+    its settings checked by the service (a bad one raises with the API's path)."""
+    qa = client.programs.create(name="client-loop", pipeline=QA, status="active")
+    body = {
+        "optimizer": "LabeledFewShot",
+        "metric": "exact_match",
+        "from_executions": {"window_s": 86400, "min_score": 0.8, "use_corrected_output": True},
+        "canary": {"percent": 10, "sticky_by": "user", "promote_when": {"min_executions": 50}},
+        "cron": "0 3 * * *",
+    }
+    created = qa.schedule("client-nightly", **body)
+    assert created["dataset"] is None and created["from_executions"]["min_score"] == 0.8
+    assert created["canary"]["promote_when"]["min_executions"] == 50
+    with pytest.raises(BadRequest) as refused:
+        qa.schedule("client-bad", **{**body, "canary": {"percent": 10}, "apply": True})
+    assert refused.value.code == "invalid" and [e["path"] for e in refused.value.errors] == ["apply"]

@@ -213,3 +213,36 @@ def test_a_failure_while_writing_leaves_nothing(db):
             from_executions.Criteria(program=program), name="half", audit_record=failing_audit
         )
     assert not Dataset.objects.exists() and not Example.objects.exists()
+
+
+def test_filters_by_release_and_names_an_unknown_release(api):
+    from tests.releases.test_releases import tuned_result
+
+    program, other = ProgramFactory(), ProgramFactory()
+    result = tuned_result(program)
+    ran(program, "plain")
+    ran(program, "tuned", optimization_result=result)
+    ran(program, "tuned too", optimization_result=result)
+
+    def questions(name: str, release) -> list[str]:
+        body = {"name": name, "program": str(program.pk), "release": release}
+        response = api.post(URL, body, format="json")
+        assert response.status_code == 201, response.content
+        assert response.json()["included"] == len(examples(name))
+        return [row[0]["question"] for row in examples(name)]
+
+    assert questions("tuned", {"version": 1, "optimization_result": str(result.pk)}) == ["tuned", "tuned too"]
+    assert questions("plain", {"version": 1, "optimization_result": None}) == ["plain"]
+    assert questions("any", None) == ["plain", "tuned", "tuned too"]
+    foreign = tuned_result(other)
+    for release, path in [
+        ({"version": 7}, "release.version"),
+        ({"version": 1, "optimization_result": str(foreign.pk)}, "release.optimization_result"),
+        ({"version": "one"}, "release.version"),
+    ]:
+        response = api.post(
+            URL, {"name": "bad", "program": str(program.pk), "release": release}, format="json"
+        )
+        assert response.status_code == 400, response.content
+        assert path in [e["path"] for e in response.json()["errors"]]
+    assert not Dataset.objects.filter(name="bad").exists()

@@ -1,6 +1,8 @@
 """Aliases, release recording and canaries (docs/releases.md), through the API with real
 Postgres and the simulated provider over HTTP."""
 
+import json
+
 import pytest
 
 from executions.models import CognitiveExecution
@@ -234,3 +236,80 @@ def test_a_session_never_switches_arms(api, http_provider):
         assert len(arms) == 1  # every turn of one session on the same arm
         seen |= arms
     assert seen <= {"control", "candidate"} and seen
+
+
+def test_a_batch_naming_an_alias_runs_the_alias_s_release_with_its_tuned_variables(api):
+    """The alias names version 1 with a result that tunes the instructions and the temperature;
+    the program has moved on to version 2 (another input field). Every batch item is checked
+    against version 1, stores the alias's release and its tuned variables, and runs them."""
+    pipeline = {
+        "lm": {"model": "sim/default", "temperature": "$var.temperature"},
+        "signature": "question -> answer",
+    }
+    variables = {"temperature": {"type": "float", "default": 0.0, "min": 0, "max": 1}}
+    program = ProgramFactory(pipeline=pipeline, variables=variables)
+    state = compile_program(pipeline, variables).dump_state()
+    for value in state.values():
+        if isinstance(value, dict) and "signature" in value:
+            value["signature"]["instructions"] = "Answer in one word, stable release."
+    result = OptimizationResultFactory(program=program, parameters=state, variables={"temperature": 0.7})
+    assert (
+        api.put(
+            f"/api/v1/programs/{program.pk}/aliases/stable/",
+            {"version": 1, "optimization_result": str(result.pk)},
+            format="json",
+        ).status_code
+        == 201
+    )
+    program.pipeline = {**pipeline, "signature": "query -> answer"}
+    program.save()
+    assert program.version == 2
+
+    inputs = [{"question": "one?"}, {"question": "two?"}, {"question": "three?"}]
+    created = api.post(
+        "/api/v1/batches/", {"program": str(program.pk), "inputs": inputs, "alias": "stable"}, format="json"
+    )
+    assert created.status_code == 202, created.content
+    items = list(CognitiveExecution.objects.filter(batch_id=created.json()["id"]).order_by("batch_index"))
+    assert [(i.program_version, i.optimization_result_id, i.alias, i.arm, i.variables) for i in items] == [
+        (1, result.pk, "stable", None, {"temperature": 0.7})
+    ] * 3
+
+    # Without the alias the batch is of version 2, whose input is `query`: refused, nothing stored.
+    current = api.post("/api/v1/batches/", {"program": str(program.pk), "inputs": inputs}, format="json")
+    assert current.status_code == 400
+    assert {e["path"] for e in current.json()["errors"]} >= {"inputs[0].query", "inputs[0].question"}
+    bad = api.post(
+        "/api/v1/batches/",
+        {"program": str(program.pk), "inputs": [{"query": "x"}], "alias": "stable"},
+        format="json",
+    )
+    assert bad.status_code == 400 and bad.json()["errors"][0]["path"].startswith("inputs[0].")
+    assert CognitiveExecution.objects.filter(program=program).count() == 3
+
+    from executions import runner
+
+    outcome = runner.run_execution(items[0].pk)
+    ran = outcome.execution
+    assert ran.status == "succeeded", ran.error
+    (call,) = [entry for entry in ran.trace if entry["kind"] == "lm"]
+    assert "Answer in one word, stable release." in json.dumps(call["messages"])
+
+
+def test_a_decision_keeps_the_figures_it_was_made_on(db):
+    """Feedback arriving between the rules' count and the decision's write does not make the
+    recorded figures disagree with the reason (seen in the end-to-end loop under load)."""
+    program = ProgramFactory()
+    canary = make_canary(program, tuned_result(program), promote_when={"min_executions": 3})
+    add(canary, "control", [0.1, 0.2, 0.1])
+    add(canary, "candidate", [0.9, 0.8, 0.9])
+    arms = releases.figures(canary)
+    add(canary, "candidate", [0.1])  # arrives meanwhile
+    releases.finish(canary, Canary.Status.PROMOTED, "promoted: as counted", channel="rules", arms=arms)
+    canary.refresh_from_db()
+    recorded = canary.decisions[-1]["figures"]["arms"]
+    assert (recorded["candidate"]["feedback"]["count"], recorded["candidate"]["feedback"]["mean"]) == (
+        3,
+        0.8667,
+    )
+    assert releases.report(canary)["arms"]["candidate"]["feedback"]["count"] == 4  # counted now

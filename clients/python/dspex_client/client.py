@@ -274,6 +274,45 @@ class ProgramHandle:
     def abort_canary(self) -> dict[str, Any]:
         return dict(self._api.json("POST", f"/api/v1/programs/{self.id}/canary/abort/"))
 
+    def schedule(
+        self,
+        name: str,
+        *,
+        optimizer: str,
+        metric: str | dict[str, Any],
+        dataset: Any = None,
+        from_executions: dict[str, Any] | None = None,
+        canary: dict[str, Any] | None = None,
+        cron: str | None = None,
+        interval_s: int | None = None,
+        config: dict[str, Any] | None = None,
+        split: dict[str, Any] | None = None,
+        apply: bool = False,
+        enabled: bool = True,
+    ) -> dict[str, Any]:
+        """A recurring optimization (`cron` or `interval_s`) on a `dataset`, or the unattended
+        loop: `from_executions` builds each tick's examples from production executions, `canary`
+        starts a canary of a result that beats the baseline instead of applying it
+        (docs/releases.md, "The loop")."""
+        body = _without_none(
+            {
+                "name": name,
+                "program": self.id,
+                "optimizer": optimizer,
+                "metric": metric,
+                "dataset": getattr(dataset, "id", dataset),
+                "from_executions": from_executions,
+                "canary": canary,
+                "cron": cron,
+                "interval_s": interval_s,
+                "config": config,
+                "split": split,
+                "apply": apply,
+                "enabled": enabled,
+            }
+        )
+        return dict(self._api.json("POST", "/api/v1/schedules/", json=body))
+
     def batch(
         self,
         inputs: Iterable[dict[str, Any]] | str | Path,
