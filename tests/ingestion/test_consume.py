@@ -12,7 +12,6 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import psutil
 import pytest
 from kombu import Connection, Exchange, Queue
 
@@ -226,28 +225,46 @@ def test_malformed_messages_are_dead_lettered_and_do_not_block(setup: dict[str, 
 
 
 def test_a_flood_stays_in_the_broker_not_in_memory(setup: dict[str, Any]) -> None:
-    """20,000 messages: the consumer's RSS stays flat (prefetch bounds what it holds)."""
+    """5,000 messages published at once (with confirms): the consumer holds at most its prefetch
+    unacknowledged (counted by RabbitMQ and by the consumer), and its RSS stays flat while it
+    works through them; the rest waits in RabbitMQ. `bench/ingestion.py --flood 100000` is the
+    full-size run."""
+    from bench.amqpflood import Sampler, publish_confirmed
+
     setup["sim"].configure(latency_ms=0)
     with Connection(URL) as conn:
-        producer = conn.Producer()
         work_queue()(conn.default_channel).declare()
-        for n in range(20_000):
-            producer.publish(
-                json.dumps({"program": "qa-ingest", "input": {"question": f"q{n}"}}).encode(),
-                exchange="",
-                routing_key="dspex_executions",
-                content_type="application/json",
-            )
-    consumer = setup["consumer"]("--concurrency", "4")
-    process = psutil.Process(consumer.proc.pid)
-    wait_for(lambda: CognitiveExecution.objects.count() >= 200, 40, "200 executions")
-    early = process.memory_info().rss
-    wait_for(lambda: CognitiveExecution.objects.count() >= 1000, 60, "1000 executions")
-    late = process.memory_info().rss
+    bodies = (
+        json.dumps({"program": "qa-ingest", "input": {"question": f"q{n}"}, "message_id": f"f-{n}"}).encode()
+        for n in range(5_000)
+    )
+    assert publish_confirmed(URL, "dspex_executions", bodies) == 5_000
+    consumer = setup["consumer"]("--concurrency", "4", "--prefetch", "6")
+    progress = {"done": 0}
+    sampler = Sampler(
+        consumer.proc.pid, VHOST, "dspex_executions", lambda: progress["done"], broker_every=2.0
+    )
+    sampler.start()
+    try:
+        deadline = time.monotonic() + 180
+        while progress["done"] < 1_500 and time.monotonic() < deadline:
+            progress["done"] = CognitiveExecution.objects.count()
+            time.sleep(0.5)
+    finally:
+        sampler.stop()
+    assert progress["done"] >= 1_500, progress
     with Connection(URL) as conn:
-        backlog = work_queue()(conn.default_channel).queue_declare(passive=True).message_count
-    assert backlog > 10_000  # the flood waits in RabbitMQ
-    assert late - early < 40 * 1024 * 1024, (early, late)
+        backlog = queue_depth(conn, work_queue())
+    consumer.stop()
+    out = consumer.output()
+    assert backlog > 3_000  # the flood waits in RabbitMQ
+    broker_seen = [s.unacked for s in sampler.samples if s.unacked is not None]
+    assert len(broker_seen) >= 5 and 1 <= max(broker_seen) <= 6, broker_seen  # never above prefetch
+    assert "in flight at most " in out and int(out.split("in flight at most ")[1].split()[0]) <= 6, out
+    warm = sampler.rss_after(300)
+    assert len(warm) >= 10
+    assert max(warm) - warm[0] < 40 * 1024 * 1024, (warm[0], max(warm))  # flat past the warm-up
+    assert sampler.peak_rss < 400 * 1024 * 1024, sampler.peak_rss
 
 
 def queue_depth(conn: Connection, queue: Queue) -> int:
