@@ -373,6 +373,52 @@ def test_a_message_whose_processing_raises_is_dead_lettered_with_its_error(
     assert "messages taken 4," in consumer.output()  # the poison one 3 times, "fine" once
 
 
+@pytest.fixture
+def flaky_database() -> Iterator[str]:
+    """A Postgres trigger that fails the first three inserts of a marked execution with SQLSTATE
+    08006 (connection failure: Django's OperationalError, as a database restart gives)."""
+    from django.db import connection
+
+    marker = "flaky-db"
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE SEQUENCE qa_flaky_seq")
+        cursor.execute(
+            "CREATE FUNCTION qa_flaky() RETURNS trigger AS $$ BEGIN "
+            f"IF NEW.input::text LIKE '%{marker}%' AND nextval('qa_flaky_seq') <= 3 THEN "
+            "RAISE EXCEPTION 'qa database going away' USING ERRCODE = '08006'; "
+            "END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+        )
+        cursor.execute(
+            "CREATE TRIGGER qa_flaky BEFORE INSERT ON cognitive_executions "
+            "FOR EACH ROW EXECUTE FUNCTION qa_flaky()"
+        )
+    yield marker
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TRIGGER IF EXISTS qa_flaky ON cognitive_executions")
+        cursor.execute("DROP FUNCTION IF EXISTS qa_flaky()")
+        cursor.execute("DROP SEQUENCE IF EXISTS qa_flaky_seq")
+
+
+def test_a_database_outage_is_retried_without_spending_deliveries(
+    setup: dict[str, Any], flaky_database: str
+) -> None:
+    """Three database failures in a row on a message allowed two deliveries: it is held and
+    retried (not requeued), so it still runs, once, on its first delivery."""
+    consumer = setup["consumer"]("--max-deliveries", "2")
+    with Connection(URL) as conn:
+        replies = reply_queue(conn)
+        body = {"program": "qa-ingest", "input": {"question": flaky_database}, "message_id": "flaky-1"}
+        publish(conn, body, reply_to=replies.name)
+        result = json.loads(take(conn, replies, timeout=60).body)
+        assert queue_depth(conn, DEAD) == 0
+    assert result["status"] == "succeeded"
+    assert CognitiveExecution.objects.count() == 1
+    consumer.stop()
+    out = consumer.output()
+    assert out.count("OperationalError: qa database going away") == 3, out
+    assert "messages taken 1," in out  # one delivery: never put back
+
+
 def run_consume(env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "manage.py", "dspex_consume"],

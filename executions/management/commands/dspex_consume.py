@@ -21,6 +21,7 @@ import logging
 import queue
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar, cast
@@ -50,6 +51,7 @@ TRANSIENT = (
     OSError,
 )
 RETRY_CAP_S = 30.0
+TRANSIENT_HOLD_S = 600.0
 T = TypeVar("T")
 
 
@@ -197,13 +199,16 @@ class Command(BaseCommand):
 
     def retrying(self, what: str, call: Callable[[], T]) -> T:
         """`call()`, retried with back-off while the database or the broker is unavailable: the
-        message stays unacknowledged meanwhile, so its delivery count does not grow."""
+        message stays unacknowledged meanwhile, so its delivery count does not grow. After
+        `TRANSIENT_HOLD_S` (below RabbitMQ's 30 min `consumer_timeout`, which would close the
+        channel) the error is raised: the message goes back to the queue, one delivery spent."""
         wait = 1.0
+        give_up = time.monotonic() + TRANSIENT_HOLD_S
         while True:
             try:
                 return call()
             except TRANSIENT as exc:
-                if self.stop.is_set():
+                if self.stop.is_set() or time.monotonic() + wait > give_up:
                     raise
                 logger.warning("%s: %s: %s; retrying in %.0f s", what, type(exc).__name__, exc, wait)
                 self.stop.wait(wait)
