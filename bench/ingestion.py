@@ -69,7 +69,7 @@ def fresh_vhost() -> str:
 def flood(n: int, concurrency: int, prefetch: int, latency_ms: float, seconds: float, tmp: Path) -> None:
     from kombu import Connection, Consumer, Exchange, Queue
 
-    from bench.amqpflood import Sampler, publish_confirmed, queue_counts
+    from bench.amqpflood import Sampler, publish_confirmed
 
     setup_program("bench-ingest")  # django.setup() and the program
     from projects import keys
@@ -152,7 +152,8 @@ def flood(n: int, concurrency: int, prefetch: int, latency_ms: float, seconds: f
         consumer = procs.pop("consume")
         consumer.terminate()  # SIGTERM: it finishes what it holds, then prints its counts
         consumer.wait(timeout=120)
-        left = queue_counts(VHOST, "dspex_executions")
+        with Connection(url) as conn:  # exact (rabbitmqctl's counts are stats, up to 5 s old)
+            left = work_queue()(conn.default_channel).queue_declare(passive=True).message_count
     finally:
         stop_all(procs)
         rabbitmqctl("delete_vhost", VHOST, check=False)
@@ -167,7 +168,7 @@ def flood(n: int, concurrency: int, prefetch: int, latency_ms: float, seconds: f
         f"consumer RSS peak {sampler.peak_rss / 2**20:.0f} MB, past the warm-up "
         f"{min(warm) / 2**20 if warm else 0:.0f}-{max(warm) / 2**20 if warm else 0:.0f} MB "
         f"(spread {spread:.1f} MB over {len(warm)} samples); in flight at most {sampler.max_unacked} "
-        f"(RabbitMQ unacknowledged) / {own} (consumer); left queued {left[0]:,}",
+        f"(RabbitMQ unacknowledged) / {own} (consumer); left queued {left:,}",
         flush=True,
     )
 
