@@ -239,6 +239,9 @@ DSPEX_CONSUME_KEY = env_str("DSPEX_CONSUME_KEY", "")
 # Executions run at once (threads); messages the broker may have handed over unacknowledged.
 DSPEX_CONSUME_CONCURRENCY = env_int("DSPEX_CONSUME_CONCURRENCY", 8)
 DSPEX_CONSUME_PREFETCH = env_int("DSPEX_CONSUME_PREFETCH", 0)  # 0: the concurrency
+# Deliveries a message gets at most: one that raised (or whose consumer died) on each of them goes
+# to `dspex_executions.dead` (the queue's `x-delivery-limit` is this minus one).
+DSPEX_CONSUME_MAX_DELIVERIES = env_int("DSPEX_CONSUME_MAX_DELIVERIES", 5)
 
 # --- Auth, sessions, security ---------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -81,9 +81,7 @@ def prune(now: Any = None) -> tuple[int, bool]:
     size = settings.DSPEX_PRUNE_BATCH_SIZE
     # A live session's turns are its history: kept while it lives (executions.sessions.prune
     # deletes expired sessions, which sets their turns' `session` to null, and they go then).
-    old = CognitiveExecution.objects.filter(
-        created_at__lt=cutoff, status__in=CognitiveExecution.FINISHED, session__isnull=True
-    )
+    old = prunable_queryset(now)
     ids = list(old.order_by("created_at").values_list("id", flat=True)[:size])
     deleted = CognitiveExecution.objects.filter(id__in=ids).delete()[0] if ids else 0
     if len(ids) < size:
@@ -105,3 +103,44 @@ def analyze() -> list[str]:
                 cursor.execute(f'ANALYZE "{table}"')
                 done.append(table)
     return done
+
+
+def prunable_queryset(now: Any = None) -> Any:
+    """Finished executions older than the retention that are not a live session's turns: what
+    `prune` deletes."""
+    cutoff = (now or timezone.now()) - timedelta(days=settings.DSPEX_EXECUTION_RETENTION_DAYS)
+    return CognitiveExecution.objects.filter(
+        created_at__lt=cutoff, status__in=CognitiveExecution.FINISHED, session__isnull=True
+    )
+
+
+class StorageCollector:
+    """Scrape-time gauges of storage growth: the database's size, the retention, and when the
+    oldest execution `prune` should already have deleted was created (none while pruning keeps
+    up). docs/operations.md, "Disk and database growth"."""
+
+    def collect(self) -> Any:
+        from prometheus_client.core import GaugeMetricFamily
+
+        size = GaugeMetricFamily("dspex_db_size_bytes", "Size of the database on disk (pg_database_size)")
+        retention = GaugeMetricFamily(
+            "dspex_execution_retention_seconds", "DSPEX_EXECUTION_RETENTION_DAYS, in seconds"
+        )
+        overdue = GaugeMetricFamily(
+            "dspex_execution_prune_overdue_oldest_timestamp_seconds",
+            "Creation time of the oldest finished execution older than the retention (absent: none)",
+        )
+        retention.add_metric([], settings.DSPEX_EXECUTION_RETENTION_DAYS * 86400.0)
+        try:
+            if connection.vendor == "postgresql":
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_database_size(current_database())")
+                    size.add_metric([], float(cursor.fetchone()[0]))
+            oldest = prunable_queryset().order_by("created_at").values_list("created_at", flat=True).first()
+            if oldest is not None:
+                overdue.add_metric([], oldest.timestamp())
+        except Exception as exc:
+            logger.warning("storage gauges unavailable: %s", type(exc).__name__)
+        yield size
+        yield retention
+        yield overdue

@@ -19,6 +19,13 @@ A message that cannot run (not JSON, unknown program, an input its signature ref
 such as `budget_exceeded`) goes to the `dspex_executions.dead` queue with the error body (the
 execute API's `{"code", "detail", "errors"}`, same codes) in its `x-dspex-error` header and its
 original body unchanged; the caller's `reply_to`, if any, gets the error body too.
+
+Poison messages: a message is delivered at most `DSPEX_CONSUME_MAX_DELIVERIES` times. One whose
+processing raises on its last delivery is dead-lettered by the consumer (code `delivery_limit`,
+the last error in the detail); one whose consumer died on each delivery is dead-lettered by
+RabbitMQ itself (the queue's `x-delivery-limit`, `x-first-death-reason: delivery_limit`), and the
+consumer refuses any that still arrives with that many deliveries behind it (a queue declared
+without the limit). Database and broker outages are not counted: the message is held and retried.
 """
 
 import json
@@ -52,6 +59,41 @@ RESULTS_EXCHANGE = "dspex_results"
 MAX_MESSAGE_ID = 200
 RATE_LIMIT_TRIES = 20  # a 429 `rate_limited` refusal: wait its Retry-After, this many times at most
 REDELIVERED_WAIT_S = 600.0  # a redelivered message whose execution still runs: wait this long for it
+
+
+def queue_arguments(max_deliveries: int) -> dict[str, Any]:
+    """`dspex_executions`' arguments: a quorum queue that dead-letters a message to
+    `dspex_executions.dead` once it was delivered `max_deliveries` times without an ack
+    (RabbitMQ's delivery-limit counts the returns: a requeue, or its consumer's channel closing)."""
+    return {
+        "x-queue-type": "quorum",
+        "x-delivery-limit": max(0, max_deliveries - 1),
+        "x-dead-letter-exchange": "",
+        "x-dead-letter-routing-key": DEAD_QUEUE,
+        "x-dead-letter-strategy": "at-least-once",
+        "x-overflow": "reject-publish",  # at-least-once dead-lettering requires it (no length limit is set)
+    }
+
+
+def deliveries_before(headers: dict[str, Any] | None) -> int:
+    """How often the message was delivered before without an ack (quorum queues' `x-delivery-count`)."""
+    value = (headers or {}).get("x-delivery-count", 0)
+    return value if isinstance(value, int) and value > 0 else 0
+
+
+def delivery_limit_body(deliveries: int, last_error: BaseException | None) -> dict[str, Any]:
+    """The dead letter's error body for a poison message."""
+    if last_error is None:
+        detail = (
+            f"Delivered {deliveries} times and never acknowledged: its consumer died or failed "
+            "while processing it each time."
+        )
+    else:
+        detail = (
+            f"Processing it failed on each of its {deliveries} deliveries; the last: "
+            f"{type(last_error).__name__}: {str(last_error)[:500]}"
+        )
+    return {"code": "delivery_limit", "detail": detail, "errors": []}
 
 
 def amqp_url() -> str:

@@ -12,10 +12,10 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-import psutil
 import pytest
 from kombu import Connection, Exchange, Queue
 
+from executions import ingestion
 from executions.models import CognitiveExecution, IngestedMessage
 from tests.factories import KeyFactory, ProgramFactory, default_project
 from tests.support import ROOT, SimServer, process_env, sim_env, wait_for
@@ -50,8 +50,13 @@ class Consumer:
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
         )
-        line = self.proc.stdout.readline().decode()  # type: ignore[union-attr]
-        assert "dspex_consume: queue dspex_executions" in line, line + self.output()
+        self.started = ""  # what it printed up to its start line (warnings included)
+        for _ in range(20):
+            line = self.proc.stdout.readline().decode()  # type: ignore[union-attr]
+            self.started += line
+            if not line or "dspex_consume: queue dspex_executions" in line:
+                break
+        assert "dspex_consume: queue dspex_executions" in line, self.started + self.output()
 
     def output(self) -> str:
         try:
@@ -83,6 +88,15 @@ def setup(vhost: str, http_provider: SimServer) -> Iterator[dict[str, Any]]:
     yield {"program": program, "key": key, "consumer": consumer, "sim": http_provider}
     for c in started:
         c.stop()
+
+
+def work_queue(max_deliveries: int = 5) -> Queue:
+    """`dspex_executions` as the consumer declares it (its delivery limit and dead-lettering)."""
+    return Queue("dspex_executions", durable=True, queue_arguments=ingestion.queue_arguments(max_deliveries))
+
+
+QUORUM = {"x-queue-type": "quorum"}
+DEAD = Queue("dspex_executions.dead", durable=True, queue_arguments=QUORUM)
 
 
 def publish(conn: Connection, body: Any, **properties: Any) -> None:
@@ -199,8 +213,7 @@ def test_malformed_messages_are_dead_lettered_and_do_not_block(setup: dict[str, 
         )
         first = json.loads(take(conn, replies).body)
         good = json.loads(take(conn, replies).body)
-        dead = Queue("dspex_executions.dead", durable=True, queue_arguments={"x-queue-type": "quorum"})
-        letters = [take(conn, dead) for _ in range(3)]
+        letters = [take(conn, DEAD) for _ in range(3)]
     assert first["code"] == "malformed_request"
     assert good["status"] == "succeeded"
     codes = [json.loads(m.headers["x-dspex-error"]) for m in letters]
@@ -212,36 +225,198 @@ def test_malformed_messages_are_dead_lettered_and_do_not_block(setup: dict[str, 
 
 
 def test_a_flood_stays_in_the_broker_not_in_memory(setup: dict[str, Any]) -> None:
-    """20,000 messages: the consumer's RSS stays flat (prefetch bounds what it holds)."""
+    """5,000 messages published at once (with confirms): the consumer holds at most its prefetch
+    unacknowledged (counted by RabbitMQ and by the consumer), and its RSS stays flat while it
+    works through them; the rest waits in RabbitMQ. `bench/ingestion.py --flood 100000` is the
+    full-size run."""
+    from bench.amqpflood import Sampler, publish_confirmed
+
     setup["sim"].configure(latency_ms=0)
     with Connection(URL) as conn:
-        producer = conn.Producer()
-        Queue("dspex_executions", durable=True, queue_arguments={"x-queue-type": "quorum"})(
-            conn.default_channel
-        ).declare()
-        for n in range(20_000):
-            producer.publish(
-                json.dumps({"program": "qa-ingest", "input": {"question": f"q{n}"}}).encode(),
-                exchange="",
-                routing_key="dspex_executions",
-                content_type="application/json",
-            )
-    consumer = setup["consumer"]("--concurrency", "4")
-    process = psutil.Process(consumer.proc.pid)
-    wait_for(lambda: CognitiveExecution.objects.count() >= 200, 40, "200 executions")
-    early = process.memory_info().rss
-    wait_for(lambda: CognitiveExecution.objects.count() >= 1000, 60, "1000 executions")
-    late = process.memory_info().rss
+        work_queue()(conn.default_channel).declare()
+    bodies = (
+        json.dumps({"program": "qa-ingest", "input": {"question": f"q{n}"}, "message_id": f"f-{n}"}).encode()
+        for n in range(5_000)
+    )
+    assert publish_confirmed(URL, "dspex_executions", bodies) == 5_000
+    consumer = setup["consumer"]("--concurrency", "4", "--prefetch", "6")
+    progress = {"done": 0}
+    sampler = Sampler(
+        consumer.proc.pid, VHOST, "dspex_executions", lambda: progress["done"], broker_every=2.0
+    )
+    sampler.start()
+    try:
+        deadline = time.monotonic() + 180
+        while progress["done"] < 1_500 and time.monotonic() < deadline:
+            progress["done"] = CognitiveExecution.objects.count()
+            time.sleep(0.5)
+    finally:
+        sampler.stop()
+    assert progress["done"] >= 1_500, progress
     with Connection(URL) as conn:
-        backlog = (
-            Queue("dspex_executions", durable=True, queue_arguments={"x-queue-type": "quorum"})(
-                conn.default_channel
-            )
-            .queue_declare(passive=True)
-            .message_count
+        backlog = queue_depth(conn, work_queue())
+    consumer.stop()
+    out = consumer.output()
+    assert backlog > 3_000  # the flood waits in RabbitMQ
+    broker_seen = [s.unacked for s in sampler.samples if s.unacked is not None]
+    assert len(broker_seen) >= 5 and 1 <= max(broker_seen) <= 6, broker_seen  # never above prefetch
+    assert "in flight at most " in out and int(out.split("in flight at most ")[1].split()[0]) <= 6, out
+    warm = sampler.rss_after(300)
+    assert len(warm) >= 10
+    assert max(warm) - warm[0] < 40 * 1024 * 1024, (warm[0], max(warm))  # flat past the warm-up
+    assert sampler.peak_rss < 400 * 1024 * 1024, sampler.peak_rss
+
+
+def queue_depth(conn: Connection, queue: Queue) -> int:
+    return int(queue(conn.default_channel).queue_declare(passive=True).message_count)
+
+
+@pytest.mark.parametrize("declared", ["by the consumer", "without a delivery limit"])
+def test_a_message_that_kills_its_consumer_is_dead_lettered_after_its_deliveries(
+    setup: dict[str, Any], declared: str
+) -> None:
+    """SIGKILL the consumer while the poison message runs, on each delivery: after the third
+    (`--max-deliveries 3`) RabbitMQ dead-letters it (the queue's `x-delivery-limit`), or, on a
+    queue declared before without that limit, the next consumer refuses it on arrival."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from executions import housekeeping
+
+    limited = declared == "by the consumer"
+    queue = work_queue(3) if limited else Queue("dspex_executions", durable=True, queue_arguments=QUORUM)
+    sim = setup["sim"]
+    sim.configure(latency_ms=30_000)  # every call hangs: the message is in flight until the kill
+    with Connection(URL) as conn:
+        body = {"program": "qa-ingest", "input": {"question": "kills"}, "message_id": "poison-kill"}
+        queue(conn.default_channel).declare()
+        publish(conn, body)
+        for delivery in range(1, 4):
+            calls = sim.requests()
+            consumer = setup["consumer"]("--max-deliveries", "3")
+            wait_for(lambda calls=calls: sim.requests() > calls, 30, f"delivery {delivery}'s LM call")
+            consumer.proc.kill()
+            consumer.proc.wait()
+            # The reaper puts the killed run back to pending, so the next delivery runs it again.
+            housekeeping.reap(now=timezone.now() + timedelta(seconds=120))
+        # The queue goes on: the next message runs; the poison one does not run a fourth time.
+        sim.configure(latency_ms=0)
+        calls = sim.requests()
+        consumer = setup["consumer"]("--max-deliveries", "3")
+        replies = reply_queue(conn)
+        publish(conn, {"program": "qa-ingest", "input": {"question": "after"}}, reply_to=replies.name)
+        assert json.loads(take(conn, replies).body)["status"] == "succeeded"
+        letter = take(conn, DEAD, timeout=20)
+        assert queue_depth(conn, queue) == 0 and queue_depth(conn, DEAD) == 0
+    assert json.loads(letter.body) == body  # the original body, unchanged
+    if limited:
+        assert letter.headers["x-first-death-reason"] == "delivery_limit"
+        assert letter.headers["x-first-death-queue"] == "dspex_executions"
+    else:
+        assert "exists with other arguments" in consumer.started
+        assert letter.headers["x-dspex-error-code"] == "delivery_limit"
+        assert letter.headers["x-dspex-deliveries"] == 3
+        assert "Delivered 3 times" in json.loads(letter.headers["x-dspex-error"])["detail"]
+    consumer.stop()
+    assert f"messages taken {1 if limited else 2}," in consumer.output()
+    assert sim.requests() == calls + 1  # only "after"'s call
+    assert CognitiveExecution.objects.filter(input={"question": "kills"}).count() == 1
+
+
+@pytest.fixture
+def raising_input() -> Iterator[str]:
+    """A Postgres trigger that refuses to store an execution whose input holds a marker: that
+    message's processing raises on every delivery (a real database error, not a stub)."""
+    from django.db import connection
+
+    marker = "poison-raises"
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "CREATE FUNCTION qa_poison() RETURNS trigger AS $$ BEGIN "
+            f"IF NEW.input::text LIKE '%{marker}%' THEN RAISE EXCEPTION 'qa poison input refused'; "
+            "END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
         )
-    assert backlog > 10_000  # the flood waits in RabbitMQ
-    assert late - early < 40 * 1024 * 1024, (early, late)
+        cursor.execute(
+            "CREATE TRIGGER qa_poison BEFORE INSERT ON cognitive_executions "
+            "FOR EACH ROW EXECUTE FUNCTION qa_poison()"
+        )
+    yield marker
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TRIGGER IF EXISTS qa_poison ON cognitive_executions")
+        cursor.execute("DROP FUNCTION IF EXISTS qa_poison()")
+
+
+def test_a_message_whose_processing_raises_is_dead_lettered_with_its_error(
+    setup: dict[str, Any], raising_input: str
+) -> None:
+    consumer = setup["consumer"]("--max-deliveries", "3", "--concurrency", "2")
+    with Connection(URL) as conn:
+        replies = reply_queue(conn)
+        poison = {"program": "qa-ingest", "input": {"question": raising_input}, "message_id": "raises-1"}
+        publish(conn, poison, reply_to=replies.name, correlation_id="p")
+        publish(conn, {"program": "qa-ingest", "input": {"question": "fine"}}, reply_to=replies.name)
+        answers = [take(conn, replies, timeout=40) for _ in range(2)]
+        letter = take(conn, DEAD, timeout=10)
+        assert queue_depth(conn, work_queue(3)) == 0
+    by_correlation = {m.properties.get("correlation_id"): json.loads(m.body) for m in answers}
+    assert by_correlation[None]["status"] == "succeeded"  # the other message is not held up
+    error = by_correlation["p"]
+    assert error["code"] == "delivery_limit"
+    assert "3 deliveries" in error["detail"] and "qa poison input refused" in error["detail"]
+    assert json.loads(letter.headers["x-dspex-error"]) == error
+    assert letter.headers["x-dspex-error-code"] == "delivery_limit"
+    assert letter.headers["x-dspex-deliveries"] == 3
+    assert json.loads(letter.body) == poison
+    assert not IngestedMessage.objects.filter(pk="raises-1").exists()
+    consumer.stop()
+    assert "messages taken 4," in consumer.output()  # the poison one 3 times, "fine" once
+
+
+@pytest.fixture
+def flaky_database() -> Iterator[str]:
+    """A Postgres trigger that fails the first three inserts of a marked execution with SQLSTATE
+    08006 (connection failure: Django's OperationalError, as a database restart gives)."""
+    from django.db import connection
+
+    marker = "flaky-db"
+    with connection.cursor() as cursor:
+        cursor.execute("CREATE SEQUENCE qa_flaky_seq")
+        cursor.execute(
+            "CREATE FUNCTION qa_flaky() RETURNS trigger AS $$ BEGIN "
+            f"IF NEW.input::text LIKE '%{marker}%' AND nextval('qa_flaky_seq') <= 3 THEN "
+            "RAISE EXCEPTION 'qa database going away' USING ERRCODE = '08006'; "
+            "END IF; RETURN NEW; END $$ LANGUAGE plpgsql"
+        )
+        cursor.execute(
+            "CREATE TRIGGER qa_flaky BEFORE INSERT ON cognitive_executions "
+            "FOR EACH ROW EXECUTE FUNCTION qa_flaky()"
+        )
+    yield marker
+    with connection.cursor() as cursor:
+        cursor.execute("DROP TRIGGER IF EXISTS qa_flaky ON cognitive_executions")
+        cursor.execute("DROP FUNCTION IF EXISTS qa_flaky()")
+        cursor.execute("DROP SEQUENCE IF EXISTS qa_flaky_seq")
+
+
+def test_a_database_outage_is_retried_without_spending_deliveries(
+    setup: dict[str, Any], flaky_database: str
+) -> None:
+    """Three database failures in a row on a message allowed two deliveries: it is held and
+    retried (not requeued), so it still runs, once, on its first delivery."""
+    consumer = setup["consumer"]("--max-deliveries", "2")
+    with Connection(URL) as conn:
+        replies = reply_queue(conn)
+        body = {"program": "qa-ingest", "input": {"question": flaky_database}, "message_id": "flaky-1"}
+        publish(conn, body, reply_to=replies.name)
+        result = json.loads(take(conn, replies, timeout=60).body)
+        assert queue_depth(conn, DEAD) == 0
+    assert result["status"] == "succeeded"
+    assert CognitiveExecution.objects.count() == 1
+    consumer.stop()
+    out = consumer.output()
+    assert out.count("OperationalError: qa database going away") == 3, out
+    assert "messages taken 1," in out  # one delivery: never put back
 
 
 def run_consume(env: dict) -> subprocess.CompletedProcess:

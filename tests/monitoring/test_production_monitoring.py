@@ -26,7 +26,57 @@ def test_alert_rules_pass_promtool():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 12 rules found" in result.stdout
+    rules = (DOCKER / "prometheus" / "alerts.yml").read_text().count("- alert: ")
+    assert rules >= 13 and f"SUCCESS: {rules} rules found" in result.stdout
+
+
+@promtool
+def test_pruning_behind_fires_only_when_rows_outlive_the_retention_by_a_day(tmp_path: Path):
+    """`promtool test rules` on the shipped rule: with a 7-day retention, the oldest prunable row
+    8.5 days old fires after the hour's `for`; 7.5 days old (pruning a little late) does not."""
+    import yaml
+
+    shutil.copy(DOCKER / "prometheus" / "alerts.yml", tmp_path / "alerts.yml")
+    day = 86400
+
+    def case(age_days: float, fires: bool) -> dict:
+        # At eval time t (seconds since 0), the oldest overdue row was created age_days before.
+        created = 2 * 3600 - age_days * day
+        return {
+            "interval": "1m",
+            "input_series": [
+                {"series": "dspex_execution_retention_seconds", "values": f"{7 * day}x180"},
+                {
+                    "series": "dspex_execution_prune_overdue_oldest_timestamp_seconds",
+                    "values": f"{created:.0f}x180",
+                },
+            ],
+            "alert_rule_test": [
+                {
+                    "eval_time": "2h",
+                    "alertname": "DSPexPruningBehind",
+                    "exp_alerts": [{"exp_labels": {"severity": "warn"}}] if fires else [],
+                }
+            ],
+        }
+
+    spec = {"rule_files": ["alerts.yml"], "tests": [case(8.5, True), case(7.5, False)]}
+    for test in spec["tests"]:
+        for alert in test["alert_rule_test"]:
+            for expected in alert["exp_alerts"]:
+                expected["exp_annotations"] = _annotations("DSPexPruningBehind")
+    (tmp_path / "test.yml").write_text(yaml.safe_dump(spec))
+    result = subprocess.run(
+        ["promtool", "test", "rules", str(tmp_path / "test.yml")], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _annotations(alert: str) -> dict:
+    import yaml
+
+    rules = yaml.safe_load((DOCKER / "prometheus" / "alerts.yml").read_text())["groups"][0]["rules"]
+    return next(rule["annotations"] for rule in rules if rule["alert"] == alert)
 
 
 @promtool

@@ -82,6 +82,29 @@ def test_prune_deletes_old_finished_executions_in_bounded_chunks(make_program, s
     assert set(CognitiveExecution.objects.values_list("id", flat=True)) == {stuck_old.id, recent.id}
 
 
+def test_metrics_show_the_database_size_and_rows_pruning_left_behind(make_program, settings, client):
+    """The gauges `DSPexPruningBehind` reads: the oldest prunable row's creation time is exported
+    while one exists, and gone once `prune` deleted it."""
+    import re
+
+    settings.DSPEX_EXECUTION_RETENTION_DAYS = 7
+    program = make_program()
+    old = timezone.now() - timedelta(days=9)
+    ExecutionFactory(program=program, status="succeeded", created_at=old)
+    ExecutionFactory(program=program, status="running", created_at=old - timedelta(days=1))  # not prunable
+    ExecutionFactory(program=program, status="succeeded")
+
+    def gauge(name: str) -> float | None:
+        found = re.search(rf"^{name} (\S+)$", client.get("/metrics").content.decode(), flags=re.M)
+        return float(found.group(1)) if found else None
+
+    assert gauge("dspex_execution_retention_seconds") == 7 * 86400
+    assert gauge("dspex_db_size_bytes") > 1_000_000
+    assert gauge("dspex_execution_prune_overdue_oldest_timestamp_seconds") == pytest.approx(old.timestamp())
+    assert housekeeping.prune() == (1, False)
+    assert gauge("dspex_execution_prune_overdue_oldest_timestamp_seconds") is None
+
+
 def test_housekeeping_beat_schedules_are_created_idempotently_on_the_cleanup_queue():
     names = {TASKS[t].schedule_name for t in ("executions.reap", "executions.prune", "executions.analyze")}
     sync_schedules()
