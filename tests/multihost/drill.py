@@ -11,7 +11,9 @@ application hosts and HAProxy, each part a real process of the product's own con
   `show servers state`.
 """
 
+import base64
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import redis
 import requests
 from celery import Celery
 
@@ -201,6 +204,19 @@ class Deployment:
         assert self.pg is not None
         with psycopg.connect(self.pg.url(DB_NAME), autocommit=True, connect_timeout=5) as conn:
             return conn.execute(query, params).fetchall()
+
+    def unacked_messages(self) -> list[tuple[str, list]]:
+        """(task, args) of every message delivered but never acknowledged (kombu's Redis
+        transport keeps them in the `unacked` hash until the visibility timeout)."""
+        assert self.redis is not None
+        client = redis.Redis.from_url(self.redis.url)
+        messages = []
+        for raw in client.hvals("unacked"):
+            message = json.loads(raw)[0]
+            args = json.loads(base64.b64decode(message["body"]))[0]
+            messages.append((message["headers"]["task"], args))
+        client.close()
+        return messages
 
     # --- tear-down ---------------------------------------------------------------------------------
     def close(self) -> None:
