@@ -57,7 +57,10 @@ CONCURRENCY = {
 
 class Deployment:
     def __init__(self, slot: int, source_db_url: str) -> None:
-        self.dir = Path(tempfile.mkdtemp(prefix=f"dspex-multihost-{slot}-"))
+        prefix = f"dspex-multihost-{slot}-"
+        for leftover in Path(tempfile.gettempdir()).glob(prefix + "*"):  # a crashed earlier run's
+            shutil.rmtree(leftover, ignore_errors=True)
+        self.dir = Path(tempfile.mkdtemp(prefix=prefix))
         self.logs = self.dir / "logs"
         self.logs.mkdir()
         self.network = Network(slot, self.logs)

@@ -75,10 +75,9 @@ def deployment(drill_program: tuple[str, str], settings: pytest.FixtureRequest) 
     try:
         drill.start()
         yield drill
-    except BaseException:
-        print("\n".join(host.log_tail() for host in drill.network.hosts.values()))
-        raise
     finally:
+        # Shown by pytest when the test (or the bring-up) failed: every process's last output.
+        print("\n".join(host.log_tail() for host in drill.network.hosts.values()))
         drill.close()
 
 
@@ -386,7 +385,7 @@ def test_losing_an_application_host_loses_nothing_and_runs_nothing_twice(
         "executions in flight anywhere at the kill": len(in_flight),
         "all of them succeeded (s)": round(recovered.at - t_kill, 2),
         "messages left unacknowledged by the dead workers": len(stranded),
-        "of them prefetched, not started (re-published by the pending sweep)": len(
+        "of them for executions not running there (held, not started)": len(
             stranded_rows - {str(h) for h in held}
         ),
         "restarted host back in HAProxy (s from restart)": round(t_back - t_restart, 2),
