@@ -97,7 +97,11 @@ class Deployment:
         wait_for(lambda: self.lb_states() == {"web1": "up", "web2": "up"}, 30, "HAProxy to see both webs up")
 
     def process_env(self) -> dict[str, str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERY_", "DSPEX_TEST_BROKER"))}
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("CELERY_", "DATABASE_", "DSPEX_TEST_BROKER"))
+        }
         assert self.simlm is not None and self.redis is not None and self.pg is not None
         hosts = ",".join(["127.0.0.1", "localhost", *(h.address for h in self.apps.values())])
         env.update(
