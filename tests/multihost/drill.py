@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import psutil
 import psycopg
 import redis
 import requests
@@ -55,9 +56,23 @@ CONCURRENCY = {
 }
 
 
+def stop_leftover_haproxy(socket_prefix: str) -> None:
+    """HAProxy runs in the root namespace, so removing the namespaces does not stop the one a
+    crashed earlier run of this slot left: find it by its admin socket's directory."""
+    for proc in psutil.process_iter(["name"]):
+        if proc.info["name"] != "haproxy":
+            continue
+        try:
+            if proc.environ().get("HAPROXY_STATS_SOCKET", "").startswith(socket_prefix):
+                proc.kill()
+        except psutil.Error:
+            pass
+
+
 class Deployment:
     def __init__(self, slot: int, source_db_url: str) -> None:
         prefix = f"dspex-multihost-{slot}-"
+        stop_leftover_haproxy(str(Path(tempfile.gettempdir()) / prefix))
         for leftover in Path(tempfile.gettempdir()).glob(prefix + "*"):  # a crashed earlier run's
             shutil.rmtree(leftover, ignore_errors=True)
         self.dir = Path(tempfile.mkdtemp(prefix=prefix))
