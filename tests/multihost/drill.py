@@ -222,6 +222,16 @@ class Deployment:
                 states[fields[3]] = "up" if fields[5] == "2" else "down"
         return states
 
+    def haproxy_log(self, lines: int = 60) -> str:
+        """HAProxy's log lines of requests that did not end normally (termination state other
+        than `--`), and its last lines."""
+        path = self.logs / "haproxy.log"
+        if not path.exists():
+            return ""
+        text = path.read_text(errors="replace").splitlines()
+        odd = [line for line in text if " -- " not in line and "/health/ready" not in line]
+        return "--- haproxy.log\n" + "\n".join([*odd[-lines:], "(last lines)", *text[-10:]])
+
     def sql(self, query: str, params: Any = None) -> list[tuple]:
         assert self.pg is not None
         with psycopg.connect(self.pg.url(DB_NAME), autocommit=True, connect_timeout=5) as conn:
@@ -261,4 +271,6 @@ class Deployment:
             with contextlib.suppress(subprocess.CalledProcessError):
                 self.pg.close()  # pg_ctl stop: a killed postmaster would leave its shared memory
         self.network.clean()  # kills whatever is left in the namespaces first
+        if os.environ.get("DSPEX_DRILL_LOGS"):  # keep every process's output for a look later
+            shutil.copytree(self.logs, os.environ["DSPEX_DRILL_LOGS"], dirs_exist_ok=True)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -11,6 +11,7 @@ column is `hostname:pid` (dspex_site.jobs.worker_name) and Celery's `%h` is the 
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import time
@@ -91,7 +92,9 @@ class Host:
     def log_tail(self, chars: int = 3000) -> str:
         parts = []
         for path in sorted(self.logs.glob(f"{self.name}-*.log")):
-            parts.append(f"--- {path.name}\n{path.read_text(errors='replace')[-chars:]}")
+            text = path.read_text(errors="replace")
+            alarms = [line for line in text.splitlines() if re.search(r"CRITICAL|ERROR|Traceback", line)]
+            parts.append(f"--- {path.name}\n" + "\n".join(alarms[-20:]) + f"\n(last lines)\n{text[-chars:]}")
         return "\n".join(parts)
 
 

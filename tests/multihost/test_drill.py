@@ -18,6 +18,8 @@ killed at once (SIGKILL of every pid in its namespace). Then:
 The figures (time to detect, to recover, lost / duplicated / failed in flight) are printed.
 Needs root (network namespaces), iproute2 and HAProxy; without them the test is skipped, except
 when DSPEX_REQUIRE_MULTIHOST=1 (CI) makes that a failure.
+The processes' output (and HAProxy's request log) is printed when the test fails, and copied to
+the directory DSPEX_DRILL_LOGS names, when set.
 """
 
 import json
@@ -78,6 +80,7 @@ def deployment(drill_program: tuple[str, str], settings: pytest.FixtureRequest) 
     finally:
         # Shown by pytest when the test (or the bring-up) failed: every process's last output.
         print("\n".join(host.log_tail() for host in drill.network.hosts.values()))
+        print(drill.haproxy_log())
         drill.close()
 
 
@@ -366,6 +369,11 @@ def test_losing_an_application_host_loses_nothing_and_runs_nothing_twice(
         rows = by_mark.get(mark, [])
         if len(rows) != 1 or rows[0]["status"] != "succeeded":
             lost.append((mark, "batch", [(r["status"], r["errors"]) for r in rows]))
+    # Every execution here called the provider (cache off, unique inputs): a mark simlm never saw
+    # would make the provider-call check below vacuous.
+    uncounted = [
+        mark for mark, rows in by_mark.items() if rows[0]["status"] == "succeeded" and not calls.get(mark)
+    ]
     for mark, rows in by_mark.items():
         lm_events = [e for e in rows[0]["trace"] if e.get("kind") == "lm"]
         if len(rows) > 1 or calls.get(mark, 0) > rows[0]["attempts"] or len(lm_events) != 1:
@@ -406,6 +414,7 @@ def test_losing_an_application_host_loses_nothing_and_runs_nothing_twice(
 
     assert held, "the kill hit executions in flight (otherwise the drill proves nothing)"
     assert not lost, f"executions lost: {lost[:10]}"
+    assert not uncounted, f"simlm counted no provider call for {uncounted[:10]}"
     assert not duplicated, (
         f"executions run twice (mark, rows, provider calls, attempts, LM events): {duplicated[:10]}"
     )
