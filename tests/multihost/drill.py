@@ -224,12 +224,13 @@ class Deployment:
 
     def haproxy_log(self, lines: int = 60) -> str:
         """HAProxy's log lines of requests that did not end normally (termination state other
-        than `--`), and its last lines."""
+        than `----`), and its last lines."""
         path = self.logs / "haproxy.log"
         if not path.exists():
             return ""
         text = path.read_text(errors="replace").splitlines()
-        odd = [line for line in text if " -- " not in line and "/health/ready" not in line]
+        # A request line's termination state is "----" when it ended normally.
+        odd = [line for line in text if '"' in line and " ---- " not in line]
         return "--- haproxy.log\n" + "\n".join([*odd[-lines:], "(last lines)", *text[-10:]])
 
     def sql(self, query: str, params: Any = None) -> list[tuple]:
