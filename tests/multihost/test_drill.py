@@ -410,6 +410,7 @@ def test_losing_an_application_host_loses_nothing_and_runs_nothing_twice(
             1 for sub in failed_in_flight if not by_mark.get(sub.mark)
         ),
         "failed requests sent to the dead web before HAProxy marked it down": len(failed_in_window),
+        "of them with no stored execution": sum(1 for sub in failed_in_window if not by_mark.get(sub.mark)),
         "failed requests at any other time": len(failed_late),
         "hosts after the restart (sync/queued/batch)": {k: sorted(v) for k, v in spread.items()},
         "settings": FAILOVER,
