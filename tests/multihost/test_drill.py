@@ -8,7 +8,9 @@ killed at once (SIGKILL of every pid in its namespace). Then:
 
 - nothing is lost: every execution the API accepted ends `succeeded`; a synchronous (or queued)
   request in flight on the dead web at the kill may fail, with HAProxy's JSON error, and its
-  stored execution still succeeds (re-run by the reaper on the survivor);
+  stored execution still succeeds (re-run by the reaper on the survivor); so may one sent to the
+  dead web in HAProxy's detection window (before it marked the web down: its connection may
+  die in the dying gunicorn's backlog), and no request at any other time;
 - nothing runs twice: one row per submitted input, each row's provider calls (counted by simlm
   per `[mark:...]`) at most its attempts, and its trace is one run's (one LM call);
 - every batch finishes; the survivor's workers finish the dead host's work within the
