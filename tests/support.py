@@ -27,6 +27,12 @@ from bench.common import start_web as bench_start_web
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def in_netns(netns: str | None, argv: list[str]) -> list[str]:
+    """`argv` run inside network namespace `netns` (`ip netns exec`, which execs it: the
+    process keeps its pid), or as is when None (tests/multihost builds the namespaces)."""
+    return ["ip", "netns", "exec", netns, *argv] if netns else argv
+
+
 def spawn(argv: list[str], env: dict | None = None) -> subprocess.Popen:
     """A background process in the project directory, its output discarded."""
     return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -60,9 +66,11 @@ def database_url_of_tests() -> str:
 
 
 class RedisServer:
-    """A private `redis-server` on a free port (never the machine's 6379)."""
+    """A private `redis-server` on a free port (never the machine's 6379), listening on `host`
+    (inside network namespace `netns` when given)."""
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", netns: str | None = None) -> None:
+        self.host, self.netns = host, netns
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="dspex-redis-")
         self.proc: subprocess.Popen | None = None
@@ -70,23 +78,24 @@ class RedisServer:
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        return f"redis://{self.host}:{self.port}/0"
 
     def start(self) -> None:
-        self.proc = spawn(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--dir",
-                self.dir,
-            ]
-        )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
+        argv = [
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            self.host,
+            "--save",
+            "",
+            "--dir",
+            self.dir,
+        ]
+        if self.host != "127.0.0.1":
+            argv += ["--protected-mode", "no"]  # no password: other hosts of a test network connect
+        self.proc = spawn(in_netns(self.netns, argv))
+        client = redis.Redis(host=self.host, port=self.port, socket_connect_timeout=0.5)
         wait_for(lambda: _pings(client), 10, f"redis-server on port {self.port}")
 
     def pause(self) -> None:
@@ -176,15 +185,29 @@ def start_worker_process(
 
 class PostgresServer:
     """A private PostgreSQL cluster on a free port, run as the `postgres` user (initdb refuses
-    root). Only this cluster is ever stopped or restarted; the machine's 5432 is never touched."""
+    root). Only this cluster is ever stopped or restarted; the machine's 5432 is never touched.
 
-    def __init__(self) -> None:
+    It listens on `host` (inside network namespace `netns` when given) and, with `clients` (a
+    CIDR such as 10.231.4.0/24), trusts connections from that network too; `options` are extra
+    server settings (`max_connections`, ...)."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        netns: str | None = None,
+        clients: str | None = None,
+        options: dict[str, str] | None = None,
+    ) -> None:
+        self.host, self.netns, self.options = host, netns, options or {}
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="dspex-pg-"))
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
         self.data = self.dir / "data"
         self._as_postgres(["initdb", "-A", "trust", "-U", "postgres", "-D", str(self.data)])
+        if clients:
+            with (self.data / "pg_hba.conf").open("a") as hba:
+                hba.write(f"host all all {clients} trust\n")
         self.start()
 
     def _as_postgres(self, argv: list[str]) -> None:
@@ -192,17 +215,18 @@ class PostgresServer:
         command = " ".join(f"'{arg}'" for arg in argv)
         wrapped = ["su", "postgres", "-s", "/bin/sh", "-c", command] if os.geteuid() == 0 else argv
         subprocess.run(
-            wrapped,
+            in_netns(self.netns, wrapped),
             check=True,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
 
     def url(self, dbname: str) -> str:
-        return f"postgres://postgres@127.0.0.1:{self.port}/{dbname}"
+        return f"postgres://postgres@{self.host}:{self.port}/{dbname}"
 
     def _ctl(self, action: str, *extra: str) -> None:
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1"
+        settings = {"listen_addresses": self.host, **self.options}
+        options = f"-p {self.port} -k {self.dir} " + " ".join(f"-c {k}={v}" for k, v in settings.items())
         argv = ["pg_ctl", "-D", str(self.data), "-l", str(self.dir / "log"), "-o", options, "-w", action]
         self._as_postgres([*argv, *extra])
 
@@ -215,7 +239,7 @@ class PostgresServer:
     def copy_database(self, source_url: str, dbname: str) -> None:
         """Create `dbname` here as a copy (schema and rows) of another database."""
         subprocess.run(
-            ["createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", dbname], check=True
+            ["createdb", "-h", self.host, "-p", str(self.port), "-U", "postgres", dbname], check=True
         )
         dump = subprocess.run(
             ["pg_dump", "--no-owner", "--no-acl", source_url], check=True, capture_output=True
@@ -237,9 +261,11 @@ class PostgresServer:
 class SimServer:
     """A `manage.py simlm` process; `configure()` changes its fault injection at runtime."""
 
-    def __init__(self, proc: subprocess.Popen, port: int, api_key: str | None = None):
-        self.proc, self.port, self.api_key = proc, port, api_key
-        self.base_url = f"http://127.0.0.1:{port}/v1"
+    def __init__(
+        self, proc: subprocess.Popen, port: int, api_key: str | None = None, host: str = "127.0.0.1"
+    ):
+        self.proc, self.port, self.api_key, self.host = proc, port, api_key, host
+        self.base_url = f"http://{host}:{port}/v1"
 
     def requests(self, outcome: str | None = None) -> int:
         """Chat requests this instance received (all, or those with one outcome: `ok`,
@@ -251,7 +277,7 @@ class SimServer:
 
     def clear(self) -> None:
         """Forget the request counts."""
-        requests.post(f"http://127.0.0.1:{self.port}/_sim/reset", timeout=5).raise_for_status()
+        requests.post(f"http://{self.host}:{self.port}/_sim/reset", timeout=5).raise_for_status()
 
     def stop(self) -> None:
         """Stop the process: its port then refuses connections, as a dead provider's would."""
@@ -260,7 +286,9 @@ class SimServer:
             self.proc.wait(timeout=10)
 
     def configure(self, **config: object) -> None:
-        requests.post(f"http://127.0.0.1:{self.port}/_sim/config", json=config, timeout=5).raise_for_status()
+        requests.post(
+            f"http://{self.host}:{self.port}/_sim/config", json=config, timeout=5
+        ).raise_for_status()
 
     def reset(self) -> None:
         self.configure(
@@ -275,26 +303,29 @@ class SimServer:
         )
 
     def stats(self) -> dict:
-        return requests.get(f"http://127.0.0.1:{self.port}/_sim/stats", timeout=5).json()
+        return requests.get(f"http://{self.host}:{self.port}/_sim/stats", timeout=5).json()
 
 
-def start_simlm(*args: str, api_key: str | None = None) -> SimServer:
-    """`manage.py simlm` on a free port; with `api_key` it answers 401 to any other key."""
+def start_simlm(
+    *args: str, api_key: str | None = None, host: str = "127.0.0.1", netns: str | None = None
+) -> SimServer:
+    """`manage.py simlm` on a free port of `host` (inside network namespace `netns` when given);
+    with `api_key` it answers 401 to any other key."""
     port = free_port()
     if api_key is not None:
         args = (*args, "--api-key", api_key)
     proc = subprocess.Popen(
-        [sys.executable, "manage.py", "simlm", "--host", "127.0.0.1", "--port", str(port), *args],
+        in_netns(netns, [sys.executable, "manage.py", "simlm", "--host", host, "--port", str(port), *args]),
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
     try:
-        wait_http(f"http://127.0.0.1:{port}/health")
+        wait_http(f"http://{host}:{port}/health")
     except RuntimeError:
         proc.kill()
         raise RuntimeError(f"simlm did not start: {proc.stderr.read().decode()[-2000:]}") from None
-    return SimServer(proc, port, api_key)
+    return SimServer(proc, port, api_key, host)
 
 
 class WorkerProcess:

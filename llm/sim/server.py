@@ -8,8 +8,12 @@ Endpoints (also accepted without the `/v1` prefix):
 * `POST /v1/embeddings` — `llm.sim.embeddings.simulate_embeddings` (`dimensions`, base64 encoding);
 * `GET /v1/models`, `GET /health`;
 * `GET /_sim/config`, `POST /_sim/config` (a JSON object of changes), `GET /_sim/stats`
-  (request counts by outcome), `POST /_sim/reset` (clears stats, the request counter and the
-  rate-limit window).
+  (request counts by outcome; `marks`: chat requests per `[mark:<name>]` found in their body),
+  `POST /_sim/reset` (clears stats, the request counter and the rate-limit window).
+
+Marks let a test count provider calls per execution: an input carrying `[mark:run-17]` makes
+every chat request of that execution count once under `run-17` (whatever its fault outcome), so
+a run made twice shows as 2. At most `MAX_MARKS` distinct names are kept.
 
 Faults (`llm.sim.faults`), applied to chat and embedding requests only:
 
@@ -58,6 +62,8 @@ __all__ = ["FaultConfig", "SimServer", "make_server", "serve_in_thread"]
 
 MODELS = ("sim-default", "sim-fast", "sim-embedding")
 _MAX_BODY = 32 * 1024 * 1024
+_MARK = re.compile(rb"\[mark:([A-Za-z0-9_.-]{1,80})\]")
+MAX_MARKS = 100_000
 
 
 class SimServer(ThreadingHTTPServer):
@@ -82,6 +88,7 @@ class SimServer(ThreadingHTTPServer):
         self._stats_lock = threading.Lock()
         self._outcomes: collections.Counter[str] = collections.Counter()
         self._endpoints: collections.Counter[str] = collections.Counter()
+        self._marks: collections.Counter[str] = collections.Counter()
         self.stopping = threading.Event()
         self.started_at = time.time()
         self._thread: threading.Thread | None = None
@@ -102,6 +109,7 @@ class SimServer(ThreadingHTTPServer):
         with self._stats_lock:
             self._outcomes.clear()
             self._endpoints.clear()
+            self._marks.clear()
         with self._window_lock:
             self._window.clear()
         self._counter = itertools.count()
@@ -111,12 +119,23 @@ class SimServer(ThreadingHTTPServer):
             self._endpoints[endpoint] += 1
             self._outcomes[outcome] += 1
 
+    def record_marks(self, raw: bytes) -> None:
+        """Count one request under each distinct `[mark:<name>]` of its body."""
+        names = {match.decode() for match in _MARK.findall(raw)}
+        if not names:
+            return
+        with self._stats_lock:
+            for name in names:
+                if name in self._marks or len(self._marks) < MAX_MARKS:
+                    self._marks[name] += 1
+
     def stats(self) -> dict[str, Any]:
         with self._stats_lock:
             return {
                 "requests": sum(self._endpoints.values()),
                 "outcomes": dict(self._outcomes),
                 "endpoints": dict(self._endpoints),
+                "marks": dict(self._marks),
                 "uptime_s": round(time.time() - self.started_at, 3),
             }
 
@@ -393,6 +412,8 @@ class SimHandler(BaseHTTPRequestHandler):
             self._send(400, _error_body("Request body is not a JSON object.", "invalid_request_error"))
             return
         decision = server.decide()
+        if endpoint == "chat":
+            server.record_marks(raw)
         server.record(endpoint, decision.kind)  # before the wait: stats show a timeout while it hangs
         if decision.delay_s > 0 and server.stopping.wait(decision.delay_s):
             self.close_connection = True

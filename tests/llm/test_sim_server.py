@@ -339,6 +339,21 @@ def test_config_and_stats_endpoints(sim: SimServer) -> None:
     assert call(sim, "POST", "/_sim/reset")[0] == 200 and sim.stats()["requests"] == 0
 
 
+def test_marks_count_chat_requests_per_name(sim: SimServer) -> None:
+    """`[mark:<name>]` in a chat body counts that request under the name, once per request,
+    whatever its outcome; embeddings and unmarked requests are not counted; reset forgets."""
+    marked = [{"role": "user", "content": "q [mark:run-1] again [mark:run-1] and [mark:run.2]"}]
+    chat(sim, messages=marked)
+    chat(sim, messages=[{"role": "user", "content": "[mark:run-1]"}])
+    chat(sim)
+    sim.update_config(error_rate=1.0)
+    assert chat(sim, messages=[{"role": "user", "content": "[mark:run.2]"}])[0] >= 500
+    call(sim, "POST", "/v1/embeddings", {"input": "[mark:emb]"})
+    assert sim.stats()["marks"] == {"run-1": 2, "run.2": 2}
+    sim.reset()
+    assert sim.stats()["marks"] == {}
+
+
 def test_make_server_validates_config() -> None:
     with pytest.raises(ValueError, match="error_rate"):
         make_server(error_rate=1.5)
