@@ -7,5 +7,5 @@ from typing import Any, ClassVar
 from uvicorn_worker import UvicornWorker
 
 
-class Worker(UvicornWorker):  # type: ignore[misc]  # uvicorn-worker ships no type hints
+class Worker(UvicornWorker):
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {"loop": "auto", "http": "auto", "lifespan": "off"}

@@ -147,9 +147,16 @@ class _Call:
 
     def __init__(self, run: Callable[[], dict]):
         self._run = run
+        self.failure: tuple[BaseException, BaseException | None] | None = None
 
     def named_predictors(self) -> list:
         return []
+
+    def restore_cause(self, exc: BaseException) -> None:
+        """`streamify` re-raises the program's exception `from None`, which drops its cause (an
+        `AdmissionError` behind DSPy's LM error: `llm.errors.classify` reads the chain): put it back."""
+        if self.failure is not None and self.failure[0] is exc and exc.__cause__ is None:
+            exc.__cause__ = self.failure[1]
 
     async def __call__(self, *args: Any, **kwargs: Any) -> dspy.Prediction:
         from dspy.dsp.utils.settings import thread_local_overrides
@@ -160,6 +167,9 @@ class _Call:
             token = thread_local_overrides.set({**thread_local_overrides.get(), **parent})
             try:
                 return dspy.Prediction(**self._run())
+            except BaseException as exc:
+                self.failure = (exc, exc.__cause__)
+                raise
             finally:
                 thread_local_overrides.reset(token)
 
@@ -198,13 +208,17 @@ def run_streamed(
         include_final_prediction_in_output_stream=True,
         async_streaming=False,
     )
-    for value in streamed():
-        if isinstance(value, StreamResponse) and value.chunk:
-            sink.token(
-                value.predict_name.split(".")[0] if value.predict_name else None,
-                value.signature_field_name,
-                value.chunk,
-            )
+    try:
+        for value in streamed():
+            if isinstance(value, StreamResponse) and value.chunk:
+                sink.token(
+                    value.predict_name.split(".")[0] if value.predict_name else None,
+                    value.signature_field_name,
+                    value.chunk,
+                )
+    except BaseException as exc:
+        program_call.restore_cause(exc)
+        raise
     return outputs
 
 
