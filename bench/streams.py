@@ -272,17 +272,21 @@ def hold(server: str, args: argparse.Namespace, key: str, ids: dict[str, str], t
         started = time.perf_counter()
         client.start()
         # Probes start once 90% of the streams are open (or after --ramp-s: a serving model that
-        # cannot open them all) and stop once 10% have ended.
+        # cannot open them all at once) and go on while any stream is still open.
         while counts[0] < 0.9 * args.streams and time.perf_counter() - started < args.ramp_s:
             time.sleep(0.05)
         open_s = time.perf_counter() - started
         opened_at_start = counts[0] - counts[1]
         rss_open, threads_open = rss_and_threads(web)
-        say(f"{server}: {counts[0]} streams open after {open_s:.1f} s; probing")
-        loaded = probe(
-            session, url, headers, cached, args.probes, stop=lambda: counts[1] > 0.1 * args.streams
-        )
-        opened_max = counts[0] - counts[1]
+        say(f"{server}: {counts[0] - counts[1]} streams open after {open_s:.1f} s; probing")
+        open_during: list[int] = []
+
+        def stop() -> bool:  # each probe notes how many streams were open when it was sent
+            open_during.append(counts[0] - counts[1])
+            return counts[1] >= args.streams
+
+        loaded = probe(session, url, headers, cached, args.probes, stop=stop)
+        opened_max = max(open_during)
         rss_peak, threads_peak = rss_and_threads(web)
         probes_while_open = len(loaded)
         say(f"{server}: {probes_while_open} probes while open; waiting for the streams to end")
@@ -307,6 +311,7 @@ def hold(server: str, args: argparse.Namespace, key: str, ids: dict[str, str], t
         "probes_while_open": probes_while_open,
         "open_at_probe_start": opened_at_start,
         "open_at_probe_end": opened_max,
+        "open_median": statistics.median(open_during),
         "completed": sum(1 for r in results if r["done"]),
         "streams": len(results),
         "errors": errors[:3],
@@ -337,7 +342,7 @@ def print_hold(rows: list[dict], args: argparse.Namespace) -> None:
         print(
             f"  cached execute under streams: p50 {r['loaded_p50']:.1f} ms, p99 {r['loaded_p99']:.1f} ms "
             f"({r['probes_while_open']} probes, "
-            f"{r['open_at_probe_start']}→{r['open_at_probe_end']} streams open); "
+            f"streams open when sent: median {r['open_median']:.0f}, max {r['open_at_probe_end']}); "
             f"p50 ratio {r['loaded_p50'] / r['idle_p50']:.2f}"
         )
         print(
@@ -492,6 +497,7 @@ def main() -> None:
     parser.add_argument(
         "--ramp-s", type=float, default=60, help="longest wait for 90%% of the streams to open"
     )
+    parser.add_argument("--log-dir", help="keep the servers' logs in this directory")
     parser.add_argument("--timeout-s", type=float, default=600, help="how long the streams may take in all")
     parser.add_argument("--latency", action="store_true", help="time to first token and session turn figures")
     parser.add_argument("--server", default="asgi", help="--latency: the serving model")
@@ -500,6 +506,9 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))  # the servers are stopped on the way out
     key, ids = setup()
     with tempfile.TemporaryDirectory() as tmp:
+        if args.log_dir:  # the servers' logs kept there
+            tmp = args.log_dir
+            Path(tmp).mkdir(parents=True, exist_ok=True)
         if args.latency:
             latency(args, key, ids, Path(tmp))
             return
