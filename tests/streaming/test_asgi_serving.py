@@ -65,7 +65,7 @@ def test_streams_are_relayed_from_the_event_loop_without_starving_requests(asgi_
 
     def one(i):
         body = {
-            "input": {"question": f"What is {i} plus {i} in words please?"},
+            "input": {"question": f"Which river flows past the old mill called {'ABCDEFGHIJKL'[i]}?"},
             "stream": True,
             "cache": False,
         }
