@@ -1,14 +1,27 @@
-"""gunicorn settings for `make run`, the Procfile and docker: `gunicorn -c dspex_site/gunicorn_conf.py`."""
+"""gunicorn settings for `make run`, the Procfile and docker: `gunicorn -c dspex_site/gunicorn_conf.py`.
+
+`DSPEX_WEB_SERVER` chooses the serving model (docs/streaming.md "Serving", measured by
+`bench/streams.py`): `asgi` (the default) runs `WEB_CONCURRENCY` uvicorn worker processes serving
+`dspex_site.asgi`, where each request's view runs in a thread of its own and an open stream is a
+coroutine holding no thread; `wsgi` runs gunicorn's gthread workers (`WEB_THREADS` threads each)
+serving `dspex_site.wsgi`, where every open stream holds one of those threads.
+"""
 
 import os
 from typing import Protocol
 
 bind = f"{os.environ.get('DSPEX_HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
-worker_class = "gthread"
+SERVERS = {
+    "asgi": ("dspex_site.asgi_worker.Worker", "dspex_site.asgi"),
+    "wsgi": ("gthread", "dspex_site.wsgi"),
+}
+server = os.environ.get("DSPEX_WEB_SERVER", "asgi").strip().lower() or "asgi"
+if server not in SERVERS:
+    raise SystemExit(f"DSPEX_WEB_SERVER must be one of {', '.join(SERVERS)}, not {server!r}")
+worker_class, wsgi_app = SERVERS[server]
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("WEB_THREADS", "8"))
+threads = int(os.environ.get("WEB_THREADS", "8"))  # gthread (wsgi) only
 accesslog = "-"
-wsgi_app = "dspex_site.wsgi"
 
 
 class _Worker(Protocol):

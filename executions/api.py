@@ -98,7 +98,7 @@ class ExecutionViewSet(ReplicaReads, ProjectScoped, viewsets.ReadOnlyModelViewSe
     def events(self, request: Request, pk: str | None = None) -> HttpResponseBase:
         """Follow an execution (queued, running or finished) until it has finished."""
         execution = self.get_object()  # the caller's access, as for reading it
-        return streaming.follow_response(execution.id)
+        return streaming.follow_response(request, execution.id)
 
     @extend_schema(methods=["GET"], request=None, responses={200: FeedbackSerializer(many=True)})
     @extend_schema(methods=["POST"], request=FeedbackCreateSerializer, responses={201: FeedbackSerializer})
@@ -296,7 +296,9 @@ class SessionViewSet(
         try:
             if data["stream"]:  # refusals (busy, expired, limits) raise here, before the stream
                 started = runner.start_now(*args, **options)
-                return streaming.stream_response(started, lambda outcome: execution_data(outcome.execution))
+                return streaming.stream_response(
+                    request, started, lambda outcome: execution_data(outcome.execution)
+                )
             if data["wait"]:
                 return execution_response(runner.run_now(*args, **options))
             execution = runner.create_execution(*args, **options)

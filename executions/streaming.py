@@ -20,18 +20,23 @@ SSE comment while nothing happens, so proxies keep the connection open.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
+import anyio
 import dspy
+from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.handlers.asgi import ASGIRequest
 from django.db import connections
-from django.http import StreamingHttpResponse
+from django.http import HttpRequest, StreamingHttpResponse
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse
 from dspy.streaming import StreamListener, StreamResponse
@@ -66,28 +71,46 @@ def sse(event: str, data: Any) -> bytes:
 
 
 class StreamSink:
-    """Where a streamed run's events go: a queue the response reads (thread-safe)."""
+    """Where a streamed run's events go: a queue the response reads (thread-safe). Under ASGI the
+    response is a coroutine on the event loop (`arelay`): it `attach`es the loop, and each event
+    put from the run's thread also wakes it (`call_soon_threadsafe`), so an open stream holds no
+    thread of its own while it waits."""
 
     def __init__(self) -> None:
         self.events: queue.Queue[Any] = queue.Queue()
         self.started = time.perf_counter()
         self.first_token_s: float | None = None
         self.streamed: set[tuple[str | None, str]] = set()
+        self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+        """The event set (on `loop`) whenever an item is put from now on."""
+        wakeup = asyncio.Event()
+        self._waiter = (loop, wakeup)
+        return wakeup
+
+    def _put(self, item: Any) -> None:
+        self.events.put(item)
+        waiter = self._waiter
+        if waiter is not None:
+            loop, wakeup = waiter
+            with contextlib.suppress(RuntimeError):  # a closed loop: nobody is reading any more
+                loop.call_soon_threadsafe(wakeup.set)
 
     def token(self, step: str | None, field: str, chunk: str) -> None:
         if self.first_token_s is None:
             self.first_token_s = time.perf_counter() - self.started
         self.streamed.add((step, field))
-        self.events.put(("token", {"step": step, "field": field, "chunk": chunk}))
+        self._put(("token", {"step": step, "field": field, "chunk": chunk}))
 
     def step(self, step: str, status: str) -> None:
-        self.events.put(("step", {"step": step, "status": status}))
+        self._put(("step", {"step": step, "status": status}))
 
     def put(self, event: str, data: Any) -> None:
-        self.events.put((event, data))
+        self._put((event, data))
 
     def end(self) -> None:
-        self.events.put(_END)
+        self._put(_END)
 
 
 class _StreamingObserver:
@@ -112,16 +135,45 @@ class _StreamingObserver:
 
 
 class _Call:
-    """What `dspy.streamify` wraps: every listener names its predictor, so no lookup is made."""
+    """What `dspy.streamify` wraps: every listener names its predictor, so no lookup is made.
+
+    It is a coroutine function (so `streamify` does not wrap it in `dspy.asyncify`): the program
+    runs in an AnyIO worker thread of this stream's own event loop, limited by a limiter of its
+    own. `dspy.asyncify` takes one process-wide `CapacityLimiter` (`async_max_workers`, 8) for
+    every stream, each of which runs its own event loop: a ninth concurrent stream waited on it
+    and, woken from another loop's thread, never woke (`bench/streams.py` found streams hanging
+    `running` forever). `dspy.settings` overrides go to the thread as `asyncify` passes them.
+    """
 
     def __init__(self, run: Callable[[], dict]):
         self._run = run
+        self.failure: tuple[BaseException, BaseException | None] | None = None
 
     def named_predictors(self) -> list:
         return []
 
-    def __call__(self, *args: Any, **kwargs: Any) -> dspy.Prediction:
-        return dspy.Prediction(**self._run())
+    def restore_cause(self, exc: BaseException) -> None:
+        """`streamify` re-raises the program's exception `from None`, which drops its cause (an
+        `AdmissionError` behind DSPy's LM error: `llm.errors.classify` reads the chain): put it back."""
+        if self.failure is not None and self.failure[0] is exc and exc.__cause__ is None:
+            exc.__cause__ = self.failure[1]
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> dspy.Prediction:
+        from dspy.dsp.utils.settings import thread_local_overrides
+
+        parent = thread_local_overrides.get().copy()
+
+        def call() -> dspy.Prediction:
+            token = thread_local_overrides.set({**thread_local_overrides.get(), **parent})
+            try:
+                return dspy.Prediction(**self._run())
+            except BaseException as exc:
+                self.failure = (exc, exc.__cause__)
+                raise
+            finally:
+                thread_local_overrides.reset(token)
+
+        return await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1))
 
 
 def run_streamed(
@@ -144,31 +196,60 @@ def run_streamed(
         outputs.update(program.run(execution.input, execution.variables, lm_for=lm_for, observer=observer))
         return outputs
 
+    program_call = _Call(run)
+
+    async def call(*args: Any, **kwargs: Any) -> dspy.Prediction:  # a coroutine function, for streamify
+        return await program_call(*args, **kwargs)
+
+    call.named_predictors = program_call.named_predictors  # type: ignore[attr-defined]
     streamed = dspy.streamify(
-        _Call(run),
+        call,
         stream_listeners=listeners,
         include_final_prediction_in_output_stream=True,
         async_streaming=False,
     )
-    for value in streamed():
-        if isinstance(value, StreamResponse) and value.chunk:
-            sink.token(
-                value.predict_name.split(".")[0] if value.predict_name else None,
-                value.signature_field_name,
-                value.chunk,
-            )
+    try:
+        for value in streamed():
+            if isinstance(value, StreamResponse) and value.chunk:
+                sink.token(
+                    value.predict_name.split(".")[0] if value.predict_name else None,
+                    value.signature_field_name,
+                    value.chunk,
+                )
+    except BaseException as exc:
+        program_call.restore_cause(exc)
+        raise
     return outputs
 
 
 Render = Callable[[str, Any], Iterator[bytes]]
 
 
+def is_asgi(request: Any) -> bool:
+    """Whether the request is served by the ASGI application (`dspex_site.asgi`, the web
+    processes' default): its streams are then coroutines on the event loop (docs/streaming.md
+    "Serving")."""
+    return isinstance(getattr(request, "_request", request), ASGIRequest)
+
+
+def _release_request_connections() -> None:
+    """Under ASGI the request's thread is idle for the whole stream: its database connections go
+    back (to the pool) now rather than when the stream ends."""
+    for conn in connections.all(initialized_only=True):
+        if conn.connection is not None and not conn.in_atomic_block:
+            conn.close()
+
+
 def stream_response(
-    started: StartedRun, body_for: Callable[[Outcome], dict], render: Render | None = None
+    request: HttpRequest,
+    started: StartedRun,
+    body_for: Callable[[Outcome], dict],
+    render: Render | None = None,
 ) -> StreamingHttpResponse:
     """Run `started` in a thread of its own and answer its events as `text/event-stream`
     (`render(event, data)` gives the bytes of each: DSPex's events by default, the OpenAI
-    endpoint's chunks for it)."""
+    endpoint's chunks for it): relayed by a coroutine under ASGI, by the request's thread
+    under WSGI."""
     sink = StreamSink()
     program = started.program_name
 
@@ -200,8 +281,14 @@ def stream_response(
 
     # Not a daemon: a worker shutting down lets the run finish and be stored.
     threading.Thread(target=work, name=f"stream-{started.execution.id}").start()
+    render = render or _dspex_events
+    if is_asgi(request):
+        _release_request_connections()
+        return StreamingHttpResponse(
+            arelay(sink, program, render), content_type="text/event-stream", headers=_HEADERS
+        )
     return StreamingHttpResponse(
-        relay(sink, program, render or _dspex_events), content_type="text/event-stream", headers=_HEADERS
+        relay(sink, program, render), content_type="text/event-stream", headers=_HEADERS
     )
 
 
@@ -231,11 +318,44 @@ def relay(sink: StreamSink, program: str, render: Render) -> Iterator[bytes]:
                 outcome = event
             yield from render(event, data)
     finally:
-        telemetry.emit(
-            "execution.stream",
-            {} if sink.first_token_s is None else {"first_token_s": sink.first_token_s},
-            {"program": program, "outcome": outcome},
-        )
+        _count_stream(sink, program, outcome)
+
+
+async def arelay(sink: StreamSink, program: str, render: Render) -> AsyncIterator[bytes]:
+    """`relay` as a coroutine on the ASGI event loop: it waits for the run thread's events
+    without a thread of its own. A client that disconnects cancels it (Django's ASGI handler):
+    the run goes on, counted `disconnected`."""
+    keepalive = settings.DSPEX_STREAM_KEEPALIVE_S
+    wakeup = sink.attach(asyncio.get_running_loop())
+    outcome = "disconnected"
+    try:
+        while True:
+            wakeup.clear()  # before looking: an event put after this sets it again
+            try:
+                item = sink.events.get_nowait()
+            except queue.Empty:
+                try:
+                    await asyncio.wait_for(wakeup.wait(), keepalive)
+                except TimeoutError:
+                    yield b": keep-alive\n\n"
+                continue
+            if item is _END:
+                return
+            event, data = item
+            if event in ("done", "error"):
+                outcome = event
+            for part in render(event, data):
+                yield part
+    finally:
+        _count_stream(sink, program, outcome)
+
+
+def _count_stream(sink: StreamSink, program: str, outcome: str) -> None:
+    telemetry.emit(
+        "execution.stream",
+        {} if sink.first_token_s is None else {"first_token_s": sink.first_token_s},
+        {"program": program, "outcome": outcome},
+    )
 
 
 def follow(execution_id: Any) -> Iterator[bytes]:
@@ -271,5 +391,50 @@ def follow(execution_id: Any) -> Iterator[bytes]:
             yield b": keep-alive\n\n"
 
 
-def follow_response(execution_id: Any) -> StreamingHttpResponse:
-    return StreamingHttpResponse(follow(execution_id), content_type="text/event-stream", headers=_HEADERS)
+async def afollow(execution_id: Any) -> AsyncIterator[bytes]:
+    """`follow` as a coroutine on the ASGI event loop: each poll's query runs in a thread of the
+    loop's pool (its connection given back at once), the wait in between holds no thread."""
+    interval = settings.DSPEX_STREAM_POLL_S
+    keepalive = settings.DSPEX_STREAM_KEEPALIVE_S
+    last, quiet = None, 0.0
+    while True:
+        status, body = await _poll(execution_id)
+        if status is None:
+            yield sse("error", {"code": "not_found", "detail": f"No execution {execution_id}."})
+            return
+        if status != last:
+            last, quiet = status, 0.0
+            yield sse("status", {"status": status})
+        if body is not None:
+            yield sse("done", body)
+            return
+        await asyncio.sleep(interval)
+        quiet += interval
+        if quiet >= keepalive:
+            quiet = 0.0
+            yield b": keep-alive\n\n"
+
+
+@sync_to_async(thread_sensitive=False)
+def _poll(execution_id: Any) -> tuple[str | None, dict | None]:
+    """(status, the finished execution's body or None) of one execution, read on the primary."""
+    from executions.models import CognitiveExecution
+    from executions.serializers import execution_data
+
+    rows = CognitiveExecution.objects.using("default")
+    try:
+        status = rows.filter(id=execution_id).values_list("status", flat=True).first()
+        if status in CognitiveExecution.FINISHED:
+            return status, execution_data(rows.get(id=execution_id))
+        return status, None
+    finally:
+        connections["default"].close()  # a pool thread: nothing kept between polls
+
+
+def follow_response(request: HttpRequest, execution_id: Any) -> StreamingHttpResponse:
+    if is_asgi(request):
+        _release_request_connections()
+        stream: Iterator[bytes] | AsyncIterator[bytes] = afollow(execution_id)
+    else:
+        stream = follow(execution_id)
+    return StreamingHttpResponse(stream, content_type="text/event-stream", headers=_HEADERS)

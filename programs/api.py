@@ -211,7 +211,9 @@ class ProgramViewSet(ProjectScoped, viewsets.ModelViewSet):
         }
         if data["stream"]:  # refusals raise here, before the stream starts (executions.streaming)
             started = runner.start_now(*args, **options)
-            return streaming.stream_response(started, lambda outcome: execution_data(outcome.execution))
+            return streaming.stream_response(
+                request, started, lambda outcome: execution_data(outcome.execution)
+            )
         if data["wait"]:
             return execution_response(runner.run_now(*args, **options))
         unpublished: list[str] = []

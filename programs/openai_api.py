@@ -152,6 +152,7 @@ class ChatCompletionsView(APIView):
             started = runner.start_now(program, inputs, user=request.user, release=release)
             usage = bool((data.get("stream_options") or {}).get("include_usage"))
             return streaming.stream_response(
+                request,
                 started,
                 lambda outcome: {"execution": outcome.execution},
                 _ChunkRenderer(program, started.execution, usage),

@@ -38,9 +38,12 @@ def test_secret_key_can_come_from_a_file(tmp_path):
 
 
 @pytest.mark.e2e
+@pytest.mark.parametrize("server", ["asgi", "wsgi"])
 def test_gunicorn_serves_api_admin_and_static_files_with_debug_off(
-    tmp_path, django_db_setup, django_db_blocker
+    tmp_path, django_db_setup, django_db_blocker, server
 ):
+    """Through the deployments' own config (`gunicorn -c dspex_site/gunicorn_conf.py`: `make run`,
+    the Procfile, docker), in both serving models (DSPEX_WEB_SERVER, docs/streaming.md "Serving")."""
     from django.db import connection
 
     port = free_port()
@@ -50,6 +53,10 @@ def test_gunicorn_serves_api_admin_and_static_files_with_debug_off(
         DATABASE_URL=f"postgres://localhost:5432/{connection.settings_dict['NAME']}",
         DSPEX_STATIC_ROOT=str(static_root),
         DJANGO_HTTPS="0",  # plain http on 127.0.0.1, as `make run` serves it (no TLS redirect)
+        DSPEX_WEB_SERVER=server,
+        DSPEX_HOST="127.0.0.1",
+        PORT=str(port),
+        WEB_CONCURRENCY="1",
     )
     subprocess.run(
         [sys.executable, "manage.py", "collectstatic", "--noinput", "-v0"],
@@ -59,7 +66,7 @@ def test_gunicorn_serves_api_admin_and_static_files_with_debug_off(
         timeout=120,
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gunicorn", "dspex_site.wsgi", "-b", f"127.0.0.1:{port}", "-w", "1"],
+        [sys.executable, "-m", "gunicorn", "-c", "dspex_site/gunicorn_conf.py"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,

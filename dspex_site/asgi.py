@@ -1,0 +1,63 @@
+"""ASGI entry point, what the web processes serve (`dspex_site/gunicorn_conf.py`, uvicorn
+workers): `gunicorn -k dspex_site.asgi_worker.Worker dspex_site.asgi`.
+
+Django runs each request's sync view in a thread of that request's own; a streamed answer
+(executions.streaming) is then a coroutine on the event loop, so an open stream holds no web
+thread (docs/streaming.md "Serving").
+
+`ViewSlots` lets at most `WEB_THREADS` (8) requests of the process run their view at once, the
+others waiting on the event loop: without it a burst of hundreds of requests runs hundreds of
+view threads at once, which wait for the database pool past its timeout (`bench/streams.py`
+measured 500s). A slot is given back when the response starts, so an open stream holds none.
+
+Those per-request threads come and go: a persistent connection (`CONN_MAX_AGE` > 0) opened in
+one would stay open after its thread is gone. An ASGI process therefore takes its connections
+from the in-process pool (`DSPEX_DB_POOL_MAX`, 20 unless set); with the pool turned off
+(`DSPEX_DB_POOL_MAX=0`) it closes each connection at the end of its request.
+"""
+
+import asyncio
+import os
+from typing import Any
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dspex_site.settings")
+os.environ.setdefault("DSPEX_DB_POOL_MAX", "20")
+if os.environ["DSPEX_DB_POOL_MAX"].strip() in ("", "0"):
+    os.environ["DATABASE_CONN_MAX_AGE"] = "0"
+
+
+class ViewSlots:
+    """At most `slots` HTTP requests run their view at once; a slot is held until the response
+    starts (`http.response.start`), so a stream gives its slot back once its headers are sent."""
+
+    def __init__(self, app: Any, slots: int) -> None:
+        self.app, self.slots = app, slots
+        self._free: asyncio.Semaphore | None = None  # made on the worker's own event loop
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._free is None:
+            self._free = asyncio.Semaphore(self.slots)
+        free = self._free
+        await free.acquire()
+        held = True
+
+        async def started(message: dict) -> None:
+            nonlocal held
+            if held and message["type"] == "http.response.start":
+                held = False
+                free.release()
+            await send(message)
+
+        try:
+            await self.app(scope, receive, started)
+        finally:
+            if held:
+                free.release()
+
+
+application = ViewSlots(get_asgi_application(), max(1, int(os.environ.get("WEB_THREADS", "8"))))
