@@ -39,9 +39,7 @@ def test_secret_key_can_come_from_a_file(tmp_path):
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("server", ["asgi", "wsgi"])
-def test_gunicorn_serves_api_admin_and_static_files_with_debug_off(
-    tmp_path, django_db_setup, django_db_blocker, server
-):
+def test_gunicorn_serves_api_admin_and_static_files_with_debug_off(tmp_path, transactional_db, server):
     """Through the deployments' own config (`gunicorn -c dspex_site/gunicorn_conf.py`: `make run`,
     the Procfile, docker), in both serving models (DSPEX_WEB_SERVER, docs/streaming.md "Serving")."""
     from django.db import connection
@@ -81,7 +79,8 @@ def test_gunicorn_serves_api_admin_and_static_files_with_debug_off(
         css = next(p for p in static_root.rglob("base*.css") if "admin" in str(p))
         static = requests.get(f"{base}/static/{css.relative_to(static_root)}", timeout=5)
         assert static.status_code == 200 and "text/css" in static.headers["Content-Type"]
-        assert requests.get(f"{base}/health/ready", timeout=5).json()["checks"]["database"]["status"] == "ok"
+        ready = requests.get(f"{base}/health/ready", timeout=5).json()
+        assert ready["checks"]["database"]["status"] == "ok", ready["checks"]["database"]
     finally:
         proc.terminate()
         proc.wait(timeout=10)
