@@ -15,6 +15,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -35,6 +36,12 @@ from tests.multihost.network import Host, Network
 from tests.support import ROOT, PostgresServer, RedisServer, SimServer, start_simlm, wait_for
 
 WEB_PORT = 8000
+# A request line of HAProxy's `option httplog`: ... frontend backend/server Tq/Tw/Tc/Tr/Ta status
+# bytes captured-cookies termination-state ... "request line"
+HTTPLOG = re.compile(
+    r"\] \S+ \S+ -?\d+/-?\d+/-?\d+/-?\d+/\+?(?P<total>-?\d+) (?P<status>-?\d+) \d+ \S+ \S+ "
+    r'(?P<state>\S{4}) .*"(?P<request>[^"]*)"$'
+)
 DB_NAME = "dspex"
 
 # What bounds failover (docs/operations.md, "Multi-host deployment"), set small for the drill.
@@ -232,6 +239,23 @@ class Deployment:
         # A request line's termination state is "----" when it ended normally.
         odd = [line for line in text if '"' in line and " ---- " not in line]
         return "--- haproxy.log\n" + "\n".join([*odd[-lines:], "(last lines)", *text[-10:]])
+
+    def haproxy_requests(self) -> list[dict]:
+        """HAProxy's request log (`option httplog`): per request its status, termination state
+        (`----` when it ended normally, `SH--` when the server closed before any response),
+        total time (ms) and request line."""
+        path = self.logs / "haproxy.log"
+        text = path.read_text(errors="replace").splitlines() if path.exists() else []
+        return [
+            {
+                "status": int(m["status"]),
+                "state": m["state"],
+                "total_ms": int(m["total"]),
+                "request": m["request"],
+            }
+            for m in map(HTTPLOG.search, text)
+            if m
+        ]
 
     def sql(self, query: str, params: Any = None) -> list[tuple]:
         assert self.pg is not None
