@@ -8,8 +8,9 @@ connection of its own (it borrows one from the pool per command), so one per cha
 every command of that channel; a new channel (kombu reconnecting after an error) or a new pool
 (after a fork) makes a new one.
 
-Used for `redis://` and `rediss://` brokers (`CELERY_BROKER_TRANSPORT` in settings); any other
-broker keeps its own transport.
+Used for `redis://` and `rediss://` brokers, and `sentinel://` ones (REDIS_SENTINELS:
+`SentinelTransport`), as `CELERY_BROKER_TRANSPORT` in settings says (dspex_site.redis_ha); any
+other broker keeps its own transport.
 """
 
 from collections.abc import Iterator
@@ -19,8 +20,11 @@ from typing import Any
 from kombu.transport import redis as kombu_redis
 
 
-class Channel(kombu_redis.Channel):
+class _OneClientPerChannel:
+    """`conn_or_acquire` with one held client per channel (mixed into kombu's channels)."""
+
     _sync_client: Any = None
+    pool: Any
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -34,5 +38,19 @@ class Channel(kombu_redis.Channel):
         yield held
 
 
+class Channel(_OneClientPerChannel, kombu_redis.Channel):
+    pass
+
+
 class Transport(kombu_redis.Transport):
     Channel = Channel
+
+
+class SentinelChannel(_OneClientPerChannel, kombu_redis.SentinelChannel):
+    """The same through Sentinel: the channel's pool is redis-py's SentinelConnectionPool, which
+    asks the sentinels for the master on every new connection, so the held client follows a
+    failover without being replaced."""
+
+
+class SentinelTransport(kombu_redis.SentinelTransport):
+    Channel = SentinelChannel
