@@ -13,6 +13,7 @@ the reapers re-queue the ones whose worker went silent (dspex_site.jobs).
 import math
 import os
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -267,16 +268,27 @@ app.conf.task_publish_retry_policy = {
     "interval_step": 0.2,
     "interval_max": 0.5,
 }
+FAILOVER_RETRY_EVERY_S = 0.5
+
+
+def _pause_before_retry(exc: Exception, interval: float) -> None:
+    """kombu's `ensure` retries a failed publish at once (interval 0: the Redis transport
+    "connects" lazily, so its reconnect never waits): pause, so the retries span the failover."""
+    if not interval:
+        time.sleep(FAILOVER_RETRY_EVERY_S)
+
+
 if SENTINEL is not None:
     # A failover (the sentinels notice the master is gone, then promote a replica) takes a few
-    # seconds: a publish keeps retrying, each retry asking the sentinels again, for up to
-    # REDIS_FAILOVER_WAIT_S before the API answers 503, so an execution accepted during a
+    # seconds: a publish keeps retrying, each retry asking the sentinels again, for about
+    # REDIS_FAILOVER_WAIT_S before the API answers 503, so an execution submitted during a
     # failover is queued on the new master rather than refused.
     app.conf.task_publish_retry_policy = {
-        "max_retries": max(2, math.ceil(SENTINEL.failover_wait_s / 0.5)),
+        "max_retries": max(2, math.ceil(SENTINEL.failover_wait_s / FAILOVER_RETRY_EVERY_S)),
         "interval_start": 0,
         "interval_step": 0.25,
-        "interval_max": 0.5,
+        "interval_max": FAILOVER_RETRY_EVERY_S,
+        "errback": _pause_before_retry,
     }
 app.autodiscover_tasks()
 
