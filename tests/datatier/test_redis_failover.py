@@ -23,6 +23,7 @@ cache again and queued runs are accepted (README, "Redis high availability").
 import json
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -209,7 +210,7 @@ def reap_stale_pending(env: dict) -> str:
 
 
 def test_a_master_killed_under_load_fails_over_without_losing_or_repeating_work(
-    make_program, operator, transactional_db, sentinels
+    make_program, operator, transactional_db, sentinels, simlm
 ):
     program = make_program(name="failover-drill")
     budgeted = make_program(name="failover-budget")
@@ -217,7 +218,8 @@ def test_a_master_killed_under_load_fails_over_without_losing_or_repeating_work(
     # A program budget small enough that one call spends it (DSPEX_PRICES below makes calls dear).
     Budget.objects.create(scope=Budget.Scope.PROGRAM, program=budgeted, daily_limit_usd=Decimal("0.0001"))
     token = TokenFactory(user=operator).key
-    sim_sync, sim_queued = start_simlm(), start_simlm()
+    simlm.reset()
+    sim_sync, sim_queued = simlm, start_simlm()  # the session's simlm serves the web's runs
     old_master = sentinels.master_port()
     assert old_master == sentinels.servers[0]
 
@@ -237,37 +239,10 @@ def test_a_master_killed_under_load_fails_over_without_losing_or_repeating_work(
 
     web_env, worker_env = env_for(sim_sync), env_for(sim_queued)
     web, base = start_web(web_env)
-    import os
-
-    if os.environ.get("DRILL_LOG"):
-        worker = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "dspex_site",
-                "worker",
-                "-Q",
-                "llm_calls,priority,default",
-                "-P",
-                "threads",
-                "-c",
-                "8",
-                "-n",
-                "drill@%h",
-                "--without-mingle",
-                "--without-gossip",
-                "-l",
-                "INFO",
-            ],
-            cwd=ROOT,
-            env=worker_env,
-            stdout=open("/tmp/drill-worker.log", "w"),
-            stderr=subprocess.STDOUT,
-        )
-    else:
-        worker = start_worker_process(worker_env, queues="llm_calls,priority,default", concurrency=8)
+    worker_log = tempfile.TemporaryFile(mode="w+")  # noqa: SIM115 - closed in the finally below
+    worker = start_worker_process(
+        worker_env, queues="llm_calls,priority,default", concurrency=8, output=worker_log
+    )
     session = requests.Session()
     session.headers["Authorization"] = f"Token {token}"
     load = Load(base, token, str(program.id))
@@ -337,9 +312,8 @@ def test_a_master_killed_under_load_fails_over_without_losing_or_repeating_work(
             # A message the old master acknowledged but never replicated is gone with it: its row
             # is still pending, and the reaper's stale-pending sweep publishes it again.
             pending = CognitiveExecution.objects.filter(id__in=accepted, status="pending").count()
-            print(
-                f"redis failover drill: {pending} accepted runs lost their message; reaping: {reap_stale_pending(worker_env)}"
-            )
+            reaped = reap_stale_pending(worker_env)
+            print(f"redis failover drill: {pending} accepted runs lost their message; reaping: {reaped}")
             try:
                 wait_for(finished, 30, "every accepted queued run to finish after the reaper")
             except AssertionError:
@@ -413,9 +387,14 @@ def test_a_master_killed_under_load_fails_over_without_losing_or_repeating_work(
             k for k in master.scan_iter(match="dspex:res:*:breaker") if master.hget(k, "state") == b"open"
         ]
         assert breakers, "the breaker's state is not on the new master"
+    except BaseException:
+        worker_log.seek(0)
+        print("\nthe drill's worker said (last lines):\n" + "".join(worker_log.readlines()[-60:]))
+        raise
     finally:
         load.stopping.set()
         stop(worker)
         stop(web)
-        sim_sync.stop()
+        worker_log.close()
+        sim_sync.reset()
         sim_queued.stop()
