@@ -26,7 +26,7 @@ def test_alert_rules_pass_promtool():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 12 rules found" in result.stdout
+    assert "SUCCESS: 14 rules found" in result.stdout
 
 
 @promtool
