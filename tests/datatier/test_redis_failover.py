@@ -134,6 +134,26 @@ def test_bad_sentinel_settings_stop_start_up_naming_the_variable(env, message):
     assert message in settings_of(**env)["error"]
 
 
+def test_without_sentinel_readiness_and_metrics_name_the_one_redis(settings):
+    from urllib.parse import urlparse
+
+    from monitoring.health import CHECKS, check_redis
+    from monitoring.scrape import RedisMaster
+
+    parsed = urlparse(settings.REDIS_URL)
+    if settings.REDIS_SENTINEL is not None:
+        pytest.skip("this run is configured through Sentinel")
+    assert check_redis() == {"mode": "single", "address": f"{parsed.hostname}:{parsed.port}"}
+    assert CHECKS["redis"][1] is False  # not critical: the cache and broker checks are
+    families = {family.name: family for family in RedisMaster().collect()}
+    assert [s.value for s in families["dspex_redis_up"].samples] == [1.0]
+    info = families["dspex_redis_master_info"].samples
+    assert [(s.labels, s.value) for s in info] == [
+        ({"mode": "single", "address": f"{parsed.hostname}:{parsed.port}"}, 1.0)
+    ]
+    assert families["dspex_redis_master_config_epoch"].samples == []  # Sentinel only
+
+
 @pytest.fixture
 def sentinels() -> Iterator[SentinelGroup]:
     group = SentinelGroup(down_after_ms=1000, failover_timeout_ms=3000)
