@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import redis
 from kombu.transport import redis as kombu_redis
 
 
@@ -24,7 +25,7 @@ class _OneClientPerChannel:
     """`conn_or_acquire` with one held client per channel (mixed into kombu's channels)."""
 
     _sync_client: Any = None
-    pool: Any
+    _pool: Any
 
     @contextmanager
     def conn_or_acquire(self, client: Any = None) -> Iterator[Any]:
@@ -33,7 +34,15 @@ class _OneClientPerChannel:
             return
         held = self._sync_client
         # The channel drops its pool after a fork or on close: a new pool, a new client.
-        if held is None or held.connection_pool is not self.pool:
+        if held is None or held.connection_pool is not self._pool:
+            transport = getattr(self, "connection", None)
+            if transport is None or getattr(transport, "client", None) is None:
+                # Closed with its connection (kombu clears both) — e.g. the worker's consumer
+                # restoring or acking the messages of a channel whose Redis just died: nothing
+                # can reach Redis through it. Say so as a connection error, which the consumer
+                # recovers from by reconnecting (through Sentinel: to the new master), not as
+                # the AttributeError kombu would raise, which stops the consumer for good.
+                raise redis.ConnectionError("the broker channel is closed")
             held = self._sync_client = self._create_client()  # type: ignore[attr-defined]  # not in kombu-stubs
         yield held
 
