@@ -13,6 +13,7 @@ the reapers re-queue the ones whose worker went silent (dspex_site.jobs).
 import math
 import os
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -24,6 +25,7 @@ from django.db import close_old_connections
 from kombu import Exchange
 from kombu import Queue as KombuQueue
 
+from dspex_site import redis_ha
 from dspex_site.env import env_int
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dspex_site.settings")
@@ -215,6 +217,13 @@ def task_queues(amqp: bool) -> list[KombuQueue]:
 
 
 AMQP = broker_is_amqp()
+# The broker goes through Sentinel when REDIS_SENTINELS is set and CELERY_BROKER_URL names no
+# other broker (the settings then make it a `sentinel://` URL: dspex_site.redis_ha).
+SENTINEL = (
+    redis_ha.SentinelConfig.from_env()
+    if os.environ.get("CELERY_BROKER_URL", "sentinel://").startswith("sentinel://")
+    else None
+)
 app.conf.task_queues = task_queues(AMQP)
 app.conf.task_routes = {name: {"queue": wiring.queue.value} for name, wiring in TASKS.items()}
 app.conf.task_annotations = {
@@ -235,6 +244,8 @@ app.conf.broker_transport_options = (
         # A dead Redis must fail a publish in about a second (the API answers 503), not hang it.
         "socket_connect_timeout": 1.0,
         "socket_timeout": 5.0,
+        # Through Sentinel (REDIS_SENTINELS): the master's name and how to reach the sentinels.
+        **redis_ha.broker_transport_options(SENTINEL),
     }
 )
 if AMQP:
@@ -259,6 +270,28 @@ app.conf.task_publish_retry_policy = {
     "interval_step": 0.2,
     "interval_max": 0.5,
 }
+FAILOVER_RETRY_EVERY_S = 0.5
+
+
+def _pause_before_retry(exc: Exception, interval: float) -> None:
+    """kombu's `ensure` retries a failed publish at once (interval 0: the Redis transport
+    "connects" lazily, so its reconnect never waits): pause, so the retries span the failover."""
+    if not interval:
+        time.sleep(FAILOVER_RETRY_EVERY_S)
+
+
+if SENTINEL is not None:
+    # A failover (the sentinels notice the master is gone, then promote a replica) takes a few
+    # seconds: a publish keeps retrying, each retry asking the sentinels again, for about
+    # REDIS_FAILOVER_WAIT_S before the API answers 503, so an execution submitted during a
+    # failover is queued on the new master rather than refused.
+    app.conf.task_publish_retry_policy = {
+        "max_retries": max(2, math.ceil(SENTINEL.failover_wait_s / FAILOVER_RETRY_EVERY_S)),
+        "interval_start": 0,
+        "interval_step": 0.25,
+        "interval_max": FAILOVER_RETRY_EVERY_S,
+        "errback": _pause_before_retry,
+    }
 app.autodiscover_tasks()
 
 

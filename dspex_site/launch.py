@@ -56,12 +56,15 @@ def postgres_problem(url: str) -> str | None:
 
 
 def redis_problem(url: str) -> str | None:
-    import redis
+    """None when Redis answers: `url`'s server, or the master REDIS_SENTINELS names."""
+    from dspex_site import redis_ha
 
     try:
-        redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2).ping()
+        config = redis_ha.SentinelConfig.from_env()
+        redis_ha.make_client(config, url, timeout=2).ping()
     except Exception as exc:
-        return f"Redis at {url} is not usable ({type(exc).__name__})"
+        where = "the Sentinel master (REDIS_SENTINELS)" if os.environ.get("REDIS_SENTINELS") else url
+        return f"Redis at {where} is not usable ({type(exc).__name__})"
     return None
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from dspex_site import redis_ha
 from dspex_site.env import env_bool, env_float, env_int, env_json, env_list, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -176,20 +177,25 @@ DSPEX_REPLICA_CHECK_S = env_float("DSPEX_REPLICA_CHECK_S", 5.0)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Redis: cache and broker ----------------------------------------------------------------
-REDIS_URL = env_str("REDIS_URL", "redis://localhost:6379/0")
+REDIS_URL = env_str("REDIS_URL", redis_ha.DEFAULT_URL)
 # A slow or dead Redis must never hang a request: every cache call is bounded.
 REDIS_SOCKET_TIMEOUT = env_float("REDIS_SOCKET_TIMEOUT", 0.5)
+# High availability: REDIS_SENTINELS (host:port,...) + REDIS_SENTINEL_MASTER make every Redis
+# user (caches, admission state, broker, heartbeats) reach the master Sentinel names instead of
+# REDIS_URL (with REDIS_DB, REDIS_PASSWORD, REDIS_SENTINEL_PASSWORD); dspex_site/redis_ha.py.
+REDIS_SENTINEL = redis_ha.SentinelConfig.from_env()
 
 
 def _redis_cache(prefix: str) -> dict[str, Any]:
     return {
         "BACKEND": "django_redis.cache.RedisCache",
-        "LOCATION": REDIS_URL,
+        "LOCATION": redis_ha.cache_location(REDIS_SENTINEL, REDIS_URL),
         "KEY_PREFIX": prefix,
         "OPTIONS": {
             "SOCKET_CONNECT_TIMEOUT": REDIS_SOCKET_TIMEOUT,
             "SOCKET_TIMEOUT": REDIS_SOCKET_TIMEOUT,
             "CONNECTION_POOL_KWARGS": {"max_connections": env_int("REDIS_MAX_CONNECTIONS", 100)},
+            **redis_ha.cache_options(REDIS_SENTINEL),
         },
     }
 
@@ -210,11 +216,12 @@ else:
     }
 
 # --- Celery ---------------------------------------------------------------------------------
-CELERY_BROKER_URL = env_str("CELERY_BROKER_URL", REDIS_URL)
-# kombu's Redis transport with one client per channel, not one per publish (dspex_site/broker.py).
-CELERY_BROKER_TRANSPORT = (
-    "dspex_site.broker:Transport" if CELERY_BROKER_URL.startswith(("redis://", "rediss://")) else None
+# Through Sentinel (REDIS_SENTINELS) unless CELERY_BROKER_URL names a broker of its own.
+CELERY_BROKER_URL = env_str(
+    "CELERY_BROKER_URL", redis_ha.broker_url(REDIS_SENTINEL) if REDIS_SENTINEL else REDIS_URL
 )
+# kombu's Redis transport with one client per channel, not one per publish (dspex_site/broker.py).
+CELERY_BROKER_TRANSPORT = redis_ha.broker_transport(CELERY_BROKER_URL)
 CELERY_RESULT_BACKEND = None
 # No result backend: no task's return value is ever read (it is only logged).
 CELERY_TASK_IGNORE_RESULT = True

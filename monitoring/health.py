@@ -69,6 +69,18 @@ def check_cache() -> dict:
     return {"backend": cache.__class__.__name__}
 
 
+def check_redis() -> dict:
+    """Which Redis this process talks to: REDIS_URL's server, or the master the sentinels name
+    now (its address, the config epoch that grows at every failover, the sentinels answering).
+    Not critical: everything but queueing fails open without Redis, and the cache and broker
+    checks say when that matters."""
+    if settings.EMBEDDED:
+        return {"mode": "in-process cache (embedded mode)"}
+    from dspex_site import redis_ha
+
+    return redis_ha.describe()
+
+
 def check_broker() -> dict:
     if settings.CELERY_TASK_ALWAYS_EAGER:
         return {"mode": "in-process tasks (embedded mode)"}
@@ -130,6 +142,7 @@ CHECKS: dict[str, tuple[Callable[[], dict], bool]] = {
     "database": (check_database, True),
     "replica": (check_replica, False),
     "cache": (check_cache, True),
+    "redis": (check_redis, False),
     "broker": (check_broker, True),
     "workers": (check_workers, False),
     "beat": (check_beat, False),

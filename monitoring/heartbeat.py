@@ -13,8 +13,8 @@ from typing import Any
 
 import redis
 from celery import bootsteps
-from django.conf import settings
 
+from dspex_site import redis_ha
 from dspex_site.db import pool_stats
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,8 @@ POOLS_KEY = "dspex:workers:db_pools"
 
 
 def _client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=0.5, socket_connect_timeout=0.5)
+    """REDIS_URL's server or the Sentinel master (dspex_site.redis_ha), kept per process."""
+    return redis_ha.client()
 
 
 def beat(hostname: str, queues: list[str]) -> None:

@@ -67,12 +67,12 @@ def queue_depths() -> dict[str, int | None]:
         return {queue.value: None for queue in Queue}
     if broker_is_amqp(url):
         return _amqp_queue_depths()
-    if not url.startswith("redis"):
+    if not url.startswith(("redis", "sentinel://")):
         return {queue.value: None for queue in Queue}
-    import redis
+    from dspex_site import redis_ha
 
     try:
-        client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+        client = redis_ha.client(url)
         with client.pipeline(transaction=False) as pipe:
             for queue in Queue:
                 pipe.llen(queue.value)
@@ -196,6 +196,38 @@ class DatabasePools:
         yield lag
 
 
+class RedisMaster:
+    """Scrape-time gauges of the Redis this process talks to (dspex_site.redis_ha): whether it
+    answers, which master it is (an info gauge labelled with its address) and, with Sentinel,
+    the master's config epoch, which grows by one at every failover."""
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily("dspex_redis_up", "1: the Redis master answers; 0: it does not")
+        master = GaugeMetricFamily(
+            "dspex_redis_master_info", "The Redis master this process talks to", labels=["mode", "address"]
+        )
+        epoch = GaugeMetricFamily(
+            "dspex_redis_master_config_epoch",
+            "The Sentinel config epoch of the master (grows at every failover)",
+        )
+        sentinels = GaugeMetricFamily("dspex_redis_sentinels_answering", "Sentinels that answered the scrape")
+        if not settings.EMBEDDED:
+            from dspex_site import redis_ha
+
+            try:
+                state = redis_ha.describe()
+            except Exception as exc:
+                logger.warning("redis master unknown: %s", type(exc).__name__)
+                up.add_metric([], 0.0)
+            else:
+                up.add_metric([], 1.0)
+                master.add_metric([state["mode"], state["address"]], 1.0)
+                if "config_epoch" in state:
+                    epoch.add_metric([], float(state["config_epoch"]))
+                    sentinels.add_metric([], float(state["sentinels_answering"]))
+        yield from (up, master, epoch, sentinels)
+
+
 def registry() -> CollectorRegistry:
     reg = CollectorRegistry(auto_describe=False)
     base: Collector
@@ -208,6 +240,7 @@ def registry() -> CollectorRegistry:
     reg.register(QueueDepth())
     reg.register(Liveness())
     reg.register(DatabasePools())
+    reg.register(RedisMaster())
     for collector in EXTRA_COLLECTORS:
         reg.register(collector)
     return reg

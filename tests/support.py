@@ -33,9 +33,12 @@ def in_netns(netns: str | None, argv: list[str]) -> list[str]:
     return ["ip", "netns", "exec", netns, *argv] if netns else argv
 
 
-def spawn(argv: list[str], env: dict | None = None) -> subprocess.Popen:
-    """A background process in the project directory, its output discarded."""
-    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def spawn(argv: list[str], env: dict | None = None, output: Any = None) -> subprocess.Popen:
+    """A background process in the project directory, its output discarded (or written to the
+    open file `output`, for a test to show when it fails)."""
+    target = output if output is not None else subprocess.DEVNULL
+    stderr = subprocess.STDOUT if output is not None else subprocess.DEVNULL
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=target, stderr=stderr)
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -171,15 +174,19 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 def start_worker_process(
-    env: dict, queues: str = "llm_calls,priority", concurrency: int = 4
+    env: dict, queues: str = "llm_calls,priority", concurrency: int = 4, output: Any = None
 ) -> subprocess.Popen:
     """A Celery worker on whatever broker `env` names (the `start_worker` fixture pings through
-    the test process's own broker, so it cannot start one on a private Redis)."""
+    the test process's own broker, so it cannot start one on a private Redis); its log goes to
+    the open file `output` when given."""
     name = f"private-{free_port()}@%h"
     args = ["worker", "-Q", queues, "-P", "threads", "-c", str(concurrency), "-n", name]
+    if output is not None:
+        args += ["-l", "INFO"]
     return spawn(
         [sys.executable, "-m", "celery", "-A", "dspex_site", *args, "--without-mingle", "--without-gossip"],
         env,
+        output,
     )
 
 

@@ -15,7 +15,11 @@ def test_ready_reports_each_dependency(client):
     body = response.json()
     assert response.status_code == 200, body
     assert body["mode"] == "standard"
-    assert set(body["checks"]) == {"database", "replica", "cache", "broker", "workers", "beat"}
+    assert set(body["checks"]) == {"database", "replica", "cache", "redis", "broker", "workers", "beat"}
+    assert body["checks"]["redis"]["status"] == "ok" and body["checks"]["redis"]["mode"] in (
+        "single",
+        "sentinel",
+    )
     critical = {name for name, check in body["checks"].items() if check["critical"]}
     assert critical == {"database", "cache", "broker"}
     assert all(body["checks"][name]["status"] == "ok" for name in critical)

@@ -1,6 +1,7 @@
 """Servers the data-tier tests start on ports of their own: PgBouncer (bench.dbservers) in
 transaction mode in front of the machine's Postgres, and a private Postgres serving TLS with a
-certificate from a CA the test makes (openssl CLI). Each is stopped, and its files removed, by
+certificate from a CA the test makes (openssl CLI), and a Redis master, replica and three
+sentinels (`SentinelGroup`). Each is stopped, and its files removed, by
 the test that made it; the machine's Postgres is only ever a client's upstream."""
 
 import os
@@ -13,9 +14,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
+import redis
 
+from bench.common import free_port
 from bench.dbservers import own_by_postgres
-from tests.support import PostgresServer, database_url_of_tests
+from tests.support import PostgresServer, database_url_of_tests, spawn, wait_for
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -103,3 +106,109 @@ def backends_counter(application_name: str) -> tuple[Callable[[], int], Callable
         thread.join(timeout=5)
 
     return lambda: seen[0], stop_polling
+
+
+class SentinelGroup:
+    """A private Redis master, one replica and three `redis-sentinel`s watching them (quorum 2),
+    each on a free port, with passwords on the servers and on the sentinels. Failover is quick
+    (down after `down_after_ms`); only these processes are ever killed."""
+
+    MASTER_NAME = "dspex-drill"
+    PASSWORD = "drill-redis-password"
+    SENTINEL_PASSWORD = "drill-sentinel-password"
+
+    def __init__(self, down_after_ms: int = 1000, failover_timeout_ms: int = 3000) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="dspex-sentinel-"))
+        self.procs: dict[int, subprocess.Popen] = {}
+        self.servers = [free_port(), free_port()]
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        try:
+            master, replica = self.servers
+            self._redis(master)
+            self._redis(replica, "--replicaof", "127.0.0.1", str(master))
+            synced = lambda: self.role(replica) == "slave" and self._linked(replica)  # noqa: E731
+            wait_for(synced, 20, "the replica to sync")
+            for port in self.sentinel_ports:
+                conf = self.dir / f"sentinel-{port}.conf"
+                conf.write_text(
+                    f"port {port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                    f"sentinel monitor {self.MASTER_NAME} 127.0.0.1 {master} 2\n"
+                    f"sentinel down-after-milliseconds {self.MASTER_NAME} {down_after_ms}\n"
+                    f"sentinel failover-timeout {self.MASTER_NAME} {failover_timeout_ms}\n"
+                    f"sentinel parallel-syncs {self.MASTER_NAME} 1\n"
+                    f"sentinel auth-pass {self.MASTER_NAME} {self.PASSWORD}\n"
+                    f"requirepass {self.SENTINEL_PASSWORD}\n"
+                    f"sentinel sentinel-pass {self.SENTINEL_PASSWORD}\n"
+                )
+                self.procs[port] = spawn(["redis-sentinel", str(conf)])
+            wait_for(self._sentinels_agree, 30, "three sentinels that know each other and the replica")
+        except BaseException:
+            self.close()
+            raise
+
+    def _redis(self, port: int, *extra: str) -> None:
+        self.procs[port] = spawn(
+            [
+                "redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self.dir), "--dbfilename", f"dump-{port}.rdb",
+                "--requirepass", self.PASSWORD, "--masterauth", self.PASSWORD, *extra,
+            ]
+        )  # fmt: skip
+        wait_for(lambda: self.role(port) is not None, 10, f"redis-server on port {port}")
+
+    def server(self, port: int) -> redis.Redis:
+        return redis.Redis(port=port, password=self.PASSWORD, socket_timeout=0.5, socket_connect_timeout=0.5)
+
+    def sentinel(self, port: int) -> redis.Redis:
+        return redis.Redis(
+            port=port, password=self.SENTINEL_PASSWORD, socket_timeout=0.5, socket_connect_timeout=0.5
+        )
+
+    def role(self, port: int) -> str | None:
+        try:
+            return str(self.server(port).info("replication")["role"])
+        except redis.RedisError:
+            return None
+
+    def _linked(self, port: int) -> bool:
+        return self.server(port).info("replication").get("master_link_status") == "up"
+
+    def _sentinels_agree(self) -> bool:
+        try:
+            states = [self.sentinel(port).sentinel_master(self.MASTER_NAME) for port in self.sentinel_ports]
+        except redis.RedisError:
+            return False
+        return all(s["num-other-sentinels"] == 2 and s["num-slaves"] == 1 for s in states)
+
+    def master_port(self) -> int | None:
+        """The master's port as a majority of the sentinels name it now."""
+        named: list[int] = []
+        for port in self.sentinel_ports:
+            try:
+                named.append(int(self.sentinel(port).sentinel_get_master_addr_by_name(self.MASTER_NAME)[1]))
+            except (redis.RedisError, TypeError):
+                continue
+        best = max(set(named), key=named.count, default=None)
+        return best if best is not None and named.count(best) >= 2 else None
+
+    def env(self) -> dict[str, str]:
+        """The settings that make a DSPex process reach this group through its sentinels."""
+        return {
+            "REDIS_SENTINELS": ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports),
+            "REDIS_SENTINEL_MASTER": self.MASTER_NAME,
+            "REDIS_SENTINEL_PASSWORD": self.SENTINEL_PASSWORD,
+            "REDIS_PASSWORD": self.PASSWORD,
+            "REDIS_DB": "0",
+        }
+
+    def kill(self, port: int) -> None:
+        """SIGKILL one server: no shutdown, no last save, its clients' sockets just break."""
+        self.procs[port].kill()
+        self.procs[port].wait(timeout=10)
+
+    def close(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -27,7 +27,7 @@ def test_alert_rules_pass_promtool():
     )
     assert result.returncode == 0, result.stdout + result.stderr
     rules = (DOCKER / "prometheus" / "alerts.yml").read_text().count("- alert: ")
-    assert rules >= 13 and f"SUCCESS: {rules} rules found" in result.stdout
+    assert rules >= 15 and f"SUCCESS: {rules} rules found" in result.stdout
 
 
 @promtool
