@@ -179,7 +179,7 @@ class Deployment:
             raise AssertionError(f"{exc}\n{host.log_tail()}") from None
 
     def pinged(self, names: list[str]) -> bool:
-        probe = Celery("drill-probe", broker=self.env["CELERY_BROKER_URL"])
+        probe = Celery("drill-probe", broker=self.env["CELERY_BROKER_URL"], set_as_current=False)
         try:
             replies = probe.control.ping(destination=names, timeout=1.0) or []
         finally:
