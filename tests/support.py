@@ -5,6 +5,7 @@ Fault tests never touch the machine's Redis (6379) or Postgres (5432): they star
 server on a free port and stop only that one.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -133,6 +134,18 @@ def process_env(**extra: str) -> dict:
         "DATABASE_URL": database_url_of_tests(),
         **extra,
     }
+
+
+def settings_in_subprocess(expression: str, env: dict) -> dict:
+    """`expression` (over `s`, the `dspex_site.settings` module) as a fresh process builds it
+    from this environment, JSON-decoded; or `{"error": <its last line of stderr>}`."""
+    script = f"import json, dspex_site.settings as s; print(json.dumps({expression}, default=str))"
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    if done.returncode != 0:
+        return {"error": done.stderr.strip().splitlines()[-1]}
+    return json.loads(done.stdout)
 
 
 def start_beat(env: dict, workdir: Path) -> subprocess.Popen:

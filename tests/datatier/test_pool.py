@@ -5,9 +5,6 @@ The processes run against the test database with an `application_name` of their 
 URL, so the test counts exactly their Postgres backends while executions run.
 """
 
-import json
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,9 +17,9 @@ from monitoring.heartbeat import worker_pools
 from tests.datatier.servers import backends_counter
 from tests.factories import TokenFactory
 from tests.support import (
-    ROOT,
     database_url_of_tests,
     process_env,
+    settings_in_subprocess,
     sim_env,
     start_web,
     start_worker,
@@ -35,18 +32,7 @@ pytestmark = [pytest.mark.e2e]
 
 def settings_of(**env: str) -> dict:
     """DATABASES as `dspex_site.settings` builds it from this environment (or its error)."""
-    script = "import json, dspex_site.settings as s; print(json.dumps(s.DATABASES, default=str))"
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env={**process_env(DJANGO_DEBUG="1"), **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1]}
-    return json.loads(done.stdout)
+    return settings_in_subprocess("s.DATABASES", {**process_env(DJANGO_DEBUG="1"), **env})
 
 
 def test_the_pool_settings_build_django_s_psycopg_pool():

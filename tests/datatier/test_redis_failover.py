@@ -40,6 +40,7 @@ from tests.factories import TokenFactory
 from tests.support import (
     ROOT,
     process_env,
+    settings_in_subprocess,
     sim_env,
     start_simlm,
     start_web,
@@ -61,23 +62,10 @@ RECOVERY_BOUND_S = 15.0
 
 def settings_of(**env: str) -> dict:
     """What `dspex_site.settings` builds from this environment (or its error)."""
-    script = (
-        "import json, dspex_site.settings as s; print(json.dumps({'caches': s.CACHES, "
-        "'broker': s.CELERY_BROKER_URL, 'transport': s.CELERY_BROKER_TRANSPORT}, default=str))"
-    )
     base = process_env(DJANGO_DEBUG="1")
     base.pop("CELERY_BROKER_URL", None)
-    done = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env={**base, **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if done.returncode != 0:
-        return {"error": done.stderr.strip().splitlines()[-1]}
-    return json.loads(done.stdout)
+    expression = "{'caches': s.CACHES, 'broker': s.CELERY_BROKER_URL, 'transport': s.CELERY_BROKER_TRANSPORT}"
+    return settings_in_subprocess(expression, {**base, **env})
 
 
 def test_sentinel_settings_route_the_caches_and_the_broker_through_the_sentinels():
