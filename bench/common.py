@@ -222,6 +222,11 @@ def stop_all(procs: "dict[str, subprocess.Popen]") -> None:
             proc.kill()
 
 
+def redis_server_command(port: int, workdir: Path) -> list[str]:
+    """A benchmark's private redis-server on loopback: nothing saved, its files in `workdir`."""
+    return ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)]
+
+
 def start_stack(
     tmp: Path,
     program: str,
@@ -243,18 +248,7 @@ def start_stack(
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     os.environ["REDIS_URL"] = redis_url
     procs: dict[str, subprocess.Popen] = {}
-    redis_cmd = [
-        "redis-server",
-        "--port",
-        str(redis_port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--dir",
-        str(tmp),
-    ]
-    procs["redis"] = start(redis_cmd, {})
+    procs["redis"] = start(redis_server_command(redis_port, tmp), {})
     token, program_id = setup_program(program)
     env = server_env(
         f"http://127.0.0.1:{sim_port}/v1", "openai/sim-default", REDIS_URL=redis_url, LOG_JSON="0"

@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 DB_URL = os.environ.get("BENCH_DATABASE_URL", "postgres://localhost:5432/dspex_bench")
 
-from bench.common import free_port, wait_http  # noqa: E402
+from bench.common import free_port, redis_server_command, wait_http  # noqa: E402
 
 # simlm answers any model name; one DSPy's price table knows keeps the direct path from scanning
 # that table on every call (what `llm.pricing` memoises), as in bench/sync_overhead.py.
@@ -353,20 +353,7 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="dspex-bench-routing-"))
     redis_port = free_port()
     procs: dict[str, subprocess.Popen] = {
-        "redis": subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(redis_port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--dir",
-                str(tmp),
-            ],
-            stdout=subprocess.DEVNULL,
-        )
+        "redis": subprocess.Popen(redis_server_command(redis_port, tmp), stdout=subprocess.DEVNULL)
     }
     try:
         urls: dict[str, str] = {}

@@ -49,7 +49,15 @@ os.environ.setdefault("DJANGO_SECRET_KEY", "bench-" + "k" * 50)
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("DJANGO_HTTPS", "0")
 
-from bench.common import free_port, percentile, server_env, start, stop_all, wait_http  # noqa: E402
+from bench.common import (  # noqa: E402
+    free_port,
+    percentile,
+    redis_server_command,
+    server_env,
+    start,
+    stop_all,
+    wait_http,
+)
 
 QA = {"signature": "question -> answer"}
 CHAT = {"signature": "question, history: History -> answer"}
@@ -111,18 +119,7 @@ def start_servers(tmp: Path, server: str, args: argparse.Namespace) -> tuple[dic
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     os.environ["REDIS_URL"] = redis_url
     procs: dict[str, Any] = {}
-    redis = [
-        "redis-server",
-        "--port",
-        str(redis_port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--dir",
-        str(tmp),
-    ]
-    procs["redis"] = start(redis, {})
+    procs["redis"] = start(redis_server_command(redis_port, tmp), {})
     env = server_env(
         f"http://127.0.0.1:{sim_port}/v1",
         "openai/sim-default",
