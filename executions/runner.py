@@ -511,13 +511,14 @@ def _run(
     # History off and a trace list of this run's own: DSPy appends every LM call to several
     # history lists and every prediction to `settings.trace`, all of which only grow in a
     # long-lived worker. The program is marked for its budget.
+    project_id = runnable_program(execution.program_id).program.project_id  # may query: before release
     # With a connection pool, the run's LM calls are waited for without holding a connection.
     db.release()
     with (
         resilience.traffic(
             kind,
             program_id=execution.program_id,
-            project_id=runnable_program(execution.program_id).program.project_id,
+            project_id=project_id,
             key_id=execution.api_key_id,
         ),
         retrieval.for_program(execution.program_id),

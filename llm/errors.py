@@ -1,13 +1,15 @@
 """Classify LM failures into what the execution layer should do with them.
 
 - `rate_limit`: the provider said 429 — re-queue after its Retry-After, without spending an attempt;
-- `transient`: timeouts, 5xx, connection errors — retry with backoff;
+- `transient`: timeouts, 5xx, connection errors, our database unavailable — retry with backoff;
 - `permanent`: bad request, authentication, unparseable replies, invalid programs — fail now.
 """
 
 from dataclasses import dataclass
 
 import dspy
+import psycopg
+from django.db import InterfaceError, OperationalError
 from dspy import lm15
 
 from dspex_site.errors import DomainError
@@ -56,6 +58,10 @@ def classify(exc: BaseException) -> Failure:
             # Refused by our own breaker, rate limit or bulkhead before reaching the provider: like
             # a 429, come back after `retry_after` without spending an attempt.
             return Failure(RATE_LIMIT, err.reason, message, err.retry_after)
+        if isinstance(err, OperationalError | InterfaceError | psycopg.OperationalError):
+            # Our database, not the provider: a restart, or no pooled connection free in
+            # DSPEX_DB_POOL_TIMEOUT_S (DSPy wraps what a callback or budget lookup raised).
+            return Failure(TRANSIENT, "database_unavailable", message)
         if isinstance(err, UnknownProvider):
             return Failure(PERMANENT, "unknown_provider", str(err))
         # llm.budgets.BudgetExceeded; projects.keys.KeyRefused (work queued by a key since revoked)

@@ -33,6 +33,7 @@ from django.conf import settings
 from dspy.lm15 import Request, Response
 
 from caching.llm_cache import install_llm_cache
+from dspex_site import db
 from llm import budgets, calllog, embedders, pricing, quotas, resilience, routing
 from llm.calllog import ProviderCall
 from llm.errors import CONTEXT_WINDOW, TRANSIENT, classify, fallback_reason
@@ -259,6 +260,10 @@ class _Attempt:
             max_wait_s=max_wait_s,
             track=track,
         )
+        # Admitted: the provider is waited on without holding a pooled database connection (a
+        # budget refresh above may have taken one), so connections scale with statements, not
+        # with calls in flight.
+        db.release()
         self.meta = {"provider": route.provider, "model": model, "deployment": route.model}
         telemetry.emit("llm.request.start", {}, self.meta)
         self.started = time.perf_counter()

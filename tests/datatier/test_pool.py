@@ -5,6 +5,7 @@ The processes run against the test database with an `application_name` of their 
 URL, so the test counts exactly their Postgres backends while executions run.
 """
 
+import functools
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,17 @@ from tests.support import (
 )
 
 pytestmark = [pytest.mark.e2e]
+
+ONE_STEP = {
+    "steps": [
+        {
+            "name": "a",
+            "module": "Predict",
+            "signature": "question -> answer",
+            "inputs": {"question": "$input.question"},
+        }
+    ]
+}
 
 
 def settings_of(**env: str) -> dict:
@@ -233,3 +245,42 @@ def test_each_prefork_child_draws_from_a_pool_of_its_own(
         stop_polling()
         worker.stop()
     assert 1 <= most() <= 2 * 2, most()  # two children, a pool of at most 2 each
+
+
+@pytest.mark.django_db(transaction=True)
+def test_no_connection_is_held_while_the_provider_is_waited_on(make_program, http_provider, monkeypatch):
+    """What a run reads after it gave its connection back (a program not yet cached, limits
+    due for a refresh) must not keep a pooled connection through the provider call: with 8
+    runs on a pool of 2, such a run starved the others into a pool timeout. Observed at the
+    moment the request goes to the provider, in a run whose caches are all cold."""
+    from django.db import connection
+
+    from dspex_site import db
+    from executions import runner
+    from llm import budgets, gateway
+
+    monkeypatch.setattr(db, "pooled", lambda alias="default": True)  # release() closes as with a pool
+    held: list[bool] = []
+    real_engine = gateway._provider_engine
+
+    class Observed:
+        def __init__(self, inner):
+            self.inner = inner
+
+        def complete(self, request):
+            held.append(connection.connection is not None)
+            return self.inner.complete(request)
+
+    gateway._provider_engine.cache_clear()
+    observed = functools.cache(lambda provider: Observed(real_engine(provider)))
+    monkeypatch.setattr(gateway, "_provider_engine", observed)
+    program = make_program(pipeline={"lm": {"model": "openai/gpt-4o-mini"}, **ONE_STEP})
+    for n in range(2):
+        runner._runnable.clear()
+        budgets.invalidate()
+        execution = CognitiveExecution.objects.create(
+            program=program, program_version=program.version, input={"question": f"cold {n}?"}
+        )
+        outcome = runner.run_execution(execution.id)
+        assert outcome.execution.status == CognitiveExecution.Status.SUCCEEDED, outcome.execution.error
+    assert held == [False, False]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from llm import resilience
-from llm.errors import RATE_LIMIT, classify
+from llm.errors import RATE_LIMIT, TRANSIENT, classify
 
 ROOT = Path(__file__).resolve().parents[2]
 ENDPOINT = "http://provider.test/v1"
@@ -95,6 +95,19 @@ def test_a_success_resets_the_consecutive_failure_count(settings):
 def test_circuit_open_is_classified_like_a_rate_limit_with_the_remaining_open_time():
     failure = classify(resilience.CircuitOpenError("openai@api.example", 42.5))
     assert (failure.kind, failure.type, failure.retry_after) == (RATE_LIMIT, "circuit_open", 42.5)
+
+
+def test_our_database_failing_inside_an_lm_call_is_not_blamed_on_the_provider():
+    """A pool timeout raised inside DSPy's LM call (a budget refresh there) reaches the runner
+    wrapped as an LMError: it is `database_unavailable` and retried, not `provider_error`."""
+    from django.db import OperationalError
+    from dspy.clients.errors import error_boundary
+
+    with pytest.raises(Exception) as raised, error_boundary("openai/sim-default", unexpected=True):
+        raise OperationalError("couldn't get a connection after 5.00 sec")
+    failure = classify(raised.value)
+    assert (failure.kind, failure.type) == (TRANSIENT, "database_unavailable")
+    assert "couldn't get a connection" in failure.message
 
 
 def test_half_open_grants_exactly_one_trial_across_processes(settings):

@@ -175,10 +175,17 @@ class Command(BaseCommand):
                 f"concurrency {concurrency}, prefetch {prefetch}, max deliveries {self.max_deliveries}"
             )
             self.stdout.flush()
-            while not stop.is_set() or in_flight:
-                if stop.is_set() and not cancelled:
-                    cancelled = True
-                    consumer.cancel()  # finish what is in flight, take nothing new
+            while True:
+                if stop.is_set():
+                    if not cancelled:
+                        # Take nothing new (deliveries already on the wire arrive before the
+                        # broker's cancel-ok and are run), then finish what is in flight. Never
+                        # skipped, even with nothing in flight: a delivery arriving after the
+                        # pool shut down would crash the consumer while it closes.
+                        cancelled = True
+                        consumer.cancel()
+                    if not in_flight:
+                        break
                 try:
                     connection.drain_events(timeout=0.1)
                 except TimeoutError:
