@@ -202,20 +202,27 @@ def run_streamed(
         return await program_call(*args, **kwargs)
 
     call.named_predictors = program_call.named_predictors  # type: ignore[attr-defined]
+    # The async streamer, driven by an event loop of this (the run's) thread: DSPy's sync form
+    # (`async_streaming=False`) runs that loop in one more thread and hands every chunk across
+    # one more queue.
     streamed = dspy.streamify(
         call,
         stream_listeners=listeners,
         include_final_prediction_in_output_stream=True,
-        async_streaming=False,
+        async_streaming=True,
     )
-    try:
-        for value in streamed():
+
+    async def relay_tokens() -> None:
+        async for value in streamed():
             if isinstance(value, StreamResponse) and value.chunk:
                 sink.token(
                     value.predict_name.split(".")[0] if value.predict_name else None,
                     value.signature_field_name,
                     value.chunk,
                 )
+
+    try:
+        asyncio.run(relay_tokens())
     except BaseException as exc:
         program_call.restore_cause(exc)
         raise
