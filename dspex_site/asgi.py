@@ -1,26 +1,33 @@
-"""ASGI entry point, what the web processes serve (`dspex_site/gunicorn_conf.py`, uvicorn
-workers): `gunicorn -k dspex_site.asgi_worker.Worker dspex_site.asgi`.
+"""ASGI entry point, what the web processes serve with `DSPEX_WEB_SERVER=asgi`
+(`dspex_site/gunicorn_conf.py`, uvicorn workers): `gunicorn -k dspex_site.asgi_worker.Worker
+dspex_site.asgi`.
 
-Django runs each request's sync view in a thread of that request's own; a streamed answer
-(executions.streaming) is then a coroutine on the event loop, so an open stream holds no web
-thread (docs/streaming.md "Serving").
+Each request's middleware chain and sync view run in one hop to one of `WEB_THREADS` (8)
+long-lived view threads (`OneHopASGIHandler`); a streamed answer (executions.streaming) is then a
+coroutine on the event loop, so an open stream holds no web thread (docs/streaming.md "Serving").
 
-`ViewSlots` lets at most `WEB_THREADS` (8) requests of the process run their view at once, the
-others waiting on the event loop: without it a burst of hundreds of requests runs hundreds of
-view threads at once, which wait for the database pool past its timeout (`bench/streams.py`
-measured 500s). A slot is given back when the response starts, so an open stream holds none.
+`ViewSlots` lets at most `WEB_THREADS` requests of the process run their view at once, the
+others waiting on the event loop (a burst of hundreds of requests would otherwise queue inside
+the executor with their bodies read). A slot is given back when the response starts, so an open
+stream holds none.
 
-Those per-request threads come and go: a persistent connection (`CONN_MAX_AGE` > 0) opened in
-one would stay open after its thread is gone. An ASGI process therefore takes its connections
-from the in-process pool (`DSPEX_DB_POOL_MAX`, 20 unless set); with the pool turned off
-(`DSPEX_DB_POOL_MAX=0`) it closes each connection at the end of its request.
+A streamed run's threads come and go, and a run holds its database connection through its LM
+calls unless a pool takes it back (`dspex_site.db.release`): an ASGI process therefore takes its
+connections from the in-process pool (`DSPEX_DB_POOL_MAX`, 20 unless set), so a few hundred open
+streams need no more than the pool; with the pool turned off (`DSPEX_DB_POOL_MAX=0`) every
+connection is closed at the end of its request or run.
 """
 
 import asyncio
 import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from django.core.asgi import get_asgi_application
+import django
+from asgiref.sync import sync_to_async
+from django.core.handlers.asgi import ASGIHandler
+from django.db import close_old_connections
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "dspex_site.settings")
 os.environ.setdefault("DSPEX_DB_POOL_MAX", "20")
@@ -60,4 +67,43 @@ class ViewSlots:
                 free.release()
 
 
-application = ViewSlots(get_asgi_application(), max(1, int(os.environ.get("WEB_THREADS", "8"))))
+class OneHopASGIHandler(ASGIHandler):
+    """Django's ASGI handler with the middleware chain built synchronously and run, view
+    included, in one hop to one of `threads` long-lived view threads. Django's own builds an
+    async chain for ASGI: every middleware that is only sync (WhiteNoise's, ours) switches
+    threads on the way in and out, and every `MiddlewareMixin` hook run in async mode is one
+    more `sync_to_async` hop; and it runs each request in a thread made for that request, whose
+    database connection then comes from the pool and goes back at its end. Here each view thread
+    keeps its connection as a gthread worker's does (`close_old_connections` before and after
+    each request, in that thread). A streamed response's async iterator is still consumed on
+    the event loop (`bench/streams.py`, docs/streaming.md "Serving")."""
+
+    def __init__(self, threads: int) -> None:
+        self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="view")
+        super().__init__()
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        super().load_middleware(is_async=False)
+        chain: Callable[[Any], Any] = self._middleware_chain  # type: ignore[has-type]
+
+        def run(request: Any) -> Any:
+            close_old_connections()
+            try:
+                return chain(request)
+            finally:
+                close_old_connections()
+
+        self._middleware_chain = sync_to_async(run, thread_sensitive=False, executor=self.executor)
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        # No per-request ThreadSensitiveContext (a thread made per request): what Django still
+        # runs thread-sensitively (its request_started/request_finished receivers) goes to
+        # asgiref's one shared thread and touches no connection of a view thread.
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        await self.handle(scope, receive, send)
+
+
+django.setup(set_prefix=False)
+_threads = max(1, int(os.environ.get("WEB_THREADS", "8")))
+application = ViewSlots(OneHopASGIHandler(_threads), _threads)

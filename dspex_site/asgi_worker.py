@@ -1,4 +1,4 @@
-"""The gunicorn worker class of the ASGI web processes (`DSPEX_WEB_SERVER=asgi`, the default of
+"""The gunicorn worker class of the ASGI web processes (`DSPEX_WEB_SERVER=asgi` in
 `dspex_site/gunicorn_conf.py`): uvicorn's, without the ASGI lifespan protocol (Django has none:
 uvicorn would log that it is unsupported at every start)."""
 

@@ -122,3 +122,63 @@ def test_a_client_that_disconnects_from_the_asgi_server_leaves_a_finished_execut
         time.sleep(0.1)
         execution.refresh_from_db()
     assert execution.status == "succeeded" and execution.output["answer"]
+
+
+def test_the_asgi_handler_runs_middleware_and_view_in_one_hop_to_a_kept_view_thread(db, monkeypatch):
+    """`dspex_site.asgi.OneHopASGIHandler`: the whole middleware chain and the view run in one of
+    its long-lived view threads, synchronously: never back on the event loop (no `async_to_sync`
+    inside a request), never in a thread made for the request."""
+    import asyncio
+    import threading
+
+    from asgiref.sync import AsyncToSync
+    from asgiref.testing import ApplicationCommunicator
+
+    from dspex_site.asgi import OneHopASGIHandler
+    from monitoring.middleware import RequestContextMiddleware
+
+    seen: list[str] = []
+    real = RequestContextMiddleware.__call__
+
+    def recording(self, request):
+        seen.append(threading.current_thread().name)
+        return real(self, request)
+
+    back_to_loop: list[object] = []
+    real_async_to_sync = AsyncToSync.__call__
+
+    def counting(self, *args, **kwargs):
+        back_to_loop.append(self)
+        return real_async_to_sync(self, *args, **kwargs)
+
+    monkeypatch.setattr(RequestContextMiddleware, "__call__", recording)
+    monkeypatch.setattr(AsyncToSync, "__call__", counting)
+    handler = OneHopASGIHandler(2)
+
+    async def get(path: str) -> int:
+        scope = {
+            "type": "http",
+            "http_version": "1.1",
+            "method": "GET",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "headers": [(b"host", b"testserver")],
+            "client": ("127.0.0.1", 5000),
+            "server": ("testserver", 80),
+            "scheme": "http",
+        }
+        app = ApplicationCommunicator(handler, scope)
+        await app.send_input({"type": "http.request", "body": b""})
+        start = await app.receive_output(10)
+        await app.receive_output(10)  # the body
+        await app.wait(10)
+        return int(start["status"])
+
+    async def six() -> list[int]:
+        return [await get("/health/live") for _ in range(6)]
+
+    assert asyncio.run(six()) == [200] * 6
+    assert len(seen) == 6 and all(name.startswith("view") for name in seen), seen
+    assert len(set(seen)) <= 2  # kept threads, not one per request
+    assert back_to_loop == []
