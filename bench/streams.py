@@ -13,6 +13,11 @@ Default mode (`hold`): for each serving model in `--servers` (`asgi`, `wsgi`: DS
 4. how many streams ended with `done` (a succeeded, stored execution), their time to first token
    and the gap between tokens the clients saw (20 ms when the service keeps up).
 
+`--first-token-ms N`: the provider waits N ms before its first chunk (a reasoning model's think
+time), so all the streams are open at once before their tokens flow: what holding that many open
+streams costs (memory per stream, ordinary requests meanwhile), apart from the CPU their tokens
+take once they flow.
+
 `--latency`: time to first token p50/p99 of a streamed execution (`--n` sequential runs),
 uncached and cached, against the provider's own time to the first chunk of the answer (the same
 prompt streamed straight from simlm): DSPex's overhead; and the p50 of a session turn against a
@@ -248,7 +253,7 @@ def say(message: str) -> None:
 
 def hold(server: str, args: argparse.Namespace, key: str, ids: dict[str, str], tmp: Path) -> dict:
     say(f"{server}: starting")
-    procs, port, _ = start_servers(tmp, server, args)
+    procs, port, sim_port = start_servers(tmp, server, args)
     say(f"{server}: serving")
     try:
         base = f"http://127.0.0.1:{port}"
@@ -257,6 +262,10 @@ def hold(server: str, args: argparse.Namespace, key: str, ids: dict[str, str], t
         cached = {"input": {"question": "What is the capital of France?"}, "wait": True}
         session = requests.Session()
         probe(session, url, headers, cached, 30)  # warm: the answer is kept, the workers loaded
+        if args.first_token_ms:  # from now on the provider thinks before its first chunk
+            config = {"latency_ms": args.first_token_ms}
+            sim_config = f"http://127.0.0.1:{sim_port}/_sim/config"
+            requests.post(sim_config, json=config, timeout=5).raise_for_status()
         idle = probe(session, url, headers, cached, args.probes)
         web = procs["web"].pid
         rss_idle, threads_idle = rss_and_threads(web)
@@ -321,7 +330,8 @@ def hold(server: str, args: argparse.Namespace, key: str, ids: dict[str, str], t
         "tokens_per_stream": statistics.mean(r["tokens"] for r in results),
         "rss_idle": rss_idle,
         "rss_with": rss_with,
-        "kib_per_stream": (rss_with - rss_idle) * 1024 / max(len(results), 1),
+        # RSS growth over the idle figure, per stream open at that moment (when 90% were open).
+        "kib_per_stream": (rss_open - rss_idle) * 1024 / max(opened_at_start, 1),
         "threads_idle": threads_idle,
         "threads_with": max(threads_open, threads_peak),
     }
@@ -329,7 +339,8 @@ def hold(server: str, args: argparse.Namespace, key: str, ids: dict[str, str], t
 
 def print_hold(rows: list[dict], args: argparse.Namespace) -> None:
     print(
-        f"\n{args.streams} streams, {args.words}-word answers, {args.token_delay_ms:g} ms between tokens, "
+        f"\n{args.streams} streams, {args.words}-word answers, {args.token_delay_ms:g} ms between tokens "
+        f"after {args.first_token_ms:g} ms to the first, "
         f"{args.web_workers} web processes (wsgi: {args.web_threads} threads each); "
         f"load {os.getloadavg()[0]:.2f} (1 min) at the end"
     )
@@ -489,6 +500,13 @@ def main() -> None:
         "--words", type=int, default=150, help="answer length of each stream, in words (chunks)"
     )
     parser.add_argument("--token-delay-ms", type=float, default=20)
+    parser.add_argument(
+        "--first-token-ms",
+        type=float,
+        default=0,
+        help="the provider's wait before its first chunk (a reasoning model's think time): streams "
+        "are then all open at once before their tokens flow",
+    )
     parser.add_argument("--web-workers", type=int, default=2)
     parser.add_argument("--web-threads", type=int, default=8, help="wsgi (gthread) threads per process")
     parser.add_argument("--db-pool", type=int, default=20, help="DSPEX_DB_POOL_MAX of the web processes")
