@@ -517,7 +517,7 @@ def main() -> None:
     parser.add_argument("--log-dir", help="keep the servers' logs in this directory")
     parser.add_argument("--timeout-s", type=float, default=600, help="how long the streams may take in all")
     parser.add_argument("--latency", action="store_true", help="time to first token and session turn figures")
-    parser.add_argument("--server", default="wsgi", help="--latency: the serving model")
+    parser.add_argument("--server", default="asgi", help="--latency: the serving model")
     parser.add_argument("--n", type=int, default=200, help="--latency: requests per figure")
     args = parser.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit("stopped"))  # the servers are stopped on the way out

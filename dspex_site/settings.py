@@ -349,6 +349,11 @@ DSPEX_LM_API_BASE = env_str("DSPEX_LM_API_BASE")
 DSPEX_LM_API_KEY = env_str("DSPEX_LM_API_KEY") or env_str("OPENAI_API_KEY")
 DSPEX_LM_TIMEOUT_S = env_float("DSPEX_LM_TIMEOUT_S", 30.0)
 DSPEX_LM_MAX_TOKENS = env_int("DSPEX_LM_MAX_TOKENS", 1024)
+# Open connections to one provider per process at most (lm15's pool; a call waits up to its
+# timeout for a free one): every open stream, and every call in flight, holds one.
+DSPEX_LM_MAX_CONNECTIONS = env_int("DSPEX_LM_MAX_CONNECTIONS", 1024)
+if DSPEX_LM_MAX_CONNECTIONS < 1:
+    raise ImproperlyConfigured(f"DSPEX_LM_MAX_CONNECTIONS must be 1 or more, not {DSPEX_LM_MAX_CONNECTIONS}")
 # Prices per million tokens for models DSPy's table does not know, by model or provider prefix:
 # {"openai/my-model": {"prompt": 0.15, "completion": 0.6}, "sim": {"prompt": 0, "completion": 0}}.
 try:

@@ -76,6 +76,8 @@ def _provider_engine(provider: str) -> Any:
             read_timeout=timeout,
             write_timeout=timeout,
             pool_timeout=timeout,
+            # lm15's own default is 100: under ASGI one process holds hundreds of open streams.
+            max_connections=settings.DSPEX_LM_MAX_CONNECTIONS,
             # lm15 reads the proxy variables (urllib's getproxies: the whole environment) on every
             # request, ~0.1-0.4 ms each; they are read once here instead. A process started
             # without HTTP(S)_PROXY/ALL_PROXY connects directly; one started with them keeps

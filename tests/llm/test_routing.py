@@ -92,6 +92,15 @@ def test_provider_engines_read_the_proxy_environment_once_per_process(monkeypatc
     gateway.reset()
 
 
+def test_provider_connections_per_process_follow_the_setting(settings):
+    """`DSPEX_LM_MAX_CONNECTIONS` sizes each provider's connection pool (lm15's 100 held too few
+    of 500 open streams)."""
+    settings.DSPEX_LM_MAX_CONNECTIONS = 600
+    gateway.reset()
+    assert gateway._provider_engine("a").config.transport.max_connections == 600
+    gateway.reset()
+
+
 @pytest.mark.parametrize(
     ("deployments", "fallbacks", "message"),
     [
