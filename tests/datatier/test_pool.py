@@ -30,17 +30,6 @@ from tests.support import (
 
 pytestmark = [pytest.mark.e2e]
 
-ONE_STEP = {
-    "steps": [
-        {
-            "name": "a",
-            "module": "Predict",
-            "signature": "question -> answer",
-            "inputs": {"question": "$input.question"},
-        }
-    ]
-}
-
 
 def settings_of(**env: str) -> dict:
     """DATABASES as `dspex_site.settings` builds it from this environment (or its error)."""
@@ -274,7 +263,7 @@ def test_no_connection_is_held_while_the_provider_is_waited_on(make_program, htt
     gateway._provider_engine.cache_clear()
     observed = functools.cache(lambda provider: Observed(real_engine(provider)))
     monkeypatch.setattr(gateway, "_provider_engine", observed)
-    program = make_program(pipeline={"lm": {"model": "openai/gpt-4o-mini"}, **ONE_STEP})
+    program = make_program()  # the default model: openai/sim-default, over HTTP (http_provider)
     for n in range(2):
         runner._runnable.clear()
         budgets.invalidate()
