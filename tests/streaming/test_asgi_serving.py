@@ -134,7 +134,7 @@ def test_the_asgi_handler_runs_middleware_and_view_in_one_hop_to_a_kept_view_thr
     from asgiref.sync import AsyncToSync
     from asgiref.testing import ApplicationCommunicator
 
-    from dspex_site.asgi import OneHopASGIHandler
+    from dspex_site.asgi_handler import OneHopASGIHandler
     from monitoring.middleware import RequestContextMiddleware
 
     seen: list[str] = []
