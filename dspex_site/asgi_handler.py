@@ -16,10 +16,11 @@ class OneHopASGIHandler(ASGIHandler):
     async chain for ASGI: every middleware that is only sync (WhiteNoise's, ours) switches
     threads on the way in and out, and every `MiddlewareMixin` hook run in async mode is one
     more `sync_to_async` hop; and it runs each request in a thread made for that request, whose
-    database connection then comes from the pool and goes back at its end. Here each view thread
-    keeps its connection as a gthread worker's does (`close_old_connections` before and after
-    each request, in that thread). A streamed response's async iterator is still consumed on
-    the event loop (`bench/streams.py`, docs/streaming.md "Serving")."""
+    database connection then comes from the pool and goes back at its end. Here a view thread's
+    connection is looked after as a gthread worker's is: `close_old_connections` before and
+    after each request, in that thread (with the pool `dspex_site.asgi` turns on, that hands it
+    back). A streamed response's async iterator is still consumed on the event loop
+    (`bench/streams.py`, docs/streaming.md "Serving")."""
 
     def __init__(self, threads: int) -> None:
         self.executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="view")
