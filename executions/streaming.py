@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _END = object()
+_NOTHING = object()
 
 # The OpenAPI description of a streamed answer (drf-spectacular), for every endpoint that streams.
 SSE_RESPONSE = OpenApiResponse(
@@ -82,9 +84,10 @@ class StreamSink:
         self.first_token_s: float | None = None
         self.streamed: set[tuple[str | None, str]] = set()
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+        self._signalled = False
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> asyncio.Event:
-        """The event set (on `loop`) whenever an item is put from now on."""
+        """The event set (on `loop`) when an item is put after the reader's last `drain`."""
         wakeup = asyncio.Event()
         self._waiter = (loop, wakeup)
         return wakeup
@@ -92,10 +95,33 @@ class StreamSink:
     def _put(self, item: Any) -> None:
         self.events.put(item)
         waiter = self._waiter
-        if waiter is not None:
+        # One wake-up of the reader's loop per drain, however many events arrive meanwhile.
+        if waiter is not None and not self._signalled:
+            self._signalled = True
             loop, wakeup = waiter
             with contextlib.suppress(RuntimeError):  # a closed loop: nobody is reading any more
                 loop.call_soon_threadsafe(wakeup.set)
+
+    def drain(self, first: Any = _NOTHING) -> list[Any]:
+        """Every event put so far (the reader's side; after `first`, one it took already),
+        consecutive `token`s of one field merged into one: a reader that fell behind catches up
+        in one write, not one per token."""
+        self._signalled = False  # before looking: an event put from now on wakes the reader again
+        items: list[Any] = [] if first is _NOTHING else [first]
+        while True:
+            try:
+                item = self.events.get_nowait()
+            except queue.Empty:
+                return items
+            if item is not _END and item[0] == "token" and items and items[-1] is not _END:
+                last = items[-1]
+                if last[0] == "token" and (last[1]["step"], last[1]["field"]) == (
+                    item[1]["step"],
+                    item[1]["field"],
+                ):
+                    items[-1] = ("token", {**last[1], "chunk": last[1]["chunk"] + item[1]["chunk"]})
+                    continue
+            items.append(item)
 
     def token(self, step: str | None, field: str, chunk: str) -> None:
         if self.first_token_s is None:
@@ -134,15 +160,39 @@ class _StreamingObserver:
         self.sink.step(name, "finished")
 
 
+class _StreamLoop:
+    """The event loop every streamed run of this process drives `dspy.streamify` on: one thread,
+    started with the first stream (after a fork too). Its AnyIO worker threads run the programs
+    and are kept between streams (AnyIO's pool), so a stream costs no event loop and no program
+    thread of its own, and under load one turn of the loop serves the tokens of many streams
+    (one `epoll` wait, not one per stream)."""
+
+    _lock = threading.Lock()
+    _loop: asyncio.AbstractEventLoop | None = None
+    _pid: int | None = None
+
+    @classmethod
+    def get(cls) -> asyncio.AbstractEventLoop:
+        with cls._lock:
+            if cls._loop is None or cls._pid != os.getpid():
+                loop = asyncio.new_event_loop()
+                # A daemon: a process exiting first waits for the (non-daemon) run threads,
+                # whose runs this loop finishes meanwhile.
+                threading.Thread(target=loop.run_forever, name="dspex-streams", daemon=True).start()
+                cls._loop, cls._pid = loop, os.getpid()
+            return cls._loop
+
+
 class _Call:
     """What `dspy.streamify` wraps: every listener names its predictor, so no lookup is made.
 
     It is a coroutine function (so `streamify` does not wrap it in `dspy.asyncify`): the program
-    runs in an AnyIO worker thread of this stream's own event loop, limited by a limiter of its
-    own. `dspy.asyncify` takes one process-wide `CapacityLimiter` (`async_max_workers`, 8) for
-    every stream, each of which runs its own event loop: a ninth concurrent stream waited on it
-    and, woken from another loop's thread, never woke (`bench/streams.py` found streams hanging
-    `running` forever). `dspy.settings` overrides go to the thread as `asyncify` passes them.
+    runs in an AnyIO worker thread of the stream loop, limited by a limiter of its own.
+    `dspy.asyncify` takes one process-wide `CapacityLimiter` (`async_max_workers`, 8) for every
+    stream: a ninth concurrent stream would wait for one of the first eight to end (and, woken
+    from another loop's thread when each stream had a loop of its own, never woke:
+    `bench/streams.py` found streams hanging `running` forever). `dspy.settings` overrides go to
+    the thread as `asyncify` passes them.
     """
 
     def __init__(self, run: Callable[[], dict]):
@@ -172,6 +222,7 @@ class _Call:
                 raise
             finally:
                 thread_local_overrides.reset(token)
+                connections.close_all()  # a kept worker thread: nothing held until its next stream
 
         return await anyio.to_thread.run_sync(call, abandon_on_cancel=True, limiter=anyio.CapacityLimiter(1))
 
@@ -181,7 +232,9 @@ def run_streamed(
 ) -> dict:
     """`PipelineModule.run` through `dspy.streamify`, inside the runner's DSPy context (its
     callbacks, the trace recorder, are captured by `streamify`): the LM calls stream through the
-    gateway (`GatewayEngine.stream`), each output field's chunks going to the sink as `token`s."""
+    gateway (`GatewayEngine.stream`), each output field's chunks going to the sink as `token`s.
+    The calling (run) thread waits while the stream loop runs it, in this thread's context
+    (`contextvars`: DSPy's settings, the run's traffic and owner)."""
     listeners = []
     fields: dict[str, list[str]] = {}
     for name, predictor in program.named_predictors():
@@ -202,9 +255,9 @@ def run_streamed(
         return await program_call(*args, **kwargs)
 
     call.named_predictors = program_call.named_predictors  # type: ignore[attr-defined]
-    # The async streamer, driven by an event loop of this (the run's) thread: DSPy's sync form
-    # (`async_streaming=False`) runs that loop in one more thread and hands every chunk across
-    # one more queue.
+    # The async streamer, on the stream loop: DSPy's sync form (`async_streaming=False`) runs an
+    # event loop of its own in one more thread per stream and hands every chunk across one more
+    # queue.
     streamed = dspy.streamify(
         call,
         stream_listeners=listeners,
@@ -222,7 +275,8 @@ def run_streamed(
                 )
 
     try:
-        asyncio.run(relay_tokens())
+        # The task is created in a copy of this thread's context (`call_soon_threadsafe`).
+        asyncio.run_coroutine_threadsafe(relay_tokens(), _StreamLoop.get()).result()
     except BaseException as exc:
         program_call.restore_cause(exc)
         raise
@@ -307,54 +361,64 @@ _HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def relay(sink: StreamSink, program: str, render: Render) -> Iterator[bytes]:
-    """The SSE bytes of a sink's events until its end; a keep-alive comment while idle. A client
-    that disconnects closes this generator: the run goes on, counted `disconnected`."""
+    """The SSE bytes of a sink's events until its end, each write all the events that arrived
+    since the last one; a keep-alive comment while idle. A client that disconnects closes this
+    generator: the run goes on, counted `disconnected`."""
     keepalive = settings.DSPEX_STREAM_KEEPALIVE_S
     outcome = "disconnected"
     try:
         while True:
             try:
-                item = sink.events.get(timeout=keepalive)
+                first = sink.events.get(timeout=keepalive)
             except queue.Empty:
                 yield b": keep-alive\n\n"
                 continue
-            if item is _END:
+            parts, ended, outcome = _render_all(sink.drain(first), render, outcome)
+            if parts:
+                yield b"".join(parts)
+            if ended:
                 return
-            event, data = item
-            if event in ("done", "error"):
-                outcome = event
-            yield from render(event, data)
     finally:
         _count_stream(sink, program, outcome)
 
 
 async def arelay(sink: StreamSink, program: str, render: Render) -> AsyncIterator[bytes]:
-    """`relay` as a coroutine on the ASGI event loop: it waits for the run thread's events
-    without a thread of its own. A client that disconnects cancels it (Django's ASGI handler):
-    the run goes on, counted `disconnected`."""
+    """`relay` as a coroutine on the ASGI event loop: it waits for the run's events without a
+    thread of its own, woken once for all the events put since it last looked. A client that
+    disconnects cancels it (Django's ASGI handler): the run goes on, counted `disconnected`."""
     keepalive = settings.DSPEX_STREAM_KEEPALIVE_S
     wakeup = sink.attach(asyncio.get_running_loop())
     outcome = "disconnected"
     try:
         while True:
-            wakeup.clear()  # before looking: an event put after this sets it again
-            try:
-                item = sink.events.get_nowait()
-            except queue.Empty:
+            wakeup.clear()  # before draining: an event put after the drain sets it again
+            items = sink.drain()
+            if not items:
                 try:
                     await asyncio.wait_for(wakeup.wait(), keepalive)
                 except TimeoutError:
                     yield b": keep-alive\n\n"
                 continue
-            if item is _END:
+            parts, ended, outcome = _render_all(items, render, outcome)
+            if parts:
+                yield b"".join(parts)
+            if ended:
                 return
-            event, data = item
-            if event in ("done", "error"):
-                outcome = event
-            for part in render(event, data):
-                yield part
     finally:
         _count_stream(sink, program, outcome)
+
+
+def _render_all(items: list[Any], render: Render, outcome: str) -> tuple[list[bytes], bool, str]:
+    """(the bytes of `items` up to the end, whether the end was among them, the outcome so far)."""
+    parts: list[bytes] = []
+    for item in items:
+        if item is _END:
+            return parts, True, outcome
+        event, data = item
+        if event in ("done", "error"):
+            outcome = event
+        parts.extend(render(event, data))
+    return parts, False, outcome
 
 
 def _count_stream(sink: StreamSink, program: str, outcome: str) -> None:

@@ -19,6 +19,7 @@ sits in front of it): budget, admission, cost, telemetry, and an `on_embedding(c
 report to the DSPy callbacks in effect that have one (the execution's trace recorder).
 """
 
+import contextlib
 import functools
 import importlib
 import random
@@ -307,14 +308,14 @@ class _Attempt:
         telemetry.emit("llm.request.stop", {"duration_ms": call.latency_ms}, {**self.meta, "status": "ok"})
 
     def stream(self) -> Iterator[Any]:
-        """The provider's stream events, passed on as they arrive; accounted at the end event (or
-        at the failure, or when the consumer stops early)."""
+        """The provider's stream events, passed on as they arrive (`coalesced`); accounted at the
+        end event (or at the failure, or when the consumer stops early)."""
         from dspy.lm15 import Message, Response, TextPart, Usage
 
         usage: Any = None
         finish: Any = None
         try:
-            for event in self.inner.stream(self.sent):
+            for event in coalesced(self.inner.stream(self.sent)):
                 if getattr(event, "type", None) == "end":
                     usage, finish = getattr(event, "usage", None), getattr(event, "finish_reason", None)
                 yield event
@@ -330,6 +331,78 @@ class _Attempt:
                 usage=usage or Usage(input_tokens=0, output_tokens=0, total_tokens=0),
             )
         )
+
+
+_PUMP_END = object()
+
+
+class _PumpFailed:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def coalesced(events: Iterator[Any]) -> Iterator[Any]:
+    """A provider's stream events, read by a thread of their own: each time the consumer (DSPy's
+    streaming path: its listeners, the stream's relay) asks for more, it gets every event that
+    arrived meanwhile, consecutive text deltas of one part merged into one. A consumer that keeps
+    up sees each delta as the provider sent it; one that fell behind (a busy process) catches up
+    with one delta for many, so the work per token does not grow with the backlog and a stream
+    still ends when the provider's does (`docs/streaming.md`). Failures are raised as the
+    provider's own exceptions; a consumer that stops early stops the reader at its next event."""
+    import queue
+    import threading
+
+    arrived: queue.SimpleQueue[Any] = queue.SimpleQueue()
+    stopped = threading.Event()
+
+    def pump() -> None:
+        try:
+            for event in events:
+                arrived.put(event)
+                if stopped.is_set():
+                    break
+        except BaseException as exc:
+            arrived.put(_PumpFailed(exc))
+        finally:
+            with contextlib.suppress(Exception):
+                events.close()  # type: ignore[attr-defined]
+        arrived.put(_PUMP_END)
+
+    threading.Thread(target=pump, name="lm-stream", daemon=True).start()
+    try:
+        while True:
+            batch = [arrived.get()]
+            while True:
+                try:
+                    batch.append(arrived.get_nowait())
+                except queue.Empty:
+                    break
+            for item in _merge_text_deltas(batch):
+                if item is _PUMP_END:
+                    return
+                if isinstance(item, _PumpFailed):
+                    raise item.exc
+                yield item
+    finally:
+        stopped.set()
+
+
+def _merge_text_deltas(batch: list[Any]) -> list[Any]:
+    """`batch` with each run of text deltas of one part (and complete logprobs) joined into one."""
+    from dspy.lm15 import StreamDeltaEvent, TextDelta
+
+    out: list[Any] = []
+    for item in batch:
+        delta = getattr(item, "delta", None)
+        if isinstance(delta, TextDelta) and delta.logprobs_complete and out:
+            last = getattr(out[-1], "delta", None)
+            if isinstance(last, TextDelta) and last.logprobs_complete and last.part_index == delta.part_index:
+                out[-1] = StreamDeltaEvent(
+                    delta=replace(last, text=last.text + delta.text, logprobs=last.logprobs + delta.logprobs)
+                )
+                continue
+        out.append(item)
+    return out
 
 
 def _ordered(target: routing.Target) -> list[Route]:
