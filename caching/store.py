@@ -27,10 +27,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from django.core.cache import caches
-
 from dspex_site import shared_redis
-from dspex_site.shared_redis import FailOpenRedis
+from dspex_site.shared_redis import FailOpenRedis, backend_of
 from monitoring import telemetry
 
 logger = logging.getLogger(__name__)
@@ -144,7 +142,7 @@ class BoundedCache:
     # --- plumbing ------------------------------------------------------------------------------
     @property
     def backend(self) -> Any:
-        return caches[self.alias]
+        return backend_of(self.alias)
 
     def _redis(self, backend: Any = None) -> Any | None:
         """The raw redis-py client, or None for a non-Redis backend (embedded mode)."""
@@ -187,7 +185,7 @@ class BoundedCache:
         """Look every key up in as few round trips as possible; misses (and errors) are None."""
         if not keys:
             return []
-        backend = self.backend  # resolved once: each lookup goes through a thread-local
+        backend = self.backend  # resolved once
         if not self._available(backend):
             return [None] * len(keys)
         try:

@@ -11,6 +11,7 @@ cache's timeout spares the others; admission has its own, so its outages are cou
 (`dspex_resilience_redis_error_total`) even when a cache lookup met the dead server first.
 """
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -18,10 +19,38 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import caches
+from django.core.signals import setting_changed
 
 # (group, server location) -> monotonic time until which this process skips that server
 _windows: dict[tuple[str, str], float] = {}
 _lock = threading.Lock()
+_backends: dict[str, Any] = {}
+_backends_lock = threading.Lock()  # not `_lock`: a backend is looked up while that one is held
+
+
+def backend_of(alias: str) -> Any:
+    """The process's one backend of a cache alias (made on first use, again after a fork or a
+    change of `CACHES`). Django keeps its backends per thread and context (asgiref's `Local`):
+    every streamed run's threads, and every program run in a pooled thread, would build their own,
+    each with new redis-py clients (~0.1 ms each, kept alive by the scripts registered on them).
+    django-redis' backends and redis-py's clients are thread-safe."""
+    backend = _backends.get(alias)
+    if backend is None:
+        with _backends_lock:
+            backend = _backends.get(alias)
+            if backend is None:
+                backend = _backends[alias] = caches.create_connection(alias)
+    return backend
+
+
+def _forget_backends(**kwargs: Any) -> None:
+    if kwargs.get("setting", "CACHES") == "CACHES":
+        with _backends_lock:
+            _backends.clear()
+
+
+os.register_at_fork(after_in_child=_backends.clear)
+setting_changed.connect(_forget_backends, dispatch_uid="shared-redis-backends")
 
 
 class FailOpenRedis:
@@ -38,7 +67,7 @@ class FailOpenRedis:
 
     @property
     def backend(self) -> Any:
-        return caches[self.alias]
+        return backend_of(self.alias)
 
     def _window(self, backend: Any = None) -> tuple[str, str]:
         return self.group, str(getattr(backend or self.backend, "_server", self.alias))
