@@ -18,6 +18,9 @@ time), so all the streams are open at once before their tokens flow: what holdin
 streams costs (memory per stream, ordinary requests meanwhile), apart from the CPU their tokens
 take once they flow.
 
+`--probe-when-flowing`: the probes start once 90% of the streams have their first token, so with
+`--first-token-ms` they measure ordinary requests while all the streams' tokens flow at once.
+
 `--latency`: time to first token p50/p99 of a streamed execution (`--n` sequential runs),
 uncached and cached, against the provider's own time to the first chunk of the answer (the same
 prompt streamed straight from simlm): DSPex's overhead; and the p50 of a session turn against a
@@ -214,6 +217,7 @@ async def _one_stream(http: Any, url: str, headers: dict, body: dict, counts: An
                     if event == "token":
                         if result["ttft"] is None:
                             result["ttft"] = now - t0
+                            counts[2] += 1
                         elif last is not None:
                             result["gaps"].append(now - last)
                         last = now
@@ -243,7 +247,8 @@ async def _streams(url: str, key: str, n: int, words: int, counts: Any) -> list[
 
 
 def stream_client(url: str, key: str, n: int, words: int, counts: Any, out: Any) -> None:
-    """The streams' client: `counts` = [opened (200 and headers), ended] shared with the parent."""
+    """The streams' client: `counts` = [opened (200 and headers), ended, with a first token]
+    shared with the parent."""
     out.send(asyncio.run(_streams(url, key, n, words, counts)))
 
 
@@ -272,7 +277,7 @@ def hold(server: str, args: argparse.Namespace, key: str, ids: dict[str, str], t
         say(f"{server}: idle p50 {statistics.median(idle):.1f} ms; opening {args.streams} streams")
 
         ctx = multiprocessing.get_context("fork")
-        counts = ctx.Array("i", 2)  # streams opened, streams ended
+        counts = ctx.Array("i", 3)  # streams opened, streams ended, streams with a first token
         receive, send = ctx.Pipe(duplex=False)
         client = ctx.Process(target=stream_client, args=(url, key, args.streams, args.words, counts, send))
         started = time.perf_counter()
@@ -282,6 +287,10 @@ def hold(server: str, args: argparse.Namespace, key: str, ids: dict[str, str], t
         while counts[0] < 0.9 * args.streams and time.perf_counter() - started < args.ramp_s:
             time.sleep(0.05)
         open_s = time.perf_counter() - started
+        if args.probe_when_flowing:  # and once 90% of them have their first token: tokens flow
+            while counts[2] < 0.9 * args.streams and counts[1] < args.streams:
+                time.sleep(0.01)
+            say(f"{server}: {counts[2]} streams have tokens, {counts[0] - counts[1]} open")
         opened_at_start = counts[0] - counts[1]
         rss_open, threads_open = rss_and_threads(web)
         say(f"{server}: {counts[0] - counts[1]} streams open after {open_s:.1f} s; probing")
@@ -513,6 +522,12 @@ def main() -> None:
     parser.add_argument("--probes", type=int, default=100, help="cached execute requests per measurement")
     parser.add_argument(
         "--ramp-s", type=float, default=60, help="longest wait for 90%% of the streams to open"
+    )
+    parser.add_argument(
+        "--probe-when-flowing",
+        action="store_true",
+        help="probe once 90%% of the streams have their first token (with --first-token-ms: while "
+        "all of them stream at once) rather than once 90%% are open",
     )
     parser.add_argument("--log-dir", help="keep the servers' logs in this directory")
     parser.add_argument("--timeout-s", type=float, default=600, help="how long the streams may take in all")

@@ -20,11 +20,14 @@ QA = {"signature": "question -> answer"}
 
 
 def provider(words: list[str], delay_s: float = 0.0, fail: BaseException | None = None):
-    """A provider's stream events: start, one text delta per word (`delay_s` apart), end."""
+    """A provider's stream events: start, one text delta per word (sent `delay_s` apart), end. As
+    from a socket: a delta sent while nobody was reading is there at once when read."""
     yield StreamStartEvent(model="m")
-    for word in words:
-        if delay_s:
-            time.sleep(delay_s)
+    started = time.perf_counter()
+    for position, word in enumerate(words, 1):
+        wait = started + position * delay_s - time.perf_counter()
+        if wait > 0:
+            time.sleep(wait)
         yield StreamDeltaEvent(delta=TextDelta(text=word))
     if fail is not None:
         raise fail
@@ -49,6 +52,22 @@ def test_a_consumer_that_fell_behind_gets_what_arrived_meanwhile_as_one_delta():
             time.sleep(0.02)  # a busy consumer: about ten deltas arrive per one it handles
     assert "".join(received) == "".join(words)  # nothing lost, nothing reordered
     assert len(received) < len(words) / 3, received
+
+
+def test_with_many_streams_open_a_reader_lets_deltas_gather_between_reads(monkeypatch):
+    """0.2 ms per open stream: at 250 open a reader that had to wait for a delta waits 50 ms more
+    before its next read, so a fast consumer too gets one delta for several (and this process one
+    wake-up per stream per 50 ms, not one per provider delta: ordinary requests keep the GIL)."""
+    from llm import gateway
+
+    monkeypatch.setattr(gateway, "_open_streams", 249)  # and this one
+    words = [f"w{i} " for i in range(20)]
+    started = time.perf_counter()
+    received = texts(coalesced(provider(words, delay_s=0.01)))
+    assert "".join(received) == "".join(words)
+    assert len(received) <= len(words) / 2, received
+    assert time.perf_counter() - started < 2.0  # gathered, not slowed down much
+    assert gateway._open_streams == 249  # this stream counted itself out again
 
 
 def test_events_other_than_text_are_never_merged_and_keep_their_order():
