@@ -70,8 +70,9 @@ django.setup(set_prefix=False)
 def share_caches() -> None:
     """Django keeps its cache backends per context (asgiref's `Local`), and every request's
     context is a copy of this (the main) thread's: made here, before the server starts, the
-    backends and their redis-py clients are the process's. Made inside a request's context, each
-    request would build its own (two redis-py clients, ~0.2-0.5 ms a request)."""
+    backends Django's own code reaches through `caches` (readiness, the console's sessions) are
+    the process's rather than one set per request. DSPex's own Redis users (the shared caches,
+    admission, throttling) take theirs from `dspex_site.shared_redis.backend_of` instead."""
     from django.conf import settings
     from django.core.cache import caches
 
